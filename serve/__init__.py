@@ -1,0 +1,1 @@
+"""textfleet serving layer on Ray Serve (one application per model)."""
