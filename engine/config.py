@@ -1,0 +1,41 @@
+"""Typed configuration shared by the engine and the serving layer.
+
+Every model is one pydantic schema with ``extra="forbid"``, so a misspelt knob
+is an error that names it instead of being ignored.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class BatchingConfig(BaseModel):
+    """Dynamic batching knobs of one engine (see the scheduler in DESIGN.md)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_batch_size: int = Field(32, ge=1, le=4096)
+    """Most sequences in one batch."""
+
+    max_batch_tokens: int = Field(8192, ge=1)
+    """Most padded tokens in one batch: rows x longest row. Padded cost, not real tokens,
+    is what the model computes, so this is the budget that bounds a batch's latency."""
+
+    max_wait_ms: float = Field(0.0, ge=0.0, le=10_000.0)
+    """Opt-in hold for fuller batches. 0 (the CPU default): an idle executor takes
+    whatever is queued at once; batches grow only while it is busy."""
+
+    max_queue_tokens: int = Field(1_000_000, ge=1)
+    """Bound on tokens waiting in the queue; past it, submissions fail with Overloaded."""
+
+    tokenizer_threads: int | None = Field(None, ge=1, le=256)
+    """Native threads that tokenize submitted texts; None: all cores."""
+
+    @model_validator(mode="after")
+    def _budget_fits_one_sequence(self) -> BatchingConfig:
+        if self.max_queue_tokens < self.max_batch_tokens:
+            raise ValueError(
+                f"max_queue_tokens ({self.max_queue_tokens}) must be >= max_batch_tokens "
+                f"({self.max_batch_tokens}), or no full batch could ever be queued"
+            )
+        return self
