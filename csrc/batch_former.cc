@@ -1,0 +1,105 @@
+#include "batch_former.h"
+
+#include <algorithm>
+#include <iterator>
+
+namespace textfleet {
+
+bool BatchQueue::push(SeqKey key, uint32_t length, int64_t arrival_ns) {
+  if (!by_age_.emplace(key, Info{length, arrival_ns}).second) return false;
+  by_length_.emplace(length, key);
+  tokens_ += length;
+  return true;
+}
+
+int64_t BatchQueue::erase(SeqKey key) {
+  const auto it = by_age_.find(key);
+  if (it == by_age_.end()) return -1;
+  const uint32_t length = it->second.length;
+  by_length_.erase({length, key});
+  by_age_.erase(it);
+  tokens_ -= length;
+  return length;
+}
+
+int64_t BatchQueue::oldest_arrival_ns() const {
+  return by_age_.empty() ? kNever : by_age_.begin()->second.arrival_ns;
+}
+
+// Grows the batch from the oldest sequence outwards in length order. The
+// next shorter candidate wastes (width - its length) padding on itself; the
+// next longer one widens every row already in, wasting rows x (its length -
+// width). The cheaper one joins while it wastes at most max_row_padding. Both
+// costs only grow as we walk outwards, so the first candidate over the limit
+// ends the walk.
+BatchPlan BatchQueue::plan(int64_t now_ns, const BatchKnobs& knobs) const {
+  BatchPlan plan;
+  if (by_age_.empty()) return plan;
+  const auto& [oldest, info] = *by_age_.begin();
+  plan.rows.push_back(oldest);
+  plan.width = info.length;
+  plan.real_tokens = info.length;
+
+  const size_t max_rows = std::max<uint32_t>(knobs.max_batch_size, 1);
+  const auto at = by_length_.find({info.length, oldest});
+  auto lo = at;            // the next shorter candidate is std::prev(lo)
+  auto hi = std::next(at);  // the next longer candidate is hi
+  bool lo_open = lo != by_length_.begin();
+  bool hi_open = hi != by_length_.end();
+
+  while (plan.rows.size() < max_rows && (lo_open || hi_open)) {
+    const uint64_t rows = plan.rows.size();
+    uint64_t lo_cost = UINT64_MAX, hi_cost = UINT64_MAX;
+    if (lo_open) lo_cost = plan.width - std::prev(lo)->first;
+    if (hi_open) hi_cost = rows * (hi->first - plan.width);
+    bool take_lo = lo_cost < hi_cost;
+    if (lo_open && hi_open && lo_cost == hi_cost) {
+      take_lo = std::prev(lo)->second < hi->second;  // equal cost: the older one
+    }
+    if ((take_lo ? lo_cost : hi_cost) > knobs.max_row_padding) break;
+
+    const uint32_t length = take_lo ? std::prev(lo)->first : hi->first;
+    const uint64_t width = std::max(plan.width, length);
+    if ((rows + 1) * width > knobs.max_batch_tokens) {
+      // A longer row does not fit, but a shorter one still might.
+      if (!take_lo && width > plan.width) {
+        hi_open = false;
+        continue;
+      }
+      break;
+    }
+    if (take_lo) {
+      --lo;
+      plan.rows.push_back(lo->second);
+      lo_open = lo != by_length_.begin();
+    } else {
+      plan.rows.push_back(hi->second);
+      ++hi;
+      hi_open = hi != by_length_.end();
+    }
+    plan.width = static_cast<uint32_t>(width);
+    plan.real_tokens += length;
+  }
+  // Arrival order inside the batch: the oldest stays first and a request's
+  // rows come out in index order.
+  std::sort(plan.rows.begin(), plan.rows.end());
+
+  const uint64_t rows = plan.rows.size();
+  plan.full = rows >= max_rows || (rows + 1) * plan.width > knobs.max_batch_tokens;
+  if (knobs.max_wait_ns <= 0 || plan.full) {
+    plan.ready = true;
+  } else {
+    const int64_t due = info.arrival_ns > kNever - knobs.max_wait_ns
+                            ? kNever
+                            : info.arrival_ns + knobs.max_wait_ns;
+    plan.ready = now_ns >= due;
+    if (!plan.ready) plan.wake_at_ns = due;
+  }
+  return plan;
+}
+
+void BatchQueue::take(const BatchPlan& plan) {
+  for (const SeqKey& key : plan.rows) erase(key);
+}
+
+}  // namespace textfleet

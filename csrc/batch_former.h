@@ -1,0 +1,99 @@
+// The batch former: which waiting sequences make up the next batch.
+//
+// BatchQueue holds only what the policy needs (arrival order, length,
+// arrival time); the token ids live with the scheduler. plan() is a pure
+// function of (queue state, now, knobs), so the policy is tested with a fake
+// clock from Python (tests/test_batch_former.py) and the scheduler runs the
+// very same code with the steady clock.
+//
+// Policy (DESIGN.md, "Scheduler"):
+// - the oldest waiting sequence is always the first row (no starvation: every
+//   batch removes the oldest, so a sequence waits for at most the sequences
+//   that arrived before it);
+// - the other rows are picked by length around the oldest, cheapest padding
+//   first, and a row joins only if the padding it adds is at most
+//   max_row_padding: a row that would waste more than that costs more here
+//   than running it in another batch (the per-batch overhead, in tokens);
+// - the batch closes at max_batch_size rows or when the next row would push
+//   rows x longest past max_batch_tokens (padded cost is what the model
+//   computes);
+// - max_wait_ns == 0: the batch is ready whenever the executor asks (an idle
+//   executor never waits on a timer); max_wait_ns > 0: a batch that could
+//   still grow is held until its oldest row has waited max_wait_ns.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <limits>
+#include <map>
+#include <set>
+#include <utility>
+#include <vector>
+
+namespace textfleet {
+
+constexpr int64_t kNever = std::numeric_limits<int64_t>::max();
+
+// Place of a sequence in arrival order: requests are numbered as they are
+// admitted and a request's texts keep their index, so keys sort oldest first
+// and keep each request's texts in order.
+struct SeqKey {
+  uint64_t order = 0;
+  uint32_t index = 0;
+
+  friend bool operator<(const SeqKey& a, const SeqKey& b) {
+    return a.order != b.order ? a.order < b.order : a.index < b.index;
+  }
+  friend bool operator==(const SeqKey& a, const SeqKey& b) {
+    return a.order == b.order && a.index == b.index;
+  }
+};
+
+struct BatchKnobs {
+  uint32_t max_batch_size = 32;
+  uint64_t max_batch_tokens = 8192;  // rows x longest row
+  int64_t max_wait_ns = 0;
+  uint32_t max_row_padding = 32;  // padded tokens one row may add
+};
+
+struct BatchPlan {
+  std::vector<SeqKey> rows;  // rows[0] is the oldest waiting sequence
+  uint32_t width = 0;        // longest row
+  uint64_t real_tokens = 0;  // sum of the rows' lengths
+  bool ready = false;        // form this batch now
+  bool full = false;         // it cannot grow: size or token budget reached
+  int64_t wake_at_ns = kNever;  // not ready: when max_wait makes it ready
+
+  uint64_t padded_tokens() const { return uint64_t{width} * rows.size(); }
+};
+
+class BatchQueue {
+ public:
+  // Adds a sequence; false (and no change) if the key is already queued.
+  bool push(SeqKey key, uint32_t length, int64_t arrival_ns);
+  // Removes a sequence; its length, or -1 if it was not queued.
+  int64_t erase(SeqKey key);
+  // The next batch under knobs at time now. Pure: the queue is not changed.
+  BatchPlan plan(int64_t now_ns, const BatchKnobs& knobs) const;
+  // Removes the rows of a plan made on this queue state.
+  void take(const BatchPlan& plan);
+
+  bool empty() const { return by_age_.empty(); }
+  size_t size() const { return by_age_.size(); }
+  uint64_t tokens() const { return tokens_; }
+  // Arrival time of the oldest sequence (kNever when empty).
+  int64_t oldest_arrival_ns() const;
+
+ private:
+  struct Info {
+    uint32_t length;
+    int64_t arrival_ns;
+  };
+  using LengthKey = std::pair<uint32_t, SeqKey>;
+
+  std::map<SeqKey, Info> by_age_;
+  std::set<LengthKey> by_length_;  // (length, key): equal lengths oldest first
+  uint64_t tokens_ = 0;
+};
+
+}  // namespace textfleet
