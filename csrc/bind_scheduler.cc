@@ -59,6 +59,7 @@ py::dict stats_dict(const SchedulerStats& s) {
   TF_FIELD(queue_sequences);
   TF_FIELD(queue_tokens);
   TF_FIELD(reserved_tokens);
+  TF_FIELD(prefetched_tokens);
   TF_FIELD(live_requests);
   TF_FIELD(tokenize_tasks);
 #undef TF_FIELD

@@ -61,6 +61,7 @@ struct SchedulerStats {
   uint64_t queue_sequences = 0;
   uint64_t queue_tokens = 0;
   uint64_t reserved_tokens = 0;  // admitted, still being tokenized
+  uint64_t prefetched_tokens = 0;  // in the batch collated ahead
   uint64_t live_requests = 0;
   uint64_t tokenize_tasks = 0;
 

@@ -98,7 +98,7 @@ void Scheduler::admit_locked(uint64_t id, uint64_t reserve, size_t n_seqs, doubl
                           " tokens, more than max_queue_tokens (" +
                           std::to_string(opt_.max_queue_tokens) + ")");
   }
-  const uint64_t used = queue_.tokens() + reserved_tokens_;
+  const uint64_t used = queue_.tokens() + reserved_tokens_ + prefetched_tokens_;
   if (used + reserve > opt_.max_queue_tokens) {
     ++stats_.rejected;
     throw QueueFull("queue full: " + std::to_string(used) + " tokens waiting, max_queue_tokens is " +
@@ -288,6 +288,7 @@ void Scheduler::prefetch() {
   const BatchPlan plan = queue_.plan(now, opt_.knobs);
   if (!plan.full) return;
   auto rows = std::make_unique<Taken>(take_locked(plan));
+  prefetched_tokens_ = rows->real_tokens;  // still waiting: counts against the bound
   prefetching_ = true;
   lock.unlock();
   std::unique_ptr<ReadyBatch> batch = collate(*rows);
@@ -435,6 +436,7 @@ std::unique_ptr<ReadyBatch> Scheduler::next_batch() {
       if (prefetched_) {
         rows = std::move(prefetched_);
         batch = std::move(prefetched_batch_);
+        prefetched_tokens_ = 0;
         if (drop_cancelled_rows_locked(*rows)) batch.reset();
         if (!rows->ids.empty()) ++stats_.prefetched_batches;
       } else {
@@ -521,6 +523,7 @@ SchedulerStats Scheduler::stats() const {
   s.queue_sequences = queue_.size();
   s.queue_tokens = queue_.tokens();
   s.reserved_tokens = reserved_tokens_;
+  s.prefetched_tokens = prefetched_tokens_;
   s.live_requests = requests_.size();
   s.tokenize_tasks = tasks_.size();
   return s;

@@ -207,6 +207,7 @@ class Scheduler {
   uint64_t next_order_ = 0;
   uint64_t next_batch_id_ = 0;
   uint64_t reserved_tokens_ = 0;  // admission estimates of untokenized texts
+  uint64_t prefetched_tokens_ = 0;  // in the prefetched batch
   // The prefetched batch (at most one): kept as rows, with their tokens, so
   // that rows cancelled meanwhile are dropped before it is computed.
   std::unique_ptr<Taken> prefetched_;

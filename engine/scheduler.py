@@ -1,0 +1,286 @@
+"""Python side of the native scheduler: the executor thread and the callers' futures.
+
+The native ``Scheduler`` (csrc/scheduler.h) queues, batches and collates; this
+module owns what needs Python:
+
+- one executor thread that loops ``next_batch()`` (the GIL is released while
+  it waits), runs the model on the batch and hands every row back to its
+  request by ``(request id, index)``;
+- the callers' side: ``run_async`` resolves an asyncio future on the caller's
+  own loop (``call_soon_threadsafe``), ``run_sync`` wakes a waiting thread.
+
+Every request is resolved exactly once: whoever removes it from ``_pending``
+(under ``_lock``) resolves it, be it the executor (result or batch failure), a
+timeout, a cancellation or ``close``. A batch that raises fails exactly the
+requests with rows in it; their other sequences are cancelled so nothing more
+is computed for them, and the executor goes on with the next batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from engine import _native
+from engine.batch import Batch
+from engine.errors import Overloaded, TooLarge
+
+log = logging.getLogger(__name__)
+
+RunBatch = Callable[[Batch], Sequence[Any]]
+"""Computes one batch: per-row outputs, ``len(outputs) == batch.rows``."""
+
+Finalize = Callable[[list], Any]
+"""Turns a request's rows (in input order) into its result."""
+
+Pretokenize = Callable[[list[str], "list[str] | None"], tuple[list, list]]
+"""Tokenizes in Python (the Hugging Face fallback): ``(ids, type_ids)`` per text."""
+
+
+class EngineClosed(RuntimeError):
+    """The engine was closed before this request was computed."""
+
+
+class _Pending:
+    """One submitted request until it is resolved."""
+
+    __slots__ = ("rows", "left", "loop", "future", "event", "value", "error")
+
+    def __init__(self, n: int, loop=None, future=None):
+        self.rows: list = [None] * n
+        self.left = n
+        self.loop = loop  # set for asyncio callers
+        self.future = future
+        self.event = None if loop is not None else threading.Event()  # sync callers
+        self.value = None
+        self.error: BaseException | None = None
+
+
+def _settle_many(items) -> None:
+    """Runs on a caller's loop: resolve the futures that are still waiting."""
+    for future, value, error in items:
+        if future.done():  # timed out or cancelled meanwhile
+            continue
+        if error is None:
+            future.set_result(value)
+        else:
+            future.set_exception(error)
+
+
+class Scheduler:
+    """Submits requests to a native scheduler and runs its batches on one thread."""
+
+    def __init__(
+        self,
+        native: _native.Scheduler,
+        run_batch: RunBatch,
+        finalize: Finalize = np.stack,
+        pretokenize: Pretokenize | None = None,
+        name: str = "engine",
+    ):
+        self._native = native
+        self._run_batch = run_batch
+        self._finalize = finalize
+        self._pretokenize = pretokenize
+        self._pending: dict[int, _Pending] = {}
+        self._lock = threading.Lock()
+        self._ids = itertools.count(1)
+        self._closed = False
+        self._thread = threading.Thread(
+            target=self._executor, name=f"textfleet-executor-{name}", daemon=True
+        )
+        self._thread.start()
+
+    # ---- callers ---------------------------------------------------------------
+
+    async def run_async(self, texts: list[str], pairs=None, timeout: float | None = None):
+        """The request's result; raises TimeoutError, Overloaded, TooLarge or the batch error."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        rid = self._submit(texts, pairs, timeout, _Pending(len(texts), loop, future))
+        timer = None
+        if timeout is not None:
+            timer = loop.call_later(timeout, self._expire_async, rid, future, timeout)
+        try:
+            return await future
+        except asyncio.CancelledError:  # the caller gave up: compute nothing more for it
+            self._abandon(rid, timed_out=False)
+            raise
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+    def run_sync(self, texts: list[str], pairs=None, timeout: float | None = None):
+        """The same, blocking the calling thread."""
+        pending = _Pending(len(texts))
+        rid = self._submit(texts, pairs, timeout, pending)
+        if not pending.event.wait(timeout) and self._abandon(rid, timed_out=True):
+            raise TimeoutError(f"request timed out after {timeout} s")
+        pending.event.wait()  # resolved meanwhile: the result is being set
+        if pending.error is not None:
+            raise pending.error
+        return pending.value
+
+    def _submit(self, texts, pairs, timeout, pending: _Pending) -> int:
+        if not texts:
+            raise ValueError("texts must not be empty")
+        if timeout is not None and not timeout > 0:
+            raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
+        rid = next(self._ids)
+        with self._lock:
+            if self._closed:
+                raise EngineClosed("the engine is closed")
+            self._pending[rid] = pending
+        try:
+            if self._pretokenize is None:
+                self._native.submit(rid, texts, pairs, timeout)
+            else:
+                ids, type_ids = self._pretokenize(texts, pairs)
+                self._native.submit_tokens(rid, ids, type_ids, timeout)
+        except BaseException as exc:
+            with self._lock:
+                self._pending.pop(rid, None)
+            raise self._map_submit_error(exc) from exc
+        return rid
+
+    def _map_submit_error(self, exc: BaseException) -> BaseException:
+        if isinstance(exc, _native.QueueFull):
+            return Overloaded(str(exc), retry_after_s=self._retry_after())
+        if isinstance(exc, _native.RequestTooLarge):
+            return TooLarge("texts", str(exc))
+        return exc
+
+    def _retry_after(self) -> float:
+        """About how long the queue takes to drain, from the measured compute rate."""
+        s = self._native.stats()
+        per_token = s["compute_s"]["sum"] / max(1, s["padded_tokens"])
+        return float(min(30.0, max(0.1, s["queue_tokens"] * per_token)))
+
+    def _expire_async(self, rid: int, future: asyncio.Future, timeout: float) -> None:
+        if not future.done() and self._abandon(rid, timed_out=True):
+            future.set_exception(TimeoutError(f"request timed out after {timeout} s"))
+
+    def _abandon(self, rid: int, timed_out: bool) -> bool:
+        """Stop waiting for a request; False if it was resolved already."""
+        with self._lock:
+            if self._pending.pop(rid, None) is None:
+                return False
+        self._native.cancel(rid, timed_out=timed_out)
+        if timed_out:
+            self._native.record_outcomes(timeouts=1)
+        else:
+            self._native.record_outcomes(cancellations=1)
+        return True
+
+    # ---- executor ----------------------------------------------------------------
+
+    def _executor(self) -> None:
+        try:
+            while (nb := self._native.next_batch()) is not None:
+                if nb.failures:
+                    self._fail({rid: RuntimeError(msg) for rid, msg in nb.failures})
+                if nb.rows:
+                    self._run_one(nb)
+        except BaseException:  # a bug here must not leave callers waiting forever
+            log.exception("scheduler executor stopped")
+            self._native.shutdown(drain=False)
+        self._fail_all(EngineClosed("the engine is closed"))
+
+    def _run_one(self, nb) -> None:
+        start = time.perf_counter()
+        try:
+            out = self._run_batch(Batch(*nb.arrays))
+            if len(out) != nb.rows:
+                raise RuntimeError(f"the model returned {len(out)} rows for a batch of {nb.rows}")
+        except Exception as exc:
+            self._native.record_compute(time.perf_counter() - start, True)
+            log.warning("batch %d of %d rows failed: %r", nb.id, nb.rows, exc)
+            self._fail(dict.fromkeys(nb.request_ids, exc))
+            return
+        self._native.record_compute(time.perf_counter() - start, False)
+        self._deliver(nb.request_ids, nb.indices, out)
+
+    def _deliver(self, rids: list[int], indices: list[int], out) -> None:
+        done: list[_Pending] = []
+        with self._lock:
+            pending = self._pending
+            for i, (rid, index) in enumerate(zip(rids, indices, strict=True)):
+                p = pending.get(rid)
+                if p is None:  # timed out or cancelled while it computed
+                    continue
+                p.rows[index] = out[i]
+                p.left -= 1
+                if p.left == 0:
+                    del pending[rid]
+                    done.append(p)
+        failed = 0
+        for p in done:
+            try:
+                p.value = self._finalize(p.rows)
+            except Exception as exc:
+                p.error, failed = exc, failed + 1
+            p.rows = None
+        self._resolve(done)
+        if done:
+            self._native.record_outcomes(ok=len(done) - failed, failed=failed)
+
+    def _fail(self, errors: dict[int, BaseException]) -> None:
+        """Fail these requests and cancel what is left of them."""
+        done: list[_Pending] = []
+        with self._lock:
+            for rid, exc in errors.items():
+                p = self._pending.pop(rid, None)
+                if p is not None:
+                    p.error = exc
+                    done.append(p)
+        for rid in errors:
+            self._native.cancel(rid)
+        self._resolve(done)
+        if done:
+            self._native.record_outcomes(failed=len(done))
+
+    def _fail_all(self, exc: BaseException) -> None:
+        with self._lock:
+            self._closed = True
+            rids = list(self._pending)
+        self._fail(dict.fromkeys(rids, exc))
+
+    @staticmethod
+    def _resolve(done: list[_Pending]) -> None:
+        by_loop: dict[Any, list] = {}
+        for p in done:
+            if p.loop is None:
+                p.event.set()
+            else:
+                by_loop.setdefault(p.loop, []).append((p.future, p.value, p.error))
+        for loop, items in by_loop.items():
+            # A closed loop raises RuntimeError: nobody waits there any more.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_settle_many, items)
+
+    # ---- lifecycle -------------------------------------------------------------------
+
+    @property
+    def pending(self) -> int:
+        """Requests submitted and not resolved yet."""
+        with self._lock:
+            return len(self._pending)
+
+    def stats(self) -> dict:
+        return self._native.stats()
+
+    def close(self, drain: bool = False, timeout: float | None = None) -> None:
+        """Stop: queued requests are computed first if drain, else fail with EngineClosed."""
+        with self._lock:
+            self._closed = True
+        self._native.shutdown(drain=drain)
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout)
