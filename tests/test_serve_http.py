@@ -411,6 +411,25 @@ def test_prometheus_metrics_per_model(served, http):
     assert any('application="minilm"' in ln for ln in lines)
 
 
+def test_status_command_shows_the_failure(served):
+    """`textfleet status` (serve status without a dashboard) names the broken model's error."""
+    import subprocess
+    import sys
+
+    import ray
+
+    address = ray.get_runtime_context().gcs_address
+    out = subprocess.run(
+        [sys.executable, "-m", "serve.cli", "status", "--address", address],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+    assert "minilm: RUNNING" in out and "broken: DEPLOY_FAILED" in out
+    assert "model 'broken': model_dir" in out
+
+
 # ---------------------------------------------------------------- independence (keep last)
 
 
