@@ -110,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_export(sub)
     add_embed(sub)
+    from serve.cli import add_subcommands  # config, serve, status (the serving layer)
+
+    add_subcommands(sub)
     return parser
 
 
