@@ -5,10 +5,13 @@
 namespace py = pybind11;
 
 namespace textfleet {
+void register_tokenizer(py::module_& m);
 void register_scheduler(py::module_& m);
 }  // namespace textfleet
 
 PYBIND11_MODULE(_native, m) {
   m.doc() = "textfleet native core: tokenizer, scheduler, collation";
+  // The tokenizer first: the scheduler's bindings refer to its types.
+  textfleet::register_tokenizer(m);
   textfleet::register_scheduler(m);
 }

