@@ -8,6 +8,7 @@
 #include <optional>
 
 #include "batch_former.h"
+#include "bind_tokenizer.h"
 #include "scheduler.h"
 
 namespace py = pybind11;
@@ -46,6 +47,7 @@ py::dict stats_dict(const SchedulerStats& s) {
   TF_FIELD(expired_requests);
   TF_FIELD(dropped_sequences);
   TF_FIELD(tokenize_errors);
+  TF_FIELD(tokenize_s);
   TF_FIELD(batches);
   TF_FIELD(batch_sequences);
   TF_FIELD(real_tokens);
@@ -90,6 +92,12 @@ std::vector<TokenSeq> to_seqs(std::vector<std::vector<int32_t>> ids,
     if (type_ids) seqs[i].type_ids = std::move((*type_ids)[i]);
   }
   return seqs;
+}
+
+// A SequenceEncoder (e.g. ByteEncoder) or an engine._native.WordPieceTokenizer.
+std::shared_ptr<const SequenceEncoder> to_encoder(const py::object& obj) {
+  if (py::isinstance<SequenceEncoder>(obj)) return obj.cast<std::shared_ptr<SequenceEncoder>>();
+  return std::make_shared<WordPieceEncoder>(tokenizer_from_python(obj));
 }
 
 void bind_former(py::module_& m) {
@@ -156,6 +164,11 @@ void bind_scheduler(py::module_& m) {
   py::class_<ByteEncoder, SequenceEncoder, std::shared_ptr<ByteEncoder>>(
       m, "ByteEncoder", "Test encoder: one token per UTF-8 byte between [CLS]=1 and [SEP]=2.")
       .def(py::init<uint32_t>(), py::arg("max_length") = 512);
+  py::class_<PretokenizedEncoder, SequenceEncoder, std::shared_ptr<PretokenizedEncoder>>(
+      m, "PretokenizedEncoder",
+      "For a scheduler fed only by submit_tokens(): pad id and limits, no tokenizer.")
+      .def(py::init<uint32_t, int64_t, uint32_t, uint32_t>(), py::arg("max_length"),
+           py::arg("pad_id"), py::arg("special_single") = 2, py::arg("special_pair") = 3);
 
   py::class_<ReadyBatch>(m, "NativeBatch", "A collated batch from Scheduler.next_batch().")
       .def_readonly("id", &ReadyBatch::id)
@@ -175,7 +188,7 @@ void bind_scheduler(py::module_& m) {
           "(input_ids, attention_mask, token_type_ids): int64 [rows, width] views, no copy");
 
   py::class_<Scheduler>(m, "Scheduler", "Thread-safe request queue, batch former and collator.")
-      .def(py::init([](std::shared_ptr<SequenceEncoder> encoder, const BatchKnobs& knobs,
+      .def(py::init([](const py::object& encoder, const BatchKnobs& knobs,
                        uint64_t max_queue_tokens, uint32_t tokenizer_threads,
                        size_t inline_max_bytes, uint32_t chunk_texts) {
              SchedulerOptions o;
@@ -184,11 +197,12 @@ void bind_scheduler(py::module_& m) {
              o.tokenizer_threads = tokenizer_threads;
              o.inline_max_bytes = inline_max_bytes;
              o.chunk_texts = chunk_texts;
-             return std::make_unique<Scheduler>(std::move(encoder), o);
+             return std::make_unique<Scheduler>(to_encoder(encoder), o);
            }),
            py::arg("encoder"), py::arg("knobs"), py::arg("max_queue_tokens") = 1'000'000,
            py::arg("tokenizer_threads") = 1, py::arg("inline_max_bytes") = 4096,
-           py::arg("chunk_texts") = 64)
+           py::arg("chunk_texts") = 64,
+           "encoder: an engine._native.WordPieceTokenizer, or a SequenceEncoder.")
       .def(
           "submit",
           [](Scheduler& s, uint64_t id, std::vector<std::string> texts,

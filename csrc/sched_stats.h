@@ -44,6 +44,7 @@ struct SchedulerStats {
   uint64_t expired_requests = 0;    // deadline passed with work left
   uint64_t dropped_sequences = 0;   // never computed because of the two above
   uint64_t tokenize_errors = 0;
+  double tokenize_s = 0;  // thread-seconds spent tokenizing
   // Batches handed to the executor.
   uint64_t batches = 0;
   uint64_t batch_sequences = 0;

@@ -53,6 +53,37 @@ void ByteEncoder::encode(std::string_view text, const std::string_view* pair, To
   }
 }
 
+PretokenizedEncoder::PretokenizedEncoder(uint32_t max_length, int64_t pad_id,
+                                         uint32_t special_single, uint32_t special_pair)
+    : max_length_(max_length), pad_id_(pad_id), single_(special_single), pair_(special_pair) {}
+
+void PretokenizedEncoder::encode(std::string_view, const std::string_view*, TokenSeq&) const {
+  throw std::logic_error("this scheduler takes tokenized sequences only (submit_tokens)");
+}
+
+// ---- WordPieceEncoder --------------------------------------------------------
+
+WordPieceEncoder::WordPieceEncoder(std::shared_ptr<const Tokenizer> tokenizer)
+    : tokenizer_(std::move(tokenizer)) {
+  if (!tokenizer_) throw std::invalid_argument("tokenizer must not be null");
+}
+
+void WordPieceEncoder::encode(std::string_view text, const std::string_view* pair,
+                              TokenSeq& out) const {
+  thread_local Encoding scratch;  // keeps its capacity: no allocation per token
+  tokenizer_->encode(text, pair, true, scratch, false);
+  out.ids.assign(scratch.ids.begin(), scratch.ids.end());
+  out.type_ids.assign(scratch.type_ids.begin(), scratch.type_ids.end());
+}
+
+uint32_t WordPieceEncoder::max_length() const {
+  return static_cast<uint32_t>(std::min<size_t>(tokenizer_->max_length(), UINT32_MAX));
+}
+
+uint32_t WordPieceEncoder::special_tokens(bool is_pair) const {
+  return static_cast<uint32_t>(tokenizer_->added_special(is_pair));
+}
+
 void ReadyBatch::FreeDeleter::operator()(int64_t* p) const { std::free(p); }
 
 // ---- lifecycle ---------------------------------------------------------------
@@ -133,13 +164,16 @@ void Scheduler::submit(uint64_t id, std::vector<std::string> texts, std::vector<
     // Small: tokenize right here (the GIL is released), then admit exactly.
     std::vector<TokenSeq> seqs(n);
     uint64_t tokens = 0;
+    const int64_t start = steady_now_ns();
     for (size_t i = 0; i < n; ++i) {
       const std::string_view pair = is_pair ? std::string_view(pairs[i]) : std::string_view();
       encoder_->encode(texts[i], is_pair ? &pair : nullptr, seqs[i]);
       tokens += seqs[i].ids.size();
     }
+    const int64_t now = steady_now_ns();
     std::lock_guard<std::mutex> lock(mu_);
-    admit_locked(id, tokens, n, timeout_s, steady_now_ns());
+    stats_.tokenize_s += static_cast<double>(now - start) * 1e-9;
+    admit_locked(id, tokens, n, timeout_s, now);
     enqueue_locked(id, 0, seqs);
     return;
   }
@@ -239,6 +273,7 @@ void Scheduler::tokenize_task(const Task& task) {
     const auto it = requests_.find(task.id);
     if (it->second.cancelled) seqs.clear();  // no need to tokenize
   }
+  const int64_t start = steady_now_ns();
   try {
     for (size_t i = 0; i < seqs.size(); ++i) {
       const std::string_view pair = is_pair ? std::string_view(in.pairs[task.begin + i]) : "";
@@ -247,7 +282,9 @@ void Scheduler::tokenize_task(const Task& task) {
   } catch (const std::exception& e) {
     error = e.what();
   }
+  const int64_t end = steady_now_ns();
   std::lock_guard<std::mutex> lock(mu_);
+  stats_.tokenize_s += static_cast<double>(end - start) * 1e-9;
   reserved_tokens_ -= task.reserved;
   Request& r = requests_.at(task.id);
   --r.tasks_left;

@@ -29,6 +29,7 @@
 
 #include "batch_former.h"
 #include "sched_stats.h"
+#include "tokenizer.h"
 
 namespace textfleet {
 
@@ -63,6 +64,37 @@ class ByteEncoder final : public SequenceEncoder {
 
  private:
   uint32_t max_length_;
+};
+
+// For a scheduler fed only by submit_tokens() (texts tokenized elsewhere, as
+// by the Hugging Face fallback): gives the pad id and limits; encode throws.
+class PretokenizedEncoder final : public SequenceEncoder {
+ public:
+  PretokenizedEncoder(uint32_t max_length, int64_t pad_id, uint32_t special_single,
+                      uint32_t special_pair);
+  void encode(std::string_view text, const std::string_view* pair, TokenSeq& out) const override;
+  uint32_t max_length() const override { return max_length_; }
+  int64_t pad_id() const override { return pad_id_; }
+  uint32_t special_tokens(bool is_pair) const override { return is_pair ? pair_ : single_; }
+
+ private:
+  uint32_t max_length_;
+  int64_t pad_id_;
+  uint32_t single_;
+  uint32_t pair_;
+};
+
+// The native WordPiece tokenizer (tokenizer.h) as the scheduler's encoder.
+class WordPieceEncoder final : public SequenceEncoder {
+ public:
+  explicit WordPieceEncoder(std::shared_ptr<const Tokenizer> tokenizer);
+  void encode(std::string_view text, const std::string_view* pair, TokenSeq& out) const override;
+  uint32_t max_length() const override;
+  int64_t pad_id() const override { return tokenizer_->pad_id(); }
+  uint32_t special_tokens(bool is_pair) const override;
+
+ private:
+  std::shared_ptr<const Tokenizer> tokenizer_;
 };
 
 // submit() when the queue bound is reached (-> engine.errors.Overloaded).

@@ -21,6 +21,12 @@ class BatchingConfig(BaseModel):
     """Most padded tokens in one batch: rows x longest row. Padded cost, not real tokens,
     is what the model computes, so this is the budget that bounds a batch's latency."""
 
+    max_row_padding: int = Field(32, ge=0)
+    """Most padding tokens one sequence may add to a batch: its own padding, or the extra
+    width it forces on the rows already in. Beyond this, running it in another batch
+    costs less than the padding would (the per-batch overhead, in tokens): small on a CPU,
+    large on a GPU where a bigger batch is almost free."""
+
     max_wait_ms: float = Field(0.0, ge=0.0, le=10_000.0)
     """Opt-in hold for fuller batches. 0 (the CPU default): an idle executor takes
     whatever is queued at once; batches grow only while it is busy."""

@@ -1,32 +1,40 @@
 """Engine: one loaded model; texts in, one result row per text out, in input order.
 
-``embed`` tokenizes all texts once (natively, GIL released), plans
-length-sorted batches under the token budget (padded cost = rows x longest
-row, the work the model really does), collates each batch natively into a
-``Batch``, runs the backend, pools with the task head and writes each row
-back to its input position. Sorting by length is what keeps padding, and so
-wasted compute, near zero on mixed-length inputs.
+Every call goes through one native scheduler (csrc/scheduler.h, driven by
+engine/scheduler.py): texts are tokenized natively with the GIL released,
+queued, and batched across all concurrent callers by the batch former
+(oldest first, then similar lengths, under a padded token budget: padded cost
+= rows x longest row, the work the model really does). One executor thread
+runs the backend and the task head on each batch and hands every row back
+to its request. ``embed`` (sync) and ``aembed`` (asyncio) share it, so the
+engine is safe to call from many threads and tasks at once.
 
-``aembed`` runs ``embed`` in a worker thread until the native scheduler
-(dynamic batching across concurrent requests) replaces it.
+``plan_batches`` is the offline planner (all lengths known up front, sorted);
+benchmarks use it as the compute limit to compare the scheduler against.
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
-import threading
-import time
 from collections.abc import Sequence
 
 import numpy as np
 
+from engine import _native
 from engine.backends.base import Backend, create_backend
+from engine.batch import Batch
 from engine.config import BatchingConfig
 from engine.errors import EngineError, ModelDirError
 from engine.heads import HEADS
 from engine.model_dir import ModelDir, ModelInfo
-from engine.tokenizer import Tokenizer, check_texts
+from engine.scheduler import Scheduler
+from engine.tokenizer import Tokenizer, check_texts, default_threads
+
+# Texts per request when embed() splits a large input, and how many such
+# requests it keeps queued: enough for length-aware batches without filling
+# the queue other callers share.
+EMBED_CHUNK = 1024
+EMBED_WINDOW = 2
 
 
 def plan_batches(
@@ -50,37 +58,6 @@ def plan_batches(
     return batches
 
 
-class Stats:
-    """Counters of one engine, safe to update from several threads."""
-
-    FIELDS = (
-        "requests",
-        "sequences",
-        "batches",
-        "real_tokens",
-        "padded_tokens",
-        "tokenize_s",
-        "compute_s",
-    )
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self._values: dict[str, float] = dict.fromkeys(self.FIELDS, 0)
-
-    def add(self, **deltas: float) -> None:
-        with self._lock:
-            for k, v in deltas.items():
-                self._values[k] += v
-
-    def snapshot(self) -> dict[str, float]:
-        with self._lock:
-            out = dict(self._values)
-        out["padding_ratio"] = (
-            1.0 - out["real_tokens"] / out["padded_tokens"] if out["padded_tokens"] else 0.0
-        )
-        return out
-
-
 class Engine:
     """One model: tokenizer + backend + task head. Build with ``Engine.load``."""
 
@@ -102,8 +79,39 @@ class Engine:
         self.backend = backend
         self.batching = batching
         self.head = HEADS[info.task](info)
-        self._stats = Stats()
         self._closed = False
+        self._scheduler = self._start_scheduler()
+
+    def _start_scheduler(self) -> Scheduler:
+        cfg = self.batching
+        knobs = _native.BatchKnobs(
+            max_batch_size=cfg.max_batch_size,
+            max_batch_tokens=cfg.max_batch_tokens,
+            max_wait_ms=cfg.max_wait_ms,
+            max_row_padding=cfg.max_row_padding,
+        )
+        encoder, pretokenize = self.tokenizer.native, None
+        if encoder is None:  # Hugging Face fallback: tokenize in Python, queue the ids
+            encoder = _native.PretokenizedEncoder(self.info.max_length, self.tokenizer.pad_id)
+            pretokenize = self._pretokenize
+        native = _native.Scheduler(
+            encoder,
+            knobs,
+            max_queue_tokens=cfg.max_queue_tokens,
+            tokenizer_threads=cfg.tokenizer_threads or default_threads(),
+        )
+        return Scheduler(native, self._run_batch, np.stack, pretokenize, name=self.info.name)
+
+    def _pretokenize(self, texts: list[str], pairs: list[str] | None):
+        encs = self.tokenizer.encode_batch(texts, pairs)
+        return [e.ids for e in encs], [e.type_ids for e in encs]
+
+    def _run_batch(self, batch: Batch) -> np.ndarray:
+        """Runs on the executor thread: backend + head, one row per sequence."""
+        vectors = self.head(self.backend.run(batch), batch)
+        if vectors.shape[0] != batch.rows:  # every row must come back exactly once
+            raise EngineError(f"head returned {vectors.shape[0]} rows for a batch of {batch.rows}")
+        return vectors
 
     @classmethod
     def load(
@@ -135,41 +143,28 @@ class Engine:
         """float32 [len(texts), dim], row i for texts[i].
 
         A non-str item raises TypeError naming its index; texts longer than
-        ``info.max_length`` tokens are truncated.
+        ``info.max_length`` tokens are truncated. A large input is queued in
+        chunks (``EMBED_CHUNK`` texts, ``EMBED_WINDOW`` at a time) so it does not
+        fill the queue that concurrent callers share.
         """
         self._check_open()
         texts = check_texts(texts, "texts")
-        out = np.empty((len(texts), self.info.dim), dtype=np.float32)
-        self._stats.add(requests=1, sequences=len(texts))
         if not texts:
-            return out
-        t0 = time.perf_counter()
-        seqs = self.tokenizer.tokenize(texts)
-        self._stats.add(tokenize_s=time.perf_counter() - t0)
-        cfg = self.batching
-        for idx in plan_batches(seqs.lengths, cfg.max_batch_size, cfg.max_batch_tokens):
-            out[idx] = self._run(seqs.collate(idx))
-        return out
-
-    def _run(self, batch) -> np.ndarray:
-        t0 = time.perf_counter()
-        outputs = self.backend.run(batch)
-        compute = time.perf_counter() - t0
-        vectors = self.head(outputs, batch)
-        if vectors.shape[0] != batch.rows:  # every row must come back exactly once
-            raise EngineError(f"head returned {vectors.shape[0]} rows for a batch of {batch.rows}")
-        self._stats.add(
-            batches=1,
-            real_tokens=batch.real_tokens,
-            padded_tokens=batch.padded_tokens,
-            compute_s=compute,
-        )
-        return vectors
+            return np.empty((0, self.info.dim), dtype=np.float32)
+        parts = self._scheduler.run_chunked(texts, chunk=EMBED_CHUNK, window=EMBED_WINDOW)
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     async def aembed(self, texts: Sequence[str], timeout: float | None = None) -> np.ndarray:
-        """``embed`` off the event loop. On timeout the caller gets TimeoutError at once
-        (the running batch still finishes in its thread; the scheduler will cancel queued work)."""
-        return await asyncio.wait_for(asyncio.to_thread(self.embed, texts), timeout)
+        """``embed`` for asyncio callers: the result is delivered on the caller's loop.
+
+        ``timeout`` (seconds): past it the caller gets TimeoutError and the request's
+        sequences not yet computed leave the queue. Overloaded when the queue is full.
+        """
+        self._check_open()
+        texts = check_texts(texts, "texts")
+        if not texts:
+            return np.empty((0, self.info.dim), dtype=np.float32)
+        return await self._scheduler.run_async(texts, None, timeout)
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         """Tokens per text as the model sees them (special tokens in, truncated at max_length)."""
@@ -180,16 +175,18 @@ class Engine:
         return self.tokenizer.tokenize(texts).lengths.tolist()
 
     def stats(self) -> dict:
-        """Counters since load: requests, sequences, batches, real and padded tokens, seconds."""
-        return self._stats.snapshot()
+        """Counters since load (see ``scheduler_stats``)."""
+        return scheduler_stats(self._scheduler.stats())
 
     def health(self) -> bool:
         return not self._closed and self.backend.health()
 
     def close(self) -> None:
-        """Release the backend. Further calls raise EngineError. Idempotent."""
+        """Stop the scheduler (waiting calls fail with EngineClosed) and release the
+        backend. Further calls raise EngineError. Idempotent."""
         if not self._closed:
             self._closed = True
+            self._scheduler.close(drain=False)
             self.backend.unload()
 
     def _check_open(self) -> None:
@@ -207,3 +204,44 @@ class Engine:
             f"Engine({self.info.name!r}, task={self.info.task!r}, backend={self.backend.name!r}, "
             f"device={self.backend.device!r}, tokenizer={self.tokenizer.backend!r})"
         )
+
+
+def scheduler_stats(s: dict) -> dict:
+    """``engine.stats()``: the native scheduler's counters, plus derived figures.
+
+    Cumulative: requests, sequences, batches, real_tokens, padded_tokens,
+    tokenize_s, compute_s, rejected, timed_out, cancelled, errors (requests that
+    failed), failed_batches, dropped_sequences (never computed: cancelled or
+    expired). Gauges: queue_sequences, queue_tokens, live_requests. Derived:
+    padding_efficiency (real / padded tokens), padding_ratio (1 - efficiency),
+    mean_batch_size. Histograms (``{"bounds", "counts", "sum", "count"}``, the
+    last count is +Inf): batch_size, queue_wait_s (per sequence), compute_time_s
+    (per batch).
+    """
+    real, padded, batches = s["real_tokens"], s["padded_tokens"], s["batches"]
+    efficiency = real / padded if padded else 1.0
+    return {
+        "requests": s["requests"],
+        "sequences": s["sequences"],
+        "batches": batches,
+        "real_tokens": real,
+        "padded_tokens": padded,
+        "padding_efficiency": efficiency,
+        "padding_ratio": 1.0 - efficiency,
+        "mean_batch_size": s["batch_sequences"] / batches if batches else 0.0,
+        "tokenize_s": s["tokenize_s"],
+        "compute_s": s["compute_s"]["sum"],
+        "rejected": s["rejected"] + s["rejected_too_large"],
+        "timed_out": s["timeouts"],
+        "cancelled": s["cancellations"],
+        "errors": s["failed_requests"],
+        "failed_batches": s["failed_batches"],
+        "dropped_sequences": s["dropped_sequences"],
+        "prefetched_batches": s["prefetched_batches"],
+        "queue_sequences": s["queue_sequences"],
+        "queue_tokens": s["queue_tokens"] + s["reserved_tokens"] + s["prefetched_tokens"],
+        "live_requests": s["live_requests"],
+        "batch_size": s["batch_size"],
+        "queue_wait_s": s["queue_wait_s"],
+        "compute_time_s": s["compute_s"],
+    }

@@ -19,6 +19,7 @@ is computed for them, and the executor goes on with the next batch.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import itertools
 import logging
@@ -31,7 +32,7 @@ import numpy as np
 
 from engine import _native
 from engine.batch import Batch
-from engine.errors import Overloaded, TooLarge
+from engine.errors import EngineError, Overloaded, TooLarge
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ Pretokenize = Callable[[list[str], "list[str] | None"], tuple[list, list]]
 """Tokenizes in Python (the Hugging Face fallback): ``(ids, type_ids)`` per text."""
 
 
-class EngineClosed(RuntimeError):
+class EngineClosed(EngineError):
     """The engine was closed before this request was computed."""
 
 
@@ -62,6 +63,32 @@ class _Pending:
         self.event = None if loop is not None else threading.Event()  # sync callers
         self.value = None
         self.error: BaseException | None = None
+
+
+class Ticket:
+    """A request submitted from a thread; ``result()`` waits for it."""
+
+    __slots__ = ("_scheduler", "_rid", "_pending", "_timeout")
+
+    def __init__(self, scheduler: Scheduler, rid: int, pending: _Pending, timeout):
+        self._scheduler = scheduler
+        self._rid = rid
+        self._pending = pending
+        self._timeout = timeout
+
+    def result(self):
+        """The result; TimeoutError once the request's timeout has passed."""
+        p, timeout = self._pending, self._timeout
+        if not p.event.wait(timeout) and self._scheduler._abandon(self._rid, timed_out=True):
+            raise TimeoutError(f"request timed out after {timeout} s")
+        p.event.wait()  # resolved meanwhile: the result is being set
+        if p.error is not None:
+            raise p.error
+        return p.value
+
+    def cancel(self) -> bool:
+        """Stop waiting; False if it was resolved already."""
+        return self._scheduler._abandon(self._rid, timed_out=False)
 
 
 def _settle_many(items) -> None:
@@ -118,16 +145,51 @@ class Scheduler:
             if timer is not None:
                 timer.cancel()
 
-    def run_sync(self, texts: list[str], pairs=None, timeout: float | None = None):
-        """The same, blocking the calling thread."""
+    def submit(self, texts: list[str], pairs=None, timeout: float | None = None) -> Ticket:
+        """Queue a request for a thread to wait on (``Ticket.result()``)."""
         pending = _Pending(len(texts))
-        rid = self._submit(texts, pairs, timeout, pending)
-        if not pending.event.wait(timeout) and self._abandon(rid, timed_out=True):
-            raise TimeoutError(f"request timed out after {timeout} s")
-        pending.event.wait()  # resolved meanwhile: the result is being set
-        if pending.error is not None:
-            raise pending.error
-        return pending.value
+        return Ticket(self, self._submit(texts, pairs, timeout, pending), pending, timeout)
+
+    def run_sync(self, texts: list[str], pairs=None, timeout: float | None = None):
+        """``run_async``, blocking the calling thread."""
+        return self.submit(texts, pairs, timeout).result()
+
+    def run_chunked(self, texts: list[str], pairs=None, chunk: int = 1024, window: int = 2):
+        """Results of consecutive chunks of a large input, each its own request.
+
+        At most ``window`` chunks wait in the queue at a time. A chunk larger than
+        the whole queue bound is halved until it fits (TooLarge only for a single
+        text); when other callers filled the queue, the oldest chunk is awaited.
+        """
+        results: list = []
+        waiting: collections.deque[Ticket] = collections.deque()
+        start, size = 0, chunk
+        try:
+            while start < len(texts):
+                end = min(len(texts), start + size)
+                try:
+                    part = None if pairs is None else pairs[start:end]
+                    waiting.append(self.submit(texts[start:end], part))
+                except TooLarge:
+                    if end - start == 1:
+                        raise
+                    size = (end - start) // 2
+                    continue
+                except Overloaded:
+                    if not waiting:
+                        raise
+                    results.append(waiting.popleft().result())
+                    continue
+                start = end
+                while len(waiting) >= window:
+                    results.append(waiting.popleft().result())
+            while waiting:
+                results.append(waiting.popleft().result())
+        except BaseException:
+            for ticket in waiting:  # nobody will read them: compute nothing more
+                ticket.cancel()
+            raise
+        return results
 
     def _submit(self, texts, pairs, timeout, pending: _Pending) -> int:
         if not texts:

@@ -154,6 +154,12 @@ class Tokenizer:
         return self._impl.max_length
 
     @property
+    def native(self):
+        """The compiled ``_native.WordPieceTokenizer`` for native components (the
+        scheduler tokenizes with it), or None on the Hugging Face fallback."""
+        return getattr(self._impl, "native", None)
+
+    @property
     def pad_id(self) -> int:
         return self._impl.pad_id
 
