@@ -260,6 +260,9 @@ void Scheduler::worker_loop() {
       tokenize_task(task);
     }
     lock.lock();
+    // The executor may be waiting for this task: for its sequences, or, when
+    // draining, for the last task to finish.
+    if (executor_waiting_) exec_cv_.notify_one();
   }
 }
 
@@ -301,7 +304,6 @@ void Scheduler::tokenize_task(const Task& task) {
   } else {
     enqueue_locked(task.id, task.begin, seqs);
   }
-  if (executor_waiting_) exec_cv_.notify_one();  // draining may be complete, or failures wait
 }
 
 void Scheduler::post_prefetch_locked(int64_t now_ns) {

@@ -236,7 +236,7 @@ class Scheduler:
             if self._pending.pop(rid, None) is None:
                 return False
         self._native.cancel(rid, timed_out=timed_out)
-        if timed_out:
+        if timed_out:  # the caller raises after this returns
             self._native.record_outcomes(timeouts=1)
         else:
             self._native.record_outcomes(cancellations=1)
@@ -290,9 +290,9 @@ class Scheduler:
             except Exception as exc:
                 p.error, failed = exc, failed + 1
             p.rows = None
-        self._resolve(done)
-        if done:
+        if done:  # counted before callers wake, so they see their own request in stats()
             self._native.record_outcomes(ok=len(done) - failed, failed=failed)
+        self._resolve(done)
 
     def _fail(self, errors: dict[int, BaseException]) -> None:
         """Fail these requests and cancel what is left of them."""
@@ -305,9 +305,9 @@ class Scheduler:
                     done.append(p)
         for rid in errors:
             self._native.cancel(rid)
-        self._resolve(done)
         if done:
             self._native.record_outcomes(failed=len(done))
+        self._resolve(done)
 
     def _fail_all(self, exc: BaseException) -> None:
         with self._lock:
