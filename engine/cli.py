@@ -40,6 +40,9 @@ def add_export(sub) -> None:
     )
     p.add_argument("--safetensors", action="store_true", help="also keep the torch weights")
     p.add_argument("--force", action="store_true", help="replace an existing model directory")
+    p.add_argument(
+        "--quantize", choices=["int8"], default=None, help="store a dynamically quantized graph"
+    )
     p.set_defaults(func=cmd_export)
 
 
@@ -53,6 +56,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         max_length=args.max_length,
         safetensors=args.safetensors,
         force=args.force,
+        quantize=args.quantize,
     )
     info = md.info
     print(

@@ -48,6 +48,7 @@ from engine.model_dir import (
     Source,
     sha256_file,
 )
+from engine.quantize import check_quantization, quantize_onnx
 
 log = logging.getLogger(__name__)
 
@@ -361,10 +362,14 @@ def export(
     max_length: int | None = None,
     safetensors: bool = False,
     force: bool = False,
+    quantize: str | None = None,
 ) -> ModelDir:
-    """Export SOURCE into the model directory OUT_DIR and return it, opened."""
+    """Export SOURCE into the model directory OUT_DIR and return it, opened.
+
+    ``quantize="int8"`` stores a dynamically quantized graph (engine/quantize.py)."""
     if task not in TASK_SPECS:
         raise ExportError(f"unknown task {task!r}; export supports: {', '.join(TASK_SPECS)}")
+    check_quantization(quantize)
     folder, src = resolve_source(source)
     config = check_source(folder)
     length = read_max_length(folder, config, max_length)
@@ -377,6 +382,8 @@ def export(
     tmp.mkdir()
     try:
         inputs = export_onnx(folder, tmp / ONNX_FILE, task, config, length)
+        if quantize is not None:
+            quantize_onnx(tmp / ONNX_FILE, quantize)
         write_tokenizer(folder / TOKENIZER_FILE, tmp / TOKENIZER_FILE)
         shutil.copyfile(folder / CONFIG_FILE, tmp / CONFIG_FILE)
         if safetensors:
