@@ -74,3 +74,132 @@ class WordPieceTokenizer:
     def pad_id(self) -> int: ...
     @property
     def num_threads(self) -> int: ...
+
+# ---- scheduler (csrc/bind_scheduler.cc) -------------------------------------------
+
+class QueueFull(Exception):
+    """submit(): the queue bound is reached (engine.errors.Overloaded)."""
+
+class RequestTooLarge(Exception):
+    """submit(): the request alone exceeds max_queue_tokens (engine.errors.TooLarge)."""
+
+class BatchKnobs:
+    """Batch former knobs (see engine.config.BatchingConfig)."""
+
+    def __init__(
+        self,
+        max_batch_size: int = 32,
+        max_batch_tokens: int = 8192,
+        max_wait_ms: float = 0.0,
+        max_row_padding: int = 32,
+    ) -> None: ...
+    @property
+    def max_batch_size(self) -> int: ...
+    @property
+    def max_batch_tokens(self) -> int: ...
+    @property
+    def max_wait_ms(self) -> float: ...
+    @property
+    def max_row_padding(self) -> int: ...
+
+class BatchPlan:
+    """The batch BatchQueue.plan() would form now."""
+
+    @property
+    def rows(self) -> list[tuple[int, int]]:
+        """(order, index) of each row, oldest first."""
+    @property
+    def width(self) -> int: ...
+    @property
+    def real_tokens(self) -> int: ...
+    @property
+    def padded_tokens(self) -> int: ...
+    @property
+    def ready(self) -> bool: ...
+    @property
+    def full(self) -> bool: ...
+    @property
+    def wake_at(self) -> float | None:
+        """When max_wait makes a held batch ready (the caller's clock, seconds), or None."""
+
+class BatchQueue:
+    """The batch former's queue, driven by the caller's clock (for tests)."""
+
+    def __init__(self) -> None: ...
+    def push(self, order: int, index: int, length: int, arrival: float) -> bool: ...
+    def erase(self, order: int, index: int) -> int: ...
+    def plan(self, now: float, knobs: BatchKnobs) -> BatchPlan: ...
+    def take(self, plan: BatchPlan) -> None: ...
+    def __len__(self) -> int: ...
+    @property
+    def tokens(self) -> int: ...
+
+class SequenceEncoder:
+    @property
+    def max_length(self) -> int: ...
+    @property
+    def pad_id(self) -> int: ...
+
+class ByteEncoder(SequenceEncoder):
+    """Test encoder: one token per UTF-8 byte (+3) between [CLS]=1 and [SEP]=2."""
+
+    def __init__(self, max_length: int = 512) -> None: ...
+
+class PretokenizedEncoder(SequenceEncoder):
+    """For a scheduler fed only by submit_tokens(): pad id and limits, no tokenizer."""
+
+    def __init__(
+        self, max_length: int, pad_id: int, special_single: int = 2, special_pair: int = 3
+    ) -> None: ...
+
+class NativeBatch:
+    """A collated batch from Scheduler.next_batch()."""
+
+    id: int
+    rows: int
+    width: int
+    real_tokens: int
+    max_queue_wait_s: float
+    request_ids: list[int]
+    indices: list[int]
+    failures: list[tuple[int, str]]
+    @property
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(input_ids, attention_mask, token_type_ids): int64 [rows, width] views, no copy."""
+
+class Scheduler:
+    """Thread-safe request queue, batch former and collator (csrc/scheduler.h)."""
+
+    def __init__(
+        self,
+        encoder: WordPieceTokenizer | SequenceEncoder,
+        knobs: BatchKnobs,
+        max_queue_tokens: int = 1_000_000,
+        tokenizer_threads: int = 1,
+        inline_max_bytes: int = 4096,
+        chunk_texts: int = 64,
+    ) -> None: ...
+    def submit(
+        self,
+        id: int,
+        texts: Sequence[str],
+        pairs: Sequence[str] | None = None,
+        timeout: float | None = None,
+    ) -> None: ...
+    def submit_tokens(
+        self,
+        id: int,
+        ids: Sequence[Sequence[int]],
+        type_ids: Sequence[Sequence[int]] | None = None,
+        timeout: float | None = None,
+    ) -> None: ...
+    def cancel(self, id: int, timed_out: bool = False) -> bool: ...
+    def next_batch(self) -> NativeBatch | None: ...
+    def shutdown(self, drain: bool = False) -> None: ...
+    def record_compute(self, seconds: float, failed: bool) -> None: ...
+    def record_outcomes(
+        self, ok: int = 0, failed: int = 0, timeouts: int = 0, cancellations: int = 0
+    ) -> None: ...
+    def stats(self) -> dict: ...
+    @property
+    def knobs(self) -> BatchKnobs: ...
