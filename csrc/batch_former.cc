@@ -26,12 +26,22 @@ int64_t BatchQueue::oldest_arrival_ns() const {
   return by_age_.empty() ? kNever : by_age_.begin()->second.arrival_ns;
 }
 
+// Latest arrival a row may have to join a batch whose oldest row arrived at
+// oldest_ns (the fairness knob, see the header).
+static int64_t latest_arrival(int64_t oldest_ns, int64_t now_ns, const BatchKnobs& knobs) {
+  const double waited = static_cast<double>(now_ns - oldest_ns);
+  const double held = waited - static_cast<double>(knobs.max_wait_ns);
+  if (!(held > 0) || !(knobs.fairness > 0)) return kNever;
+  const double fairness = std::min(knobs.fairness, 1.0);
+  return now_ns - static_cast<int64_t>(fairness * held);
+}
+
 // Grows the batch from the oldest sequence outwards in length order. The
 // next shorter candidate wastes (width - its length) padding on itself; the
 // next longer one widens every row already in, wasting rows x (its length -
 // width). The cheaper one joins while it wastes at most max_row_padding. Both
 // costs only grow as we walk outwards, so the first candidate over the limit
-// ends the walk.
+// ends the walk. Rows that arrived too late for fairness are stepped over.
 BatchPlan BatchQueue::plan(int64_t now_ns, const BatchKnobs& knobs) const {
   BatchPlan plan;
   if (by_age_.empty()) return plan;
@@ -41,9 +51,15 @@ BatchPlan BatchQueue::plan(int64_t now_ns, const BatchKnobs& knobs) const {
   plan.real_tokens = info.length;
 
   const size_t max_rows = std::max<uint32_t>(knobs.max_batch_size, 1);
+  const int64_t latest = latest_arrival(info.arrival_ns, now_ns, knobs);
+  const auto eligible = [&](const LengthKey& k) {
+    return latest == kNever || by_age_.at(k.second).arrival_ns <= latest;
+  };
   const auto at = by_length_.find({info.length, oldest});
   auto lo = at;            // the next shorter candidate is std::prev(lo)
   auto hi = std::next(at);  // the next longer candidate is hi
+  while (lo != by_length_.begin() && !eligible(*std::prev(lo))) --lo;
+  while (hi != by_length_.end() && !eligible(*hi)) ++hi;
   bool lo_open = lo != by_length_.begin();
   bool hi_open = hi != by_length_.end();
 
@@ -71,10 +87,12 @@ BatchPlan BatchQueue::plan(int64_t now_ns, const BatchKnobs& knobs) const {
     if (take_lo) {
       --lo;
       plan.rows.push_back(lo->second);
+      while (lo != by_length_.begin() && !eligible(*std::prev(lo))) --lo;
       lo_open = lo != by_length_.begin();
     } else {
       plan.rows.push_back(hi->second);
       ++hi;
+      while (hi != by_length_.end() && !eligible(*hi)) ++hi;
       hi_open = hi != by_length_.end();
     }
     plan.width = static_cast<uint32_t>(width);

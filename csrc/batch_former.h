@@ -17,6 +17,12 @@
 // - the batch closes at max_batch_size rows or when the next row would push
 //   rows x longest past max_batch_tokens (padded cost is what the model
 //   computes);
+// - fairness: the other rows must have waited at least fairness x as long as
+//   the oldest (counting only its wait beyond max_wait). Length-aware
+//   picking favours rows that fit well, so under load short texts would keep
+//   overtaking a text of awkward length until it is the oldest; this bounds
+//   that overtaking (and so the latency tail) while rows of one request,
+//   which arrived together, always stay eligible together;
 // - max_wait_ns == 0: the batch is ready whenever the executor asks (an idle
 //   executor never waits on a timer); max_wait_ns > 0: a batch that could
 //   still grow is held until its oldest row has waited max_wait_ns.
@@ -54,6 +60,7 @@ struct BatchKnobs {
   uint64_t max_batch_tokens = 8192;  // rows x longest row
   int64_t max_wait_ns = 0;
   uint32_t max_row_padding = 32;  // padded tokens one row may add
+  double fairness = 0.7;          // in [0, 1]; 0: by length only
 };
 
 struct BatchPlan {

@@ -19,12 +19,13 @@ namespace {
 int64_t seconds_to_ns(double s) { return static_cast<int64_t>(std::llround(s * 1e9)); }
 
 BatchKnobs make_knobs(uint32_t max_batch_size, uint64_t max_batch_tokens, double max_wait_ms,
-                      uint32_t max_row_padding) {
+                      uint32_t max_row_padding, double fairness) {
   if (max_batch_size < 1) throw py::value_error("max_batch_size must be >= 1");
   if (max_batch_tokens < 1) throw py::value_error("max_batch_tokens must be >= 1");
   if (!(max_wait_ms >= 0)) throw py::value_error("max_wait_ms must be >= 0");
+  if (!(fairness >= 0 && fairness <= 1)) throw py::value_error("fairness must be in [0, 1]");
   return BatchKnobs{max_batch_size, max_batch_tokens, seconds_to_ns(max_wait_ms * 1e-3),
-                    max_row_padding};
+                    max_row_padding, fairness};
 }
 
 py::dict histogram_dict(const Histogram& h) {
@@ -104,12 +105,13 @@ void bind_former(py::module_& m) {
   py::class_<BatchKnobs>(m, "BatchKnobs", "Batch former knobs (see engine.config.BatchingConfig).")
       .def(py::init(&make_knobs), py::arg("max_batch_size") = 32,
            py::arg("max_batch_tokens") = 8192, py::arg("max_wait_ms") = 0.0,
-           py::arg("max_row_padding") = 32)
+           py::arg("max_row_padding") = 32, py::arg("fairness") = 0.7)
       .def_readonly("max_batch_size", &BatchKnobs::max_batch_size)
       .def_readonly("max_batch_tokens", &BatchKnobs::max_batch_tokens)
       .def_property_readonly("max_wait_ms",
                              [](const BatchKnobs& k) { return k.max_wait_ns * 1e-6; })
-      .def_readonly("max_row_padding", &BatchKnobs::max_row_padding);
+      .def_readonly("max_row_padding", &BatchKnobs::max_row_padding)
+      .def_readonly("fairness", &BatchKnobs::fairness);
 
   py::class_<BatchPlan>(m, "BatchPlan", "The batch plan() would form now.")
       .def_property_readonly("rows",

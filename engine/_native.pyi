@@ -92,6 +92,7 @@ class BatchKnobs:
         max_batch_tokens: int = 8192,
         max_wait_ms: float = 0.0,
         max_row_padding: int = 32,
+        fairness: float = 0.7,
     ) -> None: ...
     @property
     def max_batch_size(self) -> int: ...
@@ -101,6 +102,8 @@ class BatchKnobs:
     def max_wait_ms(self) -> float: ...
     @property
     def max_row_padding(self) -> int: ...
+    @property
+    def fairness(self) -> float: ...
 
 class BatchPlan:
     """The batch BatchQueue.plan() would form now."""

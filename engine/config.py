@@ -27,6 +27,12 @@ class BatchingConfig(BaseModel):
     costs less than the padding would (the per-batch overhead, in tokens): small on a CPU,
     large on a GPU where a bigger batch is almost free."""
 
+    fairness: float = Field(0.7, ge=0.0, le=1.0)
+    """A batch's other rows must have waited at least this fraction of its oldest row's
+    wait (beyond max_wait_ms). Picking rows by length lets short texts overtake a text of
+    awkward length under load; this bounds the overtaking, keeping p99 latency near a
+    FIFO's. 0: rows by length only; 1: no overtaking across requests."""
+
     max_wait_ms: float = Field(0.0, ge=0.0, le=10_000.0)
     """Opt-in hold for fuller batches. 0 (the CPU default): an idle executor takes
     whatever is queued at once; batches grow only while it is busy."""

@@ -89,6 +89,7 @@ class Engine:
             max_batch_tokens=cfg.max_batch_tokens,
             max_wait_ms=cfg.max_wait_ms,
             max_row_padding=cfg.max_row_padding,
+            fairness=cfg.fairness,
         )
         encoder, pretokenize = self.tokenizer.native, None
         if encoder is None:  # Hugging Face fallback: tokenize in Python, queue the ids

@@ -6,6 +6,7 @@ the test owns the clock (seconds as floats) and the queue state.
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -82,6 +83,31 @@ def test_oldest_alone_over_budget_still_runs():
     assert plan.rows == [(0, 0)] and plan.ready and plan.full
 
 
+def test_fairness_keeps_young_rows_out_of_a_backlogged_batch():
+    # The oldest waited 1 s: with fairness 0.7 a row must have waited >= 0.7 s.
+    q = _native.BatchQueue()
+    q.push(0, 0, 10, 0.0)
+    q.push(0, 1, 10, 0.0)  # same request as the oldest: always eligible
+    q.push(1, 0, 10, 0.2)  # waited 0.8 s
+    q.push(2, 0, 10, 0.9)  # waited 0.1 s: may not overtake others yet
+    plan = q.plan(1.0, Knobs(fairness=0.7))
+    assert plan.rows == [(0, 0), (0, 1), (1, 0)]
+    assert q.plan(1.0, Knobs(fairness=0.0)).rows == [(0, 0), (0, 1), (1, 0), (2, 0)]
+    assert q.plan(1.0, Knobs(fairness=1.0)).rows == [(0, 0), (0, 1)]
+
+
+def test_fairness_counts_only_the_wait_beyond_max_wait():
+    q = _native.BatchQueue()
+    q.push(0, 0, 10, 0.0)
+    q.push(1, 0, 10, 0.6)  # waited 0.4 s
+    q.push(2, 0, 10, 0.95)
+    # Held 1.0 - 0.5 = 0.5 s past max_wait: rows must have waited >= 0.35 s.
+    plan = q.plan(1.0, Knobs(max_wait_ms=500, fairness=0.7))
+    assert plan.rows == [(0, 0), (1, 0)]
+    # Not yet past max_wait: nothing is held back for fairness.
+    assert len(q.plan(0.4, Knobs(max_wait_ms=500, fairness=0.7)).rows) == 3
+
+
 def test_max_wait_zero_forms_at_once():
     plan = queue_of([10]).plan(0.0, Knobs(max_wait_ms=0))
     assert plan.ready and plan.wake_at is None
@@ -146,18 +172,26 @@ def test_plan_is_pure():
 @settings(max_examples=300, deadline=None)
 @given(
     lengths=st.lists(st.integers(1, 512), min_size=1, max_size=80),
+    gaps=st.lists(st.floats(0, 0.05), min_size=80, max_size=80),
     max_batch_size=st.integers(1, 40),
     max_batch_tokens=st.integers(1, 6000),
     max_row_padding=st.integers(0, 300),
+    fairness=st.sampled_from([0.0, 0.5, 0.7, 1.0]),
 )
-def test_plan_invariants(lengths, max_batch_size, max_batch_tokens, max_row_padding):
+def test_plan_invariants(
+    lengths, gaps, max_batch_size, max_batch_tokens, max_row_padding, fairness
+):
     knobs = Knobs(
         max_batch_size=max_batch_size,
         max_batch_tokens=max_batch_tokens,
         max_row_padding=max_row_padding,
+        fairness=fairness,
     )
-    q = queue_of(lengths)
-    plan = q.plan(0.0, knobs)
+    arrivals = np.cumsum(gaps[: len(lengths)]).tolist()
+    now = arrivals[-1] + 0.01
+    latest = now - fairness * (now - arrivals[0])  # max_wait is 0
+    q = queue_of(lengths, arrivals)
+    plan = q.plan(now, knobs)
     rows = [o for o, _ in plan.rows]
     chosen = [lengths[o] for o in rows]
     assert rows[0] == 0 and rows == sorted(rows)  # the oldest, then arrival order
@@ -167,15 +201,17 @@ def test_plan_invariants(lengths, max_batch_size, max_batch_tokens, max_row_padd
         assert plan.padded_tokens <= max_batch_tokens
     # Every row added at most max_row_padding padded tokens.
     assert plan.padded_tokens - plan.real_tokens <= (len(rows) - 1) * max_row_padding
-    # Closed: no sequence left behind could have joined within the limits.
+    # Fairness: the other rows waited long enough (1 us of rounding slack).
+    assert all(arrivals[o] <= latest + 1e-6 for o in rows[1:])
+    # Closed: no eligible sequence left behind could have joined within the limits.
     if len(rows) < max_batch_size:
         for o, length in enumerate(lengths):
-            if o in rows:
+            if o in rows or arrivals[o] > latest - 1e-6:
                 continue
             width = max(plan.width, length)
             cost = width * (len(rows) + 1) - plan.padded_tokens - length
             fits = width * (len(rows) + 1) <= max_batch_tokens
             assert cost > max_row_padding or not fits
     # Taking batch after batch serves everything exactly once.
-    served = [r for p in drain(q, knobs) for r in p.rows]
+    served = [r for p in drain(q, knobs, now) for r in p.rows]
     assert sorted(served) == [(i, 0) for i in range(len(lengths))]

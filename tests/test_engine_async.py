@@ -182,3 +182,24 @@ def test_close_fails_waiting_callers(model_dir, texts):
     asyncio.run(main())
     with pytest.raises(EngineError, match="closed"):
         asyncio.run(eng.aembed(["x"]))
+
+
+def test_huggingface_tokenizer_fallback_feeds_the_scheduler(model_dir, engine, texts):
+    """A tokenizer the native core cannot reproduce is tokenized in Python, then queued."""
+    from engine.backends.base import create_backend
+    from engine.config import BatchingConfig
+    from engine.tokenizer import HFTokenizer, Tokenizer
+
+    tok = Tokenizer(HFTokenizer(model_dir.tokenizer_path, model_dir.info.max_length, 1))
+    backend = create_backend("onnxruntime", model_dir, threads=1)
+    backend.load()
+    with Engine(model_dir, tok, backend, BatchingConfig()) as eng:
+        assert eng.tokenizer.backend == "huggingface" and eng.tokenizer.native is None
+        got = eng.embed(texts[:40])
+
+        async def one_by_one():
+            return await asyncio.gather(*(eng.aembed([t]) for t in texts[:8]))
+
+        singles = np.concatenate(asyncio.run(one_by_one()))
+    ref = engine.embed(texts[:40])
+    assert cosine(got, ref).min() >= COSINE and cosine(singles, ref[:8]).min() >= COSINE

@@ -136,7 +136,8 @@ def test_expired_requests_are_never_computed():
 
 
 def test_full_batch_is_prefetched_and_cancelled_rows_are_dropped_from_it():
-    nat = native(threads=1, max_batch_size=4)
+    # fairness 0: requests 2 and 3 form a full batch as soon as both are queued.
+    nat = native(threads=1, max_batch_size=4, fairness=0.0)
     nat.submit(1, ["a"] * 4)
     first = nat.next_batch()  # the executor is now "computing" it
     before = nat.stats()["prefetched_batches"]  # 0 or 1: the first may have been too
