@@ -60,6 +60,19 @@ def markdown(results: dict) -> str:
     lines += ["| route | p50 ms |", "|---|---:|"]
     for name, ms in results["probes_p50_ms"].items():
         lines.append(f"| {name} | {ms:.2f} |")
+    lines += [
+        "",
+        "Routes that do no model work, 16 clients: the HTTP path's own capacity and CPU:",
+        "",
+        "| route | requests/s | p50 ms | p99 ms | CPU ms per request, by process |",
+        "|---|---:|---:|---:|---|",
+    ]
+    for name, row in results.get("overhead_16_clients", {}).items():
+        cpu = ", ".join(f"{k} {v:.2f}" for k, v in row["cpu_ms_per_request"].items() if v >= 0.1)
+        lines.append(
+            f"| {name} | {row['requests_per_s']:.0f} | {row['p50_ms']:.1f} | "
+            f"{row['p99_ms']:.1f} | {cpu} |"
+        )
     top = max(cfg["levels"])
     lines += [
         "",
