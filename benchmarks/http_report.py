@@ -40,7 +40,10 @@ def markdown(results: dict) -> str:
         f"Model `{Path(cfg['model_dir']).name}`, onnxruntime threads {cfg['threads']}, "
         f"{cfg['cpus']} CPUs shared by servers and load generator; {cfg['texts_per_request']} "
         f"texts per request; each level bounded to {cfg['max_requests']} requests or "
-        f"{cfg['max_seconds']:.0f} s. Ray env: {cfg['ray_env'] or 'defaults'}.",
+        f"{cfg['max_seconds']:.0f} s. Ray env: {cfg['ray_env'] or 'defaults'}. "
+        f"Load average (1 min) before / after: {cfg['machine']['loadavg_1m']:.1f} / "
+        f"{results.get('loadavg_1m_after', float('nan')):.1f} (other work on the machine "
+        "makes absolute numbers noisy; compare systems within one run).",
         "",
         f"Offline compute limit (tokenized ahead, length-sorted batches of 32): "
         f"**{offline:.1f} texts/s** ({results['offline_limit']['texts']} texts).",
