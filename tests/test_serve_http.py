@@ -380,7 +380,7 @@ def test_handle_embed_and_infer(served, engine):
 # ---------------------------------------------------------------- metrics
 
 
-def test_prometheus_metrics_per_model(served, http):
+def test_prometheus_metrics_per_model(served, http, engine):
     http.post("/v2/models/minilm/infer", content=v2_body(["metrics"]))
     http.post("/v2/models/minilm/infer", content=b"{bad")
     wanted = [
@@ -391,6 +391,10 @@ def test_prometheus_metrics_per_model(served, http):
         "ray_textfleet_engine_batches_total{",
         "ray_textfleet_engine_padding_efficiency{",
     ]
+    from serve.metrics import is_histogram
+
+    if is_histogram(engine.stats().get("batch_size")):  # engines with the native scheduler
+        wanted.append("ray_textfleet_engine_batch_size_bucket{")
     deadline = time.monotonic() + 60
     while True:
         text = httpx.get(served["metrics_url"], timeout=10).text
