@@ -17,11 +17,8 @@ Writes benchmarks/results/tokenizer.json. Nothing here asserts on time.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -30,17 +27,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import Measured, load_texts, machine_info, write_results  # noqa: E402
 from engine.tokenizer import Tokenizer, default_threads  # noqa: E402
-
-WORKLOAD = ROOT.parent / "shared" / "bench" / "texts.jsonl"
-RESULT = ROOT / "benchmarks" / "results" / "tokenizer.json"
-
-
-def load_texts() -> list[str]:
-    if not WORKLOAD.is_file():
-        sys.exit(f"workload not found at {WORKLOAD} (expected ../shared beside the repo)")
-    with WORKLOAD.open(encoding="utf-8") as f:
-        return [json.loads(line)["text"] for line in f if line.strip()]
 
 
 def default_tokenizer_json() -> Path:
@@ -116,17 +104,16 @@ def run(args) -> dict:
         "native_encode": (1, encode_each(native[1].encode)),
     }
     timings = dict.fromkeys(cases, float("inf"))
-    # Process CPU / (wall x threads) of the best run: well below 1 means other
-    # processes took the cores and the numbers (thread scaling above all) are noisy.
+    # CPU share of the best run: well below 1 means other processes took the
+    # cores and the numbers (thread scaling above all) are noisy.
     cpu_share = dict.fromkeys(cases, 0.0)
     for _ in range(args.repeats):  # sides alternate, so load drifts hit both
         for name, (threads, work) in cases.items():
             set_hf_parallelism(threads > 1)
-            t, c = time.perf_counter(), time.process_time()
-            work()
-            wall, cpu = time.perf_counter() - t, time.process_time() - c
-            if wall < timings[name]:
-                timings[name], cpu_share[name] = wall, cpu / (wall * threads)
+            with Measured(threads) as m:
+                work()
+            if m.wall < timings[name]:
+                timings[name], cpu_share[name] = m.wall, m.cpu_share
     n = len(texts)
     rate = {k: n / v for k, v in timings.items()}
     return {
@@ -147,13 +134,7 @@ def run(args) -> dict:
             "encode_per_text": timings["hf_encode"] / timings["native_encode"],
             "native_2_vs_1_thread": timings["native_pad_1"] / timings["native_pad_2"],
         },
-        "machine": {
-            "cpu": platform.processor(),
-            "logical_cores": os.cpu_count(),
-            "loadavg_1m": os.getloadavg()[0],
-            "python": platform.python_version(),
-            "tokenizers": __import__("tokenizers").__version__,
-        },
+        "machine": {**machine_info(), "tokenizers": __import__("tokenizers").__version__},
     }
 
 
@@ -187,9 +168,7 @@ def main() -> None:
     args = ap.parse_args()
     res = run(args)
     print(report(res))
-    RESULT.parent.mkdir(parents=True, exist_ok=True)
-    RESULT.write_text(json.dumps(res, indent=2) + "\n", encoding="utf-8")
-    print(f"wrote {RESULT.relative_to(ROOT)}")
+    print(f"wrote {write_results('tokenizer', res).relative_to(ROOT)}")
 
 
 if __name__ == "__main__":
