@@ -17,7 +17,7 @@ slices of the texts (each slice sorted within itself) so noise hits both alike.
 
     python benchmarks/engine_offline.py [--limit N] [--repeat R] [--chunks K] [--threads T]
 
-Writes benchmarks/results/engine_offline.json.
+Writes benchmarks/results/engine_offline.json (``--name`` to change).
 """
 
 from __future__ import annotations
@@ -107,6 +107,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-batch-size", type=int, default=None, help="engine (default: config)")
     p.add_argument("--max-batch-tokens", type=int, default=None, help="engine (default: config)")
     p.add_argument("--skip-slow", action="store_true", help="skip one-at-a-time and arrival x32")
+    p.add_argument(
+        "--name", default="engine_offline", help="results file benchmarks/results/NAME.json"
+    )
     return p.parse_args(argv)
 
 
@@ -201,7 +204,7 @@ def report(args, texts, threads, batching, runs, padded, stats) -> int:
         "engine_stats": stats,
         "target": "engine >= 0.95 x raw sorted x32",
     }
-    print(f"wrote {write_results('engine_offline', payload)}")
+    print(f"wrote {write_results(args.name, payload)}")
     return 0
 
 
