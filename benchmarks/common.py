@@ -72,6 +72,10 @@ class Measured:
         self.wall = time.perf_counter() - self._w
         self.cpu = time.process_time() - self._c
 
+    def add(self, other: Measured) -> None:
+        self.wall += other.wall
+        self.cpu += other.cpu
+
     @property
     def cpu_share(self) -> float:
         return self.cpu / (self.wall * self.threads) if self.wall else 0.0

@@ -12,10 +12,12 @@ The raw variants are tokenized and padded ahead; only session.run is timed.
 Ratios are against ``raw sorted x32``. Target: engine >= 0.95 of it.
 ``cpu share`` (process CPU / (wall x threads)) shows how much of the cores a
 variant got: well below 1 means other processes competed and the timing is noisy.
+On a shared machine, ``--chunks K`` times engine and limit alternately on K
+slices of the texts (each slice sorted within itself) so noise hits both alike.
 
-    python benchmarks/engine_offline.py [--limit N] [--repeat R] [--threads T]
+    python benchmarks/engine_offline.py [--limit N] [--repeat R] [--chunks K] [--threads T]
 
-Writes benchmarks/results/engine_offline.json.
+Writes benchmarks/results/engine_offline.json (``--name`` to change).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import (  # noqa: E402
+    Measured,
     ensure_model_dir,
     load_texts,
     machine_info,
@@ -65,14 +68,16 @@ def feeds_for(seqs, groups: list[np.ndarray], inputs: list[str]) -> list[dict]:
     return out
 
 
-def plan_raw(lengths: np.ndarray, batch_size: int) -> dict[str, list[np.ndarray]]:
-    n = len(lengths)
+def sorted_groups(lengths: np.ndarray, batch_size: int, offset: int = 0) -> list[np.ndarray]:
+    by_length = np.argsort(lengths, kind="stable") + offset
+    return [by_length[s : s + batch_size] for s in range(0, len(by_length), batch_size)]
+
+
+def slow_plans(n: int, batch_size: int) -> dict[str, list[np.ndarray]]:
     arrival = np.arange(n)
-    by_length = np.argsort(lengths, kind="stable")
     return {
         "raw one-at-a-time": [np.array([i]) for i in range(n)],
         "raw arrival x32": [arrival[s : s + batch_size] for s in range(0, n, batch_size)],
-        LIMIT_VARIANT: [by_length[s : s + batch_size] for s in range(0, n, batch_size)],
     }
 
 
@@ -91,11 +96,38 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--limit", type=int, default=None, help="only the first N workload texts")
     p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
     p.add_argument("--repeat", type=int, default=1, help="timed runs of engine and the limit")
+    p.add_argument(
+        "--chunks",
+        type=int,
+        default=1,
+        help="time engine and limit alternately on K consecutive slices of the texts "
+        "(each sorted within itself), so a noisy spell on a shared machine hits both",
+    )
     p.add_argument("--batch-size", type=int, default=32, help="rows per raw batch")
     p.add_argument("--max-batch-size", type=int, default=None, help="engine (default: config)")
     p.add_argument("--max-batch-tokens", type=int, default=None, help="engine (default: config)")
     p.add_argument("--skip-slow", action="store_true", help="skip one-at-a-time and arrival x32")
+    p.add_argument(
+        "--name", default="engine_offline", help="results file benchmarks/results/NAME.json"
+    )
     return p.parse_args(argv)
+
+
+def time_engine_vs_limit(engine, session, texts, limit_feeds, bounds, repeat, threads):
+    """Summed wall and CPU seconds per run of each, alternating which goes first."""
+    runs: dict[str, list[Measured]] = {"engine": [], LIMIT_VARIANT: []}
+    for rep in range(repeat):
+        totals = {name: Measured(threads) for name in runs}
+        for k, ((start, end), feeds) in enumerate(zip(bounds, limit_feeds, strict=True)):
+            jobs = {
+                "engine": lambda s=start, e=end: engine.embed(texts[s:e]),
+                LIMIT_VARIANT: lambda f=feeds: run_all(session, f),
+            }
+            for name in sorted(jobs, reverse=(rep + k) % 2 == 1):
+                totals[name].add(measure(jobs[name], threads))
+        for name in runs:
+            runs[name].append(totals[name])
+    return runs
 
 
 def main(argv=None) -> int:
@@ -108,33 +140,36 @@ def main(argv=None) -> int:
     engine = Engine.load(model_dir, threads=threads, batching=batching)
     session = raw_session(engine.model_dir.onnx_path, threads)
     inputs = [i.name for i in session.get_inputs()]
-    seqs = engine.tokenizer.tokenize(texts)
-    plans = plan_raw(seqs.lengths, args.batch_size)
-    if args.skip_slow:
-        plans = {LIMIT_VARIANT: plans[LIMIT_VARIANT]}
+    seqs = engine.tokenizer.tokenize(texts)  # tokenized ahead: raw variants time session.run only
+    cuts = np.linspace(0, len(texts), max(1, args.chunks) + 1).astype(int)
+    bounds = list(zip(cuts[:-1].tolist(), cuts[1:].tolist(), strict=True))
+    limit_feeds = [
+        feeds_for(seqs, sorted_groups(seqs.lengths[s:e], args.batch_size, s), inputs)
+        for s, e in bounds
+    ]
+    plans = {} if args.skip_slow else slow_plans(len(texts), args.batch_size)
     feeds = {name: feeds_for(seqs, groups, inputs) for name, groups in plans.items()}
     print(
         f"{len(texts)} texts, {int(seqs.lengths.sum())} tokens, threads {threads}, "
         f"tokenizer {engine.tokenizer.backend}, batching {batching.max_batch_size} rows / "
-        f"{batching.max_batch_tokens} tokens, load {machine_info()['loadavg_1m']:.1f}",
+        f"{batching.max_batch_tokens} tokens, {len(bounds)} chunk(s), "
+        f"load {machine_info()['loadavg_1m']:.1f}",
         flush=True,
     )
-    warm = texts[:64]
-    engine.embed(warm)
-    run_all(session, feeds[LIMIT_VARIANT][:2])
-
-    runs: dict[str, list] = {"engine": [], LIMIT_VARIANT: []}
-    for _ in range(args.repeat):  # interleaved, so a noisy spell hits both
-        runs[LIMIT_VARIANT].append(measure(lambda: run_all(session, feeds[LIMIT_VARIANT]), threads))
-        runs["engine"].append(measure(lambda: engine.embed(texts), threads))
+    engine.embed(texts[:64])  # warm-up: first runs allocate the arena
+    run_all(session, limit_feeds[0][:2])
+    runs = time_engine_vs_limit(engine, session, texts, limit_feeds, bounds, args.repeat, threads)
     for name in plans:
-        if name != LIMIT_VARIANT:
-            runs[name] = [measure(lambda name=name: run_all(session, feeds[name]), threads)]
+        runs[name] = [measure(lambda name=name: run_all(session, feeds[name]), threads)]
     stats = engine.stats()
     engine.close()
     padded = {name: padded_tokens(f) for name, f in feeds.items()}
-    plan = plan_batches(seqs.lengths, batching.max_batch_size, batching.max_batch_tokens)
-    padded["engine"] = int(sum(len(b) * seqs.lengths[b].max() for b in plan))
+    padded[LIMIT_VARIANT] = sum(padded_tokens(f) for f in limit_feeds)
+    padded["engine"] = sum(
+        int(len(b) * seqs.lengths[s:e][b].max())
+        for s, e in bounds
+        for b in plan_batches(seqs.lengths[s:e], batching.max_batch_size, batching.max_batch_tokens)
+    )
     return report(args, texts, threads, batching, runs, padded, stats)
 
 
@@ -162,13 +197,14 @@ def report(args, texts, threads, batching, runs, padded, stats) -> int:
         "limit": args.limit,
         "threads": threads,
         "repeat": args.repeat,
+        "chunks": args.chunks,
         "batching": batching.model_dump(),
         "machine": machine_info(),
         "variants": variants,
         "engine_stats": stats,
         "target": "engine >= 0.95 x raw sorted x32",
     }
-    print(f"wrote {write_results('engine_offline', payload)}")
+    print(f"wrote {write_results(args.name, payload)}")
     return 0
 
 

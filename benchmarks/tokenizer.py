@@ -17,11 +17,8 @@ Writes benchmarks/results/tokenizer.json. Nothing here asserts on time.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -30,17 +27,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import Measured, load_texts, machine_info, write_results  # noqa: E402
 from engine.tokenizer import Tokenizer, default_threads  # noqa: E402
-
-WORKLOAD = ROOT.parent / "shared" / "bench" / "texts.jsonl"
-RESULT = ROOT / "benchmarks" / "results" / "tokenizer.json"
-
-
-def load_texts() -> list[str]:
-    if not WORKLOAD.is_file():
-        sys.exit(f"workload not found at {WORKLOAD} (expected ../shared beside the repo)")
-    with WORKLOAD.open(encoding="utf-8") as f:
-        return [json.loads(line)["text"] for line in f if line.strip()]
 
 
 def default_tokenizer_json() -> Path:
@@ -105,23 +93,27 @@ def run(args) -> dict:
     def encode_each(encode) -> Callable[[], object]:
         return lambda: [encode(t) for t in texts]
 
-    # name: (HF parallelism on, work). Native thread counts are fixed per tokenizer.
+    # name: (threads it may use, work). HF's parallelism follows the thread count.
     cases = {
-        "hf_pad_1": (False, pad_all(hf)),
-        "native_pad_1": (False, pad_all(native[1])),
-        "hf_pad_all": (True, pad_all(hf)),
-        "native_pad_all": (True, pad_all(native[cores])),
-        "native_pad_2": (True, pad_all(native[2])),
-        "hf_encode": (False, encode_each(hf.hf.encode)),
-        "native_encode": (False, encode_each(native[1].encode)),
+        "hf_pad_1": (1, pad_all(hf)),
+        "native_pad_1": (1, pad_all(native[1])),
+        "hf_pad_all": (cores, pad_all(hf)),
+        "native_pad_all": (cores, pad_all(native[cores])),
+        "native_pad_2": (2, pad_all(native[2])),
+        "hf_encode": (1, encode_each(hf.hf.encode)),
+        "native_encode": (1, encode_each(native[1].encode)),
     }
     timings = dict.fromkeys(cases, float("inf"))
+    # CPU share of the best run: well below 1 means other processes took the
+    # cores and the numbers (thread scaling above all) are noisy.
+    cpu_share = dict.fromkeys(cases, 0.0)
     for _ in range(args.repeats):  # sides alternate, so load drifts hit both
-        for name, (parallel, work) in cases.items():
-            set_hf_parallelism(parallel)
-            t = time.perf_counter()
-            work()
-            timings[name] = min(timings[name], time.perf_counter() - t)
+        for name, (threads, work) in cases.items():
+            set_hf_parallelism(threads > 1)
+            with Measured(threads) as m:
+                work()
+            if m.wall < timings[name]:
+                timings[name], cpu_share[name] = m.wall, m.cpu_share
     n = len(texts)
     rate = {k: n / v for k, v in timings.items()}
     return {
@@ -131,6 +123,7 @@ def run(args) -> dict:
         "cores": cores,
         "repeats": args.repeats,
         "texts_per_s": rate,
+        "cpu_share": cpu_share,
         "encode_us_per_text": {
             "hf": timings["hf_encode"] / n * 1e6,
             "native": timings["native_encode"] / n * 1e6,
@@ -141,13 +134,7 @@ def run(args) -> dict:
             "encode_per_text": timings["hf_encode"] / timings["native_encode"],
             "native_2_vs_1_thread": timings["native_pad_1"] / timings["native_pad_2"],
         },
-        "machine": {
-            "cpu": platform.processor(),
-            "logical_cores": os.cpu_count(),
-            "loadavg_1m": os.getloadavg()[0],
-            "python": platform.python_version(),
-            "tokenizers": __import__("tokenizers").__version__,
-        },
+        "machine": {**machine_info(), "tokenizers": __import__("tokenizers").__version__},
     }
 
 
@@ -165,6 +152,8 @@ def report(res: dict) -> str:
         f"{r['encode_per_text']:>7.1f}x",
         f"native pad_batch 2 threads vs 1: {r['native_2_vs_1_thread']:.2f}x "
         f"({t['native_pad_2']:.0f} vs {t['native_pad_1']:.0f} texts/s)",
+        "cpu share (process CPU / wall x threads; ~1.0 on an idle machine): "
+        + ", ".join(f"{k} {v:.2f}" for k, v in res["cpu_share"].items()),
         f"load average during the run: {res['machine']['loadavg_1m']:.2f}",
     ]
     return "\n".join(lines)
@@ -179,9 +168,7 @@ def main() -> None:
     args = ap.parse_args()
     res = run(args)
     print(report(res))
-    RESULT.parent.mkdir(parents=True, exist_ok=True)
-    RESULT.write_text(json.dumps(res, indent=2) + "\n", encoding="utf-8")
-    print(f"wrote {RESULT.relative_to(ROOT)}")
+    print(f"wrote {write_results('tokenizer', res).relative_to(ROOT)}")
 
 
 if __name__ == "__main__":

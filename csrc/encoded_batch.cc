@@ -10,7 +10,23 @@ namespace {
 size_t chunk_size(size_t n, size_t threads) {
   return std::clamp<size_t>(n / (threads * 8), 1, 64);
 }
+
+// A generous guess of the tokens texts [begin, end) give (about one per 4
+// bytes of English, plus special tokens), so buffers grow once, not per text.
+size_t estimate_tokens(const std::string_view* texts, const std::string_view* pairs,
+                       size_t begin, size_t end) {
+  size_t bytes = 0;
+  for (size_t i = begin; i < end; ++i) bytes += texts[i].size() + (pairs ? pairs[i].size() : 0);
+  return bytes / 3 + 4 * (end - begin);
+}
 }  // namespace
+
+void EncodedBatch::reserve(size_t tokens, size_t rows, bool with_offsets) {
+  ids.reserve(ids.size() + tokens);
+  type_ids.reserve(type_ids.size() + tokens);
+  if (with_offsets) offsets.reserve(offsets.size() + tokens);
+  row_begin.reserve(row_begin.size() + rows);
+}
 
 void EncodedBatch::append(const Encoding& e) {
   ids.insert(ids.end(), e.ids.begin(), e.ids.end());
@@ -32,6 +48,7 @@ void encode_batch(const Tokenizer& tokenizer, const std::string_view* texts,
                   bool with_offsets, ThreadPool* pool, EncodedBatch& out) {
   auto encode_range = [&](size_t begin, size_t end, EncodedBatch& dst) {
     thread_local Encoding enc;
+    dst.reserve(estimate_tokens(texts, pairs, begin, end), end - begin, with_offsets);
     for (size_t i = begin; i < end; ++i) {
       tokenizer.encode(texts[i], pairs != nullptr ? &pairs[i] : nullptr, add_special_tokens, enc,
                        with_offsets);

@@ -40,21 +40,32 @@ EMBED_WINDOW = 2
 def plan_batches(
     lengths: np.ndarray, max_batch_size: int, max_batch_tokens: int
 ) -> list[np.ndarray]:
-    """Split sequence indices into length-sorted batches.
+    """Split sequence indices into length-sorted batches, returned longest first.
 
-    Longest first; a batch closes before the next sequence would make
-    ``rows x longest`` exceed ``max_batch_tokens`` or rows exceed
-    ``max_batch_size``. A sequence longer than the budget on its own gets a
-    batch of one (it must run somewhere). Every index appears exactly once.
+    Batches are filled from the shortest sequence up: a batch closes before the
+    next (longer) sequence would make ``rows x longest`` exceed
+    ``max_batch_tokens`` or rows exceed ``max_batch_size``. Filling from the
+    short end leaves the odd-sized batch at the long end, so a few outliers
+    (long texts in a mostly short request) are padded among themselves rather
+    than widening a full batch of short ones. A sequence longer than the budget
+    gets a batch of one (it must run somewhere). Every index appears exactly once.
     """
-    order = np.argsort(-np.asarray(lengths, dtype=np.int64), kind="stable")
+    lengths = np.asarray(lengths, dtype=np.int64)
+    order = np.argsort(lengths, kind="stable")
+    ascending = lengths[order].tolist()  # Python ints: the loop below is scalar work
     batches: list[np.ndarray] = []
     start, n = 0, len(order)
     while start < n:
-        longest = max(int(lengths[order[start]]), 1)
-        rows = max(1, min(max_batch_size, max_batch_tokens // longest, n - start))
-        batches.append(order[start : start + rows])
-        start += rows
+        end = start + 1
+        while (
+            end < n
+            and end - start < max_batch_size
+            and (end - start + 1) * ascending[end] <= max_batch_tokens
+        ):
+            end += 1
+        batches.append(order[start:end])
+        start = end
+    batches.reverse()  # the widest batch first: a memory problem shows at once
     return batches
 
 

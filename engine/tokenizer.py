@@ -114,7 +114,9 @@ class HFTokenizer:
         return list(zip(texts, pairs, strict=True))
 
     def encode_batch(self, texts, pairs=None, add_special_tokens: bool = True):
-        encs = self._tok.encode_batch(self._inputs(texts, pairs), add_special_tokens=add_special_tokens)
+        encs = self._tok.encode_batch(
+            self._inputs(texts, pairs), add_special_tokens=add_special_tokens
+        )
         return [self._wrap(e) for e in encs]
 
     def tokenize(self, texts, pairs=None) -> HFTokenized:
@@ -163,7 +165,9 @@ class Tokenizer:
     def pad_id(self) -> int:
         return self._impl.pad_id
 
-    def encode(self, text: str, pair: str | None = None, add_special_tokens: bool = True) -> Encoding:
+    def encode(
+        self, text: str, pair: str | None = None, add_special_tokens: bool = True
+    ) -> Encoding:
         if not isinstance(text, str):
             raise TypeError(f"text must be str, got {type(text).__name__}")
         if pair is not None and not isinstance(pair, str):
@@ -171,7 +175,10 @@ class Tokenizer:
         return self._impl.encode(text, pair, add_special_tokens)
 
     def encode_batch(
-        self, texts: Sequence[str], pairs: Sequence[str] | None = None, add_special_tokens: bool = True
+        self,
+        texts: Sequence[str],
+        pairs: Sequence[str] | None = None,
+        add_special_tokens: bool = True,
     ) -> list[Encoding]:
         texts, pairs = self._check(texts, pairs)
         if not texts:

@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from serve.config import GATEWAY_APP, ConfigError, load_models
+from serve.config import DEPLOYMENT_NAME, GATEWAY_APP, ConfigError, load_models
 
 DEFAULT_MODELS = "models/models.yaml"
 
@@ -120,10 +120,12 @@ def _print_urls(server, states) -> None:
         if name == GATEWAY_APP:
             continue
         state = str(app.status.value)
-        line = f"  {name}: {state}  {base}/v2/models/{name}/infer"
-        if state != "RUNNING" and app.message:
-            line += f"\n    {app.message.strip().splitlines()[-1]}"
-        print(line)
+        print(f"  {name}: {state}  {base}/v2/models/{name}/infer")
+        if state != "RUNNING":
+            dep = app.deployments.get(DEPLOYMENT_NAME)
+            message = (dep.message if dep is not None and dep.message else app.message) or ""
+            lines = message.strip().splitlines()
+            print(f"    {lines[-1] if lines else 'no message'}")
     print(f"  health:  {base}/v2/health/ready")
     print(f"  openai:  {base}/v1/embeddings")
     print(f"  metrics: http://{server.host}:{server.metrics_export_port}/metrics")

@@ -6,13 +6,19 @@ metrics every few seconds. Ray adds the application, deployment and replica
 tags; we add ``model``. Ray prefixes every name with ``ray_`` and exports
 counters with a ``_total`` suffix, e.g. ``ray_textfleet_requests_total``.
 
-``engine.stats()`` is read generically so the scheduler can grow new figures
-without touching this file: a flat or nested dict of numbers. Cumulative
-figures (the engine's counters below, or any key ending in ``_total``) are
-exported as Prometheus counters by their increase, every other number as a
-gauge, all named ``textfleet_engine_<key>``. Two derived gauges,
-``textfleet_engine_padding_efficiency`` and ``textfleet_engine_mean_batch_size``,
-come from the counters when the engine reports them.
+``engine.stats()`` is read generically so the engine can grow new figures
+without touching this file, all named ``textfleet_engine_<key>``:
+
+- cumulative numbers (the engine's counters in ``CUMULATIVE``, or any key
+  ending in ``_total``) become Prometheus counters, fed by their increase;
+- histograms (``{"bounds", "counts", ...}``, ``counts[i]`` observations in
+  ``(bounds[i-1], bounds[i]]``, the last one above every bound) become
+  Prometheus histograms with the same bounds: each new observation is
+  replayed at its bucket's midpoint, so bucket counts are exact and ``_sum``
+  is an estimate;
+- every other number is a gauge (``padding_efficiency`` and
+  ``mean_batch_size`` are derived from the counters when the engine does not
+  report them).
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ log = logging.getLogger(__name__)
 LATENCY_BOUNDARIES_MS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000]
 _SAFE = re.compile(r"[^a-zA-Z0-9_]")
 
-# engine.stats() counters that only ever grow (Engine.Stats.FIELDS).
+# engine.stats() figures that only ever grow.
 CUMULATIVE = {
     "requests",
     "sequences",
@@ -42,6 +48,10 @@ CUMULATIVE = {
     "rejected",
     "timed_out",
     "cancelled",
+    "errors",
+    "failed_batches",
+    "dropped_sequences",
+    "prefetched_batches",
 }
 
 
@@ -88,16 +98,27 @@ class ModelMetrics:
             self.errors.inc(1, {"kind": "client" if status < 500 else "server"})
 
 
+def is_histogram(v: Any) -> bool:
+    return isinstance(v, dict) and "bounds" in v and "counts" in v
+
+
 def flatten_stats(stats: dict[str, Any], prefix: str = "") -> dict[str, float]:
-    """Nested dict of numbers -> ``{"a_b": 1.0}``; other values are dropped."""
+    """Nested dict of numbers -> ``{"a_b": 1.0}``; histograms and other values are dropped."""
     flat: dict[str, float] = {}
     for k, v in stats.items():
         key = _SAFE.sub("_", f"{prefix}{k}")
+        if is_histogram(v):
+            continue
         if isinstance(v, dict):
             flat.update(flatten_stats(v, key + "_"))
         elif isinstance(v, int | float) and not isinstance(v, bool):
             flat[key] = float(v)
     return flat
+
+
+def histograms(stats: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The top-level histograms of ``engine.stats()``."""
+    return {_SAFE.sub("_", k): v for k, v in stats.items() if is_histogram(v)}
 
 
 def is_cumulative(key: str) -> bool:
@@ -114,6 +135,27 @@ def derived(flat: dict[str, float]) -> dict[str, float]:
     seqs, batches = base.get("sequences"), base.get("batches")
     if seqs is not None and batches:
         out["mean_batch_size"] = seqs / batches
+    return {k: v for k, v in out.items() if k not in flat}
+
+
+def replay(bounds: list[float], previous: list[int], counts: list[int]) -> list[tuple[float, int]]:
+    """(value, times) that reproduce the new observations of a bucketed histogram.
+
+    The value is the middle of its bucket (half the first bound for the first,
+    1.5x the last bound for the overflow bucket), so it lands in the same bucket.
+    """
+    out = []
+    for i, n in enumerate(counts):
+        new = int(n) - (int(previous[i]) if i < len(previous) else 0)
+        if new <= 0:
+            continue
+        if i == 0:
+            value = bounds[0] / 2
+        elif i < len(bounds):
+            value = (bounds[i - 1] + bounds[i]) / 2
+        else:
+            value = bounds[-1] * 1.5
+        out.append((float(value), new))
     return out
 
 
@@ -125,7 +167,8 @@ class EngineStatsExporter:
         self._stats = stats
         self._period_s = period_s
         self._last: dict[str, float] = {}
-        self._metrics: dict[str, Counter | Gauge] = {}
+        self._last_counts: dict[str, list[int]] = {}
+        self._metrics: dict[str, Counter | Gauge | Histogram] = {}
         self._task: asyncio.Task | None = None
 
     def start(self) -> None:
@@ -147,7 +190,8 @@ class EngineStatsExporter:
             await asyncio.sleep(self._period_s)
 
     def export_once(self) -> None:
-        flat = flatten_stats(self._stats() or {})
+        stats = self._stats() or {}
+        flat = flatten_stats(stats)
         for key, value in flat.items():
             if is_cumulative(key):
                 delta = value - self._last.get(key, 0.0)
@@ -158,12 +202,23 @@ class EngineStatsExporter:
                 self._metric(key, Gauge).set(value)
         for key, value in derived(flat).items():
             self._metric(key, Gauge).set(value)
+        for key, h in histograms(stats).items():
+            bounds, counts = list(h["bounds"]), list(h["counts"])
+            metric = self._metric(key, Histogram, bounds)
+            for value, times in replay(bounds, self._last_counts.get(key, []), counts):
+                for _ in range(times):
+                    metric.observe(value)
+            self._last_counts[key] = counts
 
-    def _metric(self, key: str, kind: type) -> Counter | Gauge:
+    def _metric(self, key: str, kind: type, bounds: list[float] | None = None):
         m = self._metrics.get(key)
         if m is None:
             name = "textfleet_engine_" + key.removesuffix("_total")
-            m = kind(name, description=f"engine.stats()['{key}']", tag_keys=("model",))
+            desc = f"engine.stats()['{key}']"
+            if kind is Histogram:
+                m = Histogram(name, description=desc, boundaries=bounds, tag_keys=("model",))
+            else:
+                m = kind(name, description=desc, tag_keys=("model",))
             m.set_default_tags({"model": self._model})
             self._metrics[key] = m
         return m

@@ -366,3 +366,13 @@ def test_engine_errors_survive_pickling():
     assert type(e) is TooLarge and e.field == "inputs[0].shape" and str(e).endswith("too many")
     o = pickle.loads(pickle.dumps(Overloaded("queue full", retry_after_s=2.5)))
     assert str(o) == "queue full" and o.retry_after_s == 2.5
+
+
+def test_engine_histograms_are_replayed_into_their_buckets():
+    from serve.metrics import histograms, replay
+
+    stats = {"batch_size": {"bounds": [1, 2, 4], "counts": [1, 0, 3, 2], "sum": 30, "count": 6}}
+    assert "batch_size" in histograms(stats) and flatten_stats(stats) == {}
+    assert replay([1, 2, 4], [], [1, 0, 3, 2]) == [(0.5, 1), (3.0, 3), (6.0, 2)]
+    # Only what is new since the last poll is replayed.
+    assert replay([1, 2, 4], [1, 0, 3, 2], [1, 1, 3, 4]) == [(1.5, 1), (6.0, 2)]
