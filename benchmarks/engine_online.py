@@ -21,7 +21,9 @@ latency, padding efficiency (real / padded tokens) and mean batch size.
 
     python benchmarks/engine_online.py [--requests N] [--clients 1 8 64] [--int8 DIR]
 
-Writes benchmarks/results/engine_online.{json,md,png}.
+Writes benchmarks/results/engine_online.{json,md,png} (``--name`` changes the stem).
+``--peers-no-spin`` gives the peers textfleet's onnxruntime thread setting, so that
+only the batching differs.
 """
 
 from __future__ import annotations
@@ -215,6 +217,20 @@ def run_variant(name, engine, embedder, lengths, texts, n, clients) -> dict:
     return {**asyncio.run(with_batcher()), **tally.summary()}
 
 
+def stop_spinning(embedder: PlainEmbedder, model_dir: Path, threads: int) -> None:
+    """Give the peers' session textfleet's setting (idle intra-op threads sleep), so
+    that only the batching differs."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    embedder.session = ort.InferenceSession(
+        str(model_dir / "model.onnx"), opts, providers=["CPUExecutionProvider"]
+    )
+
+
 def warm_up(engine: Engine, embedder: PlainEmbedder, texts: list[str]) -> None:
     engine.embed(texts[:64])
     for t in texts[:16]:
@@ -232,6 +248,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--requests", type=int, default=600, help="requests per run (8+ clients)")
     p.add_argument("--requests-single", type=int, default=150, help="requests with 1 client")
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    p.add_argument(
+        "--peers-no-spin",
+        action="store_true",
+        help="run the peers' onnxruntime without spinning threads too (as textfleet does)",
+    )
+    p.add_argument("--name", default="engine_online", help="results file name (no suffix)")
     return p.parse_args(argv)
 
 
@@ -243,6 +265,8 @@ def main(argv=None) -> int:
     engine = Engine.load(model_dir, threads=threads)
     int8 = Engine.load(args.int8, threads=threads) if args.int8 else None
     embedder = PlainEmbedder(str(model_dir), threads)
+    if args.peers_no_spin:
+        stop_spinning(embedder, Path(model_dir), threads)
     lengths = dict(zip(texts, engine.count_tokens(texts), strict=True))
     warm_up(engine, embedder, texts)
     print(f"{len(texts)} texts, threads {threads}, load {machine_info()['loadavg_1m']:.1f}")
@@ -331,19 +355,20 @@ def report(args, threads: int, runs: list[dict]) -> int:
         "targets": "x64: >= 0.9 of the limit, >= 1.2x lock, >= 3x serve_batch, p99 below both; "
         "x1: p50 within 10% + 1 ms of lock",
     }
-    print(f"wrote {write_results('engine_online', payload)}")
-    write_markdown(rows, rel, machine, threads)
-    write_plot(runs)
+    print(f"wrote {write_results(args.name, payload)}")
+    write_markdown(args, rows, rel, machine, threads)
+    write_plot(args.name, runs)
     return 0
 
 
-def write_markdown(rows, rel, machine, threads) -> None:
+def write_markdown(args, rows, rel, machine, threads) -> None:
     lines = [
         "# Online embedding: closed-loop clients, one text per request",
         "",
         f"{machine['cpu']}, {threads} onnxruntime threads, load average at the end "
         f"{machine['loadavg_1m']:.1f}. Ratios are against the offline limit measured "
-        "right before each client count.",
+        "right before each client count. Peers' onnxruntime threads "
+        + ("sleep when idle, as textfleet's do." if args.peers_no_spin else "spin (its default)."),
         "",
         "| " + " | ".join(HEADERS) + " |",
         "|" + "---|" * len(HEADERS),
@@ -351,10 +376,10 @@ def write_markdown(rows, rel, machine, threads) -> None:
     lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
     lines += ["", "| ratio | value |", "|---|---|"]
     lines += [f"| {k} | {v:.2f} |" for k, v in rel.items()]
-    (RESULTS / "engine_online.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (RESULTS / f"{args.name}.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
-def write_plot(runs: list[dict]) -> None:
+def write_plot(name: str, runs: list[dict]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -377,7 +402,7 @@ def write_plot(runs: list[dict]) -> None:
     ax.legend()
     ax.set_title("one text per request, closed loop")
     fig.tight_layout()
-    fig.savefig(RESULTS / "engine_online.png", dpi=120)
+    fig.savefig(RESULTS / f"{name}.png", dpi=120)
 
 
 if __name__ == "__main__":
