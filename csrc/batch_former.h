@@ -59,7 +59,7 @@ struct BatchKnobs {
   uint32_t max_batch_size = 32;
   uint64_t max_batch_tokens = 8192;  // rows x longest row
   int64_t max_wait_ns = 0;
-  uint32_t max_row_padding = 32;  // padded tokens one row may add
+  uint32_t max_row_padding = 16;  // padded tokens one row may add
   double fairness = 0.7;          // in [0, 1]; 0: by length only
 };
 

@@ -105,7 +105,7 @@ void bind_former(py::module_& m) {
   py::class_<BatchKnobs>(m, "BatchKnobs", "Batch former knobs (see engine.config.BatchingConfig).")
       .def(py::init(&make_knobs), py::arg("max_batch_size") = 32,
            py::arg("max_batch_tokens") = 8192, py::arg("max_wait_ms") = 0.0,
-           py::arg("max_row_padding") = 32, py::arg("fairness") = 0.7)
+           py::arg("max_row_padding") = 16, py::arg("fairness") = 0.7)
       .def_readonly("max_batch_size", &BatchKnobs::max_batch_size)
       .def_readonly("max_batch_tokens", &BatchKnobs::max_batch_tokens)
       .def_property_readonly("max_wait_ms",

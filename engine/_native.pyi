@@ -91,7 +91,7 @@ class BatchKnobs:
         max_batch_size: int = 32,
         max_batch_tokens: int = 8192,
         max_wait_ms: float = 0.0,
-        max_row_padding: int = 32,
+        max_row_padding: int = 16,
         fairness: float = 0.7,
     ) -> None: ...
     @property
