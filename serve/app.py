@@ -1,0 +1,51 @@
+"""Application builders: the import paths a Ray Serve config file points at.
+
+``textfleet config`` writes one application per model with
+``import_path: serve.app:build_model_app`` and the model's entry of
+models.yaml as ``args``, plus one ``serve.app:build_gateway_app`` application
+at ``/``. A hand-written Ray Serve config can use the same import paths::
+
+    applications:
+      - name: minilm
+        route_prefix: /v2/models/minilm
+        import_path: serve.app:build_model_app
+        args: {name: minilm, model_dir: /abs/path/all-MiniLM-L6-v2}
+      - name: textfleet-gateway
+        route_prefix: /
+        import_path: serve.app:build_gateway_app
+
+``args`` takes every field of a models.yaml model entry (use an absolute
+``model_dir``); deployment options given under ``deployments:`` in the Ray
+config override the ones in ``args``, as Ray Serve always does.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray.serve import Application
+
+from serve.config import GatewayConfig, parse_model
+from serve.gateway import Gateway
+from serve.server import ModelServer
+
+# A missing or corrupt model directory fails the same way every time; give up
+# after a few tries instead of Ray's default 20 replica restarts.
+CONSTRUCTOR_RETRIES = 3
+
+
+def build_model_app(args: dict[str, Any]) -> Application:
+    """One model's application: a ``ModelServer`` deployment configured by ``args``."""
+    cfg = parse_model(args)
+    opts = cfg.deployment_options()
+    return ModelServer.options(**opts, max_constructor_retry_count=CONSTRUCTOR_RETRIES).bind(
+        cfg.model_dump(mode="json")
+    )
+
+
+def build_gateway_app(args: dict[str, Any] | None = None) -> Application:
+    """The server-wide routes (health, server metadata, /v1/embeddings, KServe V1)."""
+    cfg = GatewayConfig.model_validate(args or {})
+    return Gateway.options(
+        num_replicas=cfg.num_replicas, max_ongoing_requests=cfg.max_ongoing_requests
+    ).bind()

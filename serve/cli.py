@@ -1,0 +1,151 @@
+"""``textfleet config``, ``textfleet serve`` and ``textfleet status``.
+
+The ``textfleet`` entry point (engine/cli.py) adds these with one call::
+
+    serve.cli.add_subcommands(subparsers)
+
+Each subcommand sets ``func`` (``args -> exit code``) on its parser. The module
+also runs on its own: ``python -m serve.cli serve models/models.yaml``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import time
+from pathlib import Path
+
+from serve.config import GATEWAY_APP, ConfigError, load_models
+
+DEFAULT_MODELS = "models/models.yaml"
+
+
+def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "config",
+        help="write a Ray Serve config file (one application per model) from models.yaml",
+    )
+    p.add_argument("models_yaml", help="path of the models.yaml")
+    p.add_argument("-o", "--output", help="output file (default: stdout)")
+    p.set_defaults(func=cmd_config)
+
+    p = subparsers.add_parser(
+        "serve", help="start a local Ray, deploy every model of models.yaml, block until Ctrl-C"
+    )
+    p.add_argument("models_yaml", nargs="?", default=DEFAULT_MODELS)
+    p.add_argument("--host", help="listen address (default: models.yaml's, 127.0.0.1)")
+    p.add_argument("--port", type=int, help="HTTP port (default: models.yaml's, 8000)")
+    p.add_argument("--metrics-port", type=int, help="Prometheus port of Ray's metrics agent")
+    p.add_argument("--num-cpus", type=int, help="CPUs Ray may schedule (default: all)")
+    p.set_defaults(func=cmd_serve)
+
+    p = subparsers.add_parser(
+        "status", help="status of the served models on a running Ray (like `serve status`)"
+    )
+    p.add_argument("--address", default="auto", help="Ray address (default: auto)")
+    p.set_defaults(func=cmd_status)
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from serve.generate import dump, missing_model_dirs, serve_config
+
+    try:
+        models = load_models(args.models_yaml)
+    except ConfigError as e:
+        print(e, file=sys.stderr)
+        return 2
+    for warning in missing_model_dirs(models):
+        print(f"warning: {warning}", file=sys.stderr)
+    text = dump(serve_config(models), args.models_yaml)
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+        print(f"wrote {args.output}: {len(models.models)} model(s) + gateway", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from ray import serve
+
+    from serve import deploy
+    from serve.generate import missing_model_dirs, serve_config
+
+    try:
+        models = load_models(args.models_yaml)
+    except ConfigError as e:
+        print(e, file=sys.stderr)
+        return 2
+    overrides = {
+        k: v
+        for k, v in {
+            "host": args.host,
+            "port": args.port,
+            "metrics_export_port": args.metrics_port,
+        }.items()
+        if v is not None
+    }
+    server = models.server.model_copy(update=overrides)
+    models = models.model_copy(update={"server": server})
+    for warning in missing_model_dirs(models):
+        print(f"warning: {warning}", file=sys.stderr)
+
+    deploy.start_ray(metrics_export_port=server.metrics_export_port, num_cpus=args.num_cpus)
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        deploy.apply(serve_config(models))
+        states = deploy.wait([*models.names(), GATEWAY_APP], timeout_s=600)
+        _print_urls(server, states)
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        print("shutting down ...", file=sys.stderr)
+    finally:
+        serve.shutdown()
+        import ray
+
+        ray.shutdown()
+    return 0
+
+
+def _interrupt(signum, frame) -> None:
+    """SIGTERM shuts down as cleanly as Ctrl-C."""
+    raise KeyboardInterrupt
+
+
+def _print_urls(server, states) -> None:
+    base = f"http://{server.host}:{server.port}"
+    for name, app in states.items():
+        if name == GATEWAY_APP:
+            continue
+        state = str(app.status.value)
+        line = f"  {name}: {state}  {base}/v2/models/{name}/infer"
+        if state != "RUNNING" and app.message:
+            line += f"\n    {app.message.strip().splitlines()[-1]}"
+        print(line)
+    print(f"  health:  {base}/v2/health/ready")
+    print(f"  openai:  {base}/v1/embeddings")
+    print(f"  metrics: http://{server.host}:{server.metrics_export_port}/metrics")
+    print("Ctrl-C to stop.", flush=True)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import ray
+
+    from serve.deploy import status_text
+
+    ray.init(address=args.address, namespace="serve", log_to_driver=False)
+    print(status_text())
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m serve.cli")
+    add_subcommands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,341 @@
+"""The ``models.yaml`` schema: which models to serve, and how.
+
+One typed pydantic tree with ``extra="forbid"``: a misspelt knob is an error
+that names the model and the field, never a silently ignored line. Relative
+``model_dir`` paths are resolved against the folder of the yaml file, so a
+``models.yaml`` and its model directories can move together.
+
+Example::
+
+    server:
+      port: 8000
+    models:
+      - name: minilm
+        model_dir: ../artifacts/models/all-MiniLM-L6-v2
+        batching: {max_batch_tokens: 8192}
+        num_replicas: 1
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from engine.config import BatchingConfig
+
+GATEWAY_APP = "textfleet-gateway"
+"""Ray Serve application name of the server-wide routes; no model may take it."""
+
+DEPLOYMENT_NAME = "ModelServer"
+"""Name of the one deployment inside every model's application."""
+
+Task = Literal["embedding", "classification", "token-classification", "pair-scoring"]
+
+# URL-safe and unambiguous in every route: no "/" (path segments) and no ":"
+# (KServe V1 puts ":predict" right after the name).
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+class ConfigError(ValueError):
+    """A models.yaml that does not validate; the message names model and field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RequestLimits(_Strict):
+    """Per-request size limits; a request over one is answered 413."""
+
+    max_texts: int = Field(1024, ge=1, le=1_000_000)
+    """Most texts (or pairs) in one request."""
+
+    max_request_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    """Most bytes in one request body, checked before the body is parsed."""
+
+
+class RayActorOptions(_Strict):
+    """The subset of Ray's ``ray_actor_options`` a model replica may set."""
+
+    num_cpus: float | None = Field(None, ge=0)
+    """CPUs reserved per replica (Ray's default is 1). 0 packs replicas freely."""
+
+    num_gpus: float | None = Field(None, ge=0)
+    """GPUs reserved per replica; set to 1 by default when ``device`` is CUDA."""
+
+    memory: int | None = Field(None, ge=0)
+    """Bytes of memory reserved per replica."""
+
+    resources: dict[str, float] | None = None
+    """Custom Ray resources per replica."""
+
+    accelerator_type: str | None = None
+    """Ray accelerator type constraint, e.g. ``A100``."""
+
+
+class ModelConfig(_Strict):
+    """One served model: one Ray Serve application at ``/v2/models/<name>``."""
+
+    name: str
+    """Model name used in routes, the OpenAI ``model`` field and handle lookups."""
+
+    model_dir: Path
+    """Directory written by ``textfleet export``; relative paths are resolved
+    against the folder holding the models.yaml."""
+
+    task: Task | None = None
+    """Task of the model; None takes the one recorded in the model directory.
+    When set, it must match the directory (checked when the replica loads it)."""
+
+    backend: Literal["onnxruntime", "torch"] = "onnxruntime"
+    """Inference backend."""
+
+    device: str = "cpu"
+    """``cpu``, ``cuda`` or ``cuda:<index>``."""
+
+    threads: int | None = Field(None, ge=1, le=256)
+    """Intra-op threads of the backend per replica; None: the engine's default."""
+
+    max_length: int | None = Field(None, ge=4, le=8192)
+    """Truncate inputs to this many tokens; None: the model directory's limit."""
+
+    batching: BatchingConfig = BatchingConfig()
+    """Dynamic batching knobs of the engine in each replica."""
+
+    limits: RequestLimits = RequestLimits()
+    """Per-request size limits (413 past them)."""
+
+    request_timeout_s: float | None = Field(None, gt=0)
+    """Default time a request may wait for its result; None: no limit."""
+
+    version: str = Field("1", pattern=r"^[A-Za-z0-9._-]{1,64}$")
+    """Model version reported by the V2 metadata and accepted in
+    ``/v2/models/<name>/versions/<version>/...`` routes."""
+
+    num_replicas: int | None = Field(None, ge=1, le=1024)
+    """Fixed replica count (default 1). Exclusive with ``autoscaling``."""
+
+    autoscaling: dict[str, Any] | None = None
+    """Ray Serve ``autoscaling_config`` (min_replicas, max_replicas,
+    target_ongoing_requests, ...); validated by Ray's own schema."""
+
+    max_ongoing_requests: int = Field(256, ge=1, le=100_000)
+    """Requests Ray sends to one replica at once. High on purpose: the engine's
+    batcher can only form batches from requests that reached it."""
+
+    ray_actor_options: RayActorOptions = RayActorOptions()
+    """Resources of each replica."""
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, v: str) -> str:
+        if not _NAME_RE.match(v):
+            raise ValueError(
+                f"got {v!r}; a model name must start with a letter or digit and hold only "
+                "letters, digits, '.', '_' or '-' (at most 128 characters)"
+            )
+        if v == GATEWAY_APP:
+            raise ValueError(f"{v!r} is reserved for the gateway application")
+        return v
+
+    @field_validator("model_dir")
+    @classmethod
+    def _resolve_dir(cls, v: Path, info: ValidationInfo) -> Path:
+        base = (info.context or {}).get("base_dir")
+        if not v.is_absolute() and base is not None:
+            v = Path(base) / v
+        return Path(v).expanduser().resolve() if v.is_absolute() else v
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, v: str) -> str:
+        if not re.fullmatch(r"cpu|cuda(:\d+)?", v):
+            raise ValueError(f"got {v!r}; expected 'cpu', 'cuda' or 'cuda:<index>'")
+        return v
+
+    @field_validator("autoscaling")
+    @classmethod
+    def _check_autoscaling(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        if v is None:
+            return v
+        from ray.serve.config import AutoscalingConfig  # heavy import, only when used
+
+        try:
+            AutoscalingConfig.model_validate(v)
+        except ValidationError as e:
+            raise ValueError("; ".join(_brief(x) for x in e.errors(include_url=False))) from None
+        return v
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> ModelConfig:
+        if self.num_replicas is not None and self.autoscaling is not None:
+            raise ValueError("set num_replicas or autoscaling, not both")
+        if self.device.startswith("cuda") and self.ray_actor_options.num_gpus is None:
+            opts = self.ray_actor_options.model_copy(update={"num_gpus": 1.0})
+            object.__setattr__(self, "ray_actor_options", opts)
+        return self
+
+    def deployment_options(self) -> dict[str, Any]:
+        """Ray Serve deployment options of this model, as a config file spells them.
+
+        They are kept out of the builder's args so that changing them (scaling,
+        resources) is a light update of the running application, not a rebuild.
+        """
+        opts: dict[str, Any] = {"max_ongoing_requests": self.max_ongoing_requests}
+        if self.autoscaling is not None:
+            opts["autoscaling_config"] = dict(self.autoscaling)
+        else:
+            opts["num_replicas"] = self.num_replicas or 1
+        actor = self.ray_actor_options.model_dump(exclude_none=True)
+        if actor:
+            opts["ray_actor_options"] = actor
+        return opts
+
+    def builder_args(self) -> dict[str, Any]:
+        """Arguments of the application builder: what the replica needs to load
+        the model. A change here rebuilds this model's application (only it)."""
+        deploy_keys = {"num_replicas", "autoscaling", "max_ongoing_requests", "ray_actor_options"}
+        args = self.model_dump(mode="json", exclude=deploy_keys, exclude_none=True)
+        args["model_dir"] = str(self.model_dir)
+        return args
+
+
+class GatewayConfig(_Strict):
+    """The small application serving server-wide routes (health, /v1/embeddings)."""
+
+    num_replicas: int = Field(1, ge=1, le=64)
+    max_ongoing_requests: int = Field(1024, ge=1, le=100_000)
+
+
+class ServerConfig(_Strict):
+    """Where and how the Ray Serve HTTP proxy listens."""
+
+    host: str = "127.0.0.1"
+    """Listen address; loopback by default. Use 0.0.0.0 to expose the server."""
+
+    port: int = Field(8000, ge=1, le=65535)
+    """HTTP port of the Ray Serve proxy."""
+
+    metrics_export_port: int = Field(8080, ge=1, le=65535)
+    """Prometheus endpoint of Ray's metrics agent (``textfleet serve`` only)."""
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
+    """Ray Serve log level of the proxy, controller and replicas."""
+
+    access_log: bool = False
+    """Per-request access log lines; off by default (a measurable cost per request)."""
+
+    gateway: GatewayConfig = GatewayConfig()
+
+
+class ModelsFile(_Strict):
+    """The whole ``models.yaml``."""
+
+    server: ServerConfig = ServerConfig()
+    models: list[ModelConfig] = Field(..., min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> ModelsFile:
+        seen: dict[str, int] = {}
+        for i, m in enumerate(self.models):
+            if m.name in seen:
+                raise ValueError(
+                    f"duplicate model name {m.name!r} (entries {seen[m.name]} and {i}); "
+                    "names must be unique"
+                )
+            seen[m.name] = i
+        return self
+
+    def model(self, name: str) -> ModelConfig:
+        for m in self.models:
+            if m.name == name:
+                return m
+        raise KeyError(f"no model named {name!r}; models: {', '.join(self.names())}")
+
+    def names(self) -> list[str]:
+        return [m.name for m in self.models]
+
+
+def parse_models(data: Any, base_dir: str | Path | None = None, source: str = "models.yaml"):
+    """Validate a loaded models.yaml mapping; errors name the model and the field."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping with a 'models' list at the top level")
+    ctx = {"base_dir": str(base_dir) if base_dir is not None else None}
+    try:
+        return ModelsFile.model_validate(data, context=ctx)
+    except ValidationError as e:
+        raise ConfigError(f"{source}: invalid configuration\n{_flatten(e, data=data)}") from None
+
+
+def parse_model(args: Any, source: str = "application args") -> ModelConfig:
+    """Validate one model's mapping (an application builder's ``args``)."""
+    try:
+        return ModelConfig.model_validate(args)
+    except ValidationError as e:
+        data = {"models": [args]}
+        errors = e.errors(include_url=False)
+        for err in errors:  # report as the models.yaml entry it came from
+            err["loc"] = ("models", 0, *err["loc"])
+        raise ConfigError(f"{source}: invalid model\n{_lines(errors, data, '  ')}") from None
+
+
+def load_models(path: str | Path) -> ModelsFile:
+    """Read and validate a models.yaml file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror or e}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    return parse_models(data, base_dir=path.resolve().parent, source=str(path))
+
+
+def _flatten(err: ValidationError, data: Any = None, prefix: str = "  ") -> str:
+    return _lines(err.errors(include_url=False), data, prefix)
+
+
+def _lines(errors: list[Any], data: Any, prefix: str) -> str:
+    """One line per error: ``model 'x': field 'batching.max_batch_size': message``."""
+    lines = []
+    for e in errors:
+        loc = list(e["loc"])
+        where = ""
+        if len(loc) >= 2 and loc[0] == "models" and isinstance(loc[1], int):
+            where = f"model {_model_label(data, loc[1])}: "
+            loc = loc[2:]
+        field = ".".join(str(p) for p in loc) or "(entry)"
+        msg = e["msg"].removeprefix("Value error, ")
+        got = ""
+        if e["type"] not in ("missing", "value_error") and "input" in e:
+            got = f" (got {e['input']!r})"
+        lines.append(f"{prefix}{where}field '{field}': {msg}{got}")
+    return "\n".join(lines)
+
+
+def _brief(e: dict[str, Any]) -> str:
+    loc = ".".join(str(p) for p in e["loc"])
+    msg = e["msg"].removeprefix("Value error, ")
+    return f"{loc}: {msg}" if loc else msg
+
+
+def _model_label(data: Any, index: int) -> str:
+    try:
+        name = data["models"][index].get("name")
+    except (TypeError, KeyError, IndexError, AttributeError):
+        name = None
+    return f"{name!r}" if isinstance(name, str) else f"#{index}"

@@ -1,0 +1,102 @@
+"""Start a local Ray and apply a Ray Serve config, as ``serve run config.yaml`` does.
+
+``serve deploy`` needs the dashboard's REST API; we keep the dashboard off
+(it costs CPU on small machines) and apply the config through the Serve
+controller directly, which is exactly what ``serve run <config.yaml>`` does.
+Applying a config is declarative: applications whose import path and args
+are unchanged keep running, those with new deployment options are updated in
+place, new ones are built and missing ones are deleted.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray import serve
+
+# Ray Serve settings for a lean request path; read by every Ray process at
+# import, so they must be in the environment before Ray starts. Each is only a
+# default: a value already set in the environment wins.
+LEAN_ENV = {
+    # No per-request task events to the GCS: they cost CPU on every call.
+    "RAY_SERVE_ENABLE_TASK_EVENTS": "0",
+}
+
+DONE = ("RUNNING", "DEPLOY_FAILED", "UNHEALTHY")
+
+# The folder holding the engine/ and serve/ packages. Ray's build tasks and
+# replicas import ``serve.app`` by name, and a source checkout is not on their
+# path unless we put it there (an installed textfleet is found either way).
+SOURCE_ROOT = str(Path(__file__).resolve().parents[1])
+
+
+def start_ray(
+    metrics_export_port: int | None = None,
+    num_cpus: int | None = None,
+    env: dict[str, str] | None = None,
+    **init_kwargs: Any,
+) -> None:
+    """A local Ray with the dashboard off; no-op when Ray is already up."""
+    for k, v in {**LEAN_ENV, **(env or {})}.items():
+        os.environ.setdefault(k, v)
+    # Ray's processes inherit this environment when ray.init starts them.
+    paths = os.environ.get("PYTHONPATH", "").split(os.pathsep)
+    if SOURCE_ROOT not in paths:
+        os.environ["PYTHONPATH"] = os.pathsep.join(p for p in [SOURCE_ROOT, *paths] if p)
+    if ray.is_initialized():
+        return
+    ray.init(
+        include_dashboard=False,
+        num_cpus=num_cpus,
+        _metrics_export_port=metrics_export_port,
+        namespace="serve",
+        **init_kwargs,
+    )
+
+
+def apply(config: dict[str, Any]) -> None:
+    """Apply a Ray Serve config mapping (what ``textfleet config`` writes)."""
+    from ray.serve._private.api import serve_start
+    from ray.serve.schema import ServeDeploySchema
+
+    schema = ServeDeploySchema.model_validate(config)
+    client = serve_start(
+        http_options=schema.http_options.model_dump(),
+        proxy_location=schema.proxy_location,
+        global_logging_config=schema.logging_config,
+    )
+    client.deploy_apps(schema)
+
+
+def wait(names: list[str], timeout_s: float = 120.0, poll_s: float = 0.5) -> dict[str, Any]:
+    """Wait until each named application is RUNNING or failed; return their statuses."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        apps = serve.status().applications
+        states = {n: apps[n] for n in names if n in apps}
+        if len(states) == len(names) and all(str(a.status.value) in DONE for a in states.values()):
+            return states
+        if time.monotonic() > deadline:
+            pending = {n: (str(apps[n].status.value) if n in apps else "ABSENT") for n in names}
+            raise TimeoutError(f"applications not settled after {timeout_s:.0f}s: {pending}")
+        time.sleep(poll_s)
+
+
+def status_text() -> str:
+    """Applications and deployments with their status and message, like ``serve status``."""
+    lines = []
+    for name, app in serve.status().applications.items():
+        lines.append(f"{name}: {app.status.value}")
+        if app.message:
+            lines.append(f"  message: {app.message}")
+        for dname, dep in app.deployments.items():
+            replicas = ", ".join(f"{k}: {v}" for k, v in dep.replica_states.items())
+            lines.append(f"  {dname}: {dep.status.value} ({replicas or 'no replicas'})")
+            if dep.message:
+                msg = dep.message.strip().splitlines()
+                lines.append(f"    message: {msg[-1] if msg else ''}")
+    return "\n".join(lines)

@@ -1,0 +1,164 @@
+"""The gateway application: server-wide routes that belong to no single model.
+
+Mounted at ``/``, so Ray's proxy sends it everything no model application
+claims (models own ``/v2/models/<name>``, longest prefix wins):
+
+- ``GET /v2/health/live``, ``GET /v2/health/ready``, ``GET /v2`` (server metadata);
+- ``POST /v1/embeddings`` routed by the body's ``model``;
+- ``POST /v1/models/<name>:predict`` and ``GET /v1/models/<name>`` (KServe V1),
+  which cannot live under a model's own ``/v2/models/<name>`` prefix;
+- ``/v2/models/<unknown>/...``: 404 naming the served models, or 503 for a
+  model whose application is deploying or failed (with Ray's message).
+
+The gateway learns the models from Ray Serve's status (applications whose
+ingress is ``ModelServer``), never from its own arguments: adding or removing
+a model must not redeploy the gateway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from typing import Any
+
+from ray import serve
+from starlette.requests import Request
+from starlette.responses import Response
+
+import engine
+from serve.config import DEPLOYMENT_NAME
+from serve.protocols import openai, v2
+from serve.protocols.common import (
+    MethodNotAllowed,
+    NotFound,
+    Reply,
+    Unavailable,
+    error_reply,
+    json_reply,
+    loads,
+)
+from serve.server import read_body, to_response
+
+_V1_PREDICT = re.compile(r"^/v1/models/([^/:]+):predict$")
+_V1_MODEL = re.compile(r"^/v1/models/([^/:]+)$")
+_V2_MODEL = re.compile(r"^/v2/models/([^/]+)")
+
+# The gateway cannot know each model's limits without being redeployed with
+# them; it only caps bodies, and the model's replica checks its own limits.
+MAX_BODY_BYTES = 64 * 1024 * 1024
+
+
+class ModelDirectory:
+    """Which models exist and their handles, from ``serve.status()`` cached briefly."""
+
+    def __init__(self, ttl_s: float = 1.0):
+        self._ttl_s = ttl_s
+        self._statuses: dict[str, Any] = {}
+        self._fetched = 0.0
+        self._handles: dict[str, Any] = {}
+        self._lock = asyncio.Lock()
+
+    async def statuses(self, fresh: bool = False) -> dict[str, Any]:
+        """Model name -> its ``ApplicationStatusOverview``."""
+        async with self._lock:
+            if fresh or time.monotonic() - self._fetched > self._ttl_s:
+                # serve.status() is a blocking controller call: keep it off the loop.
+                status = await asyncio.to_thread(serve.status)
+                self._statuses = {
+                    name: app
+                    for name, app in status.applications.items()
+                    if DEPLOYMENT_NAME in app.deployments
+                }
+                self._fetched = time.monotonic()
+        return self._statuses
+
+    async def handle(self, name: str):
+        """A handle to a RUNNING model, or NotFound / Unavailable naming why not."""
+        h = self._handles.get(name)
+        if h is not None:
+            return h
+        apps = await self.statuses(fresh=True)
+        app = apps.get(name)
+        if app is None:
+            served = ", ".join(sorted(apps)) or "none"
+            raise NotFound(f"unknown model {name!r}; served models: {served}")
+        if str(app.status.value) != "RUNNING":
+            detail = f": {app.message}" if app.message else ""
+            raise Unavailable(f"model {name!r} is {app.status.value}{detail}")
+        h = await asyncio.to_thread(serve.get_app_handle, name)
+        self._handles[name] = h
+        return h
+
+    def forget(self, name: str) -> None:
+        self._handles.pop(name, None)
+        self._fetched = 0.0
+
+
+@serve.deployment(name="Gateway", max_ongoing_requests=1024, ray_actor_options={"num_cpus": 0})
+class Gateway:
+    def __init__(self, server_version: str = engine.__version__):
+        self.models = ModelDirectory()
+        self._metadata = json_reply(v2.server_metadata(server_version))
+
+    async def __call__(self, request: Request) -> Response:
+        try:
+            reply = await self._route(request)
+        except Exception as e:
+            reply = error_reply(e)
+        return to_response(reply)
+
+    async def _route(self, request: Request) -> Reply:
+        path, method = request.scope["path"].rstrip("/") or "/", request.method
+        if path == "/v1/embeddings":
+            _expect(method, "POST", path)
+            return await self._openai(request)
+        if m := _V1_PREDICT.match(path):
+            _expect(method, "POST", path)
+            body = await read_body(request, MAX_BODY_BYTES)
+            return await self._call(m.group(1), "v1_predict", body)
+        if m := _V1_MODEL.match(path):
+            _expect(method, "GET", path)
+            handle = await self.models.handle(m.group(1))
+            return json_reply(await handle.v1_status.remote())
+        if path == "/v2/health/live":
+            return json_reply({"live": True})
+        if path == "/v2/health/ready":
+            return await self._ready()
+        if path == "/v2":
+            return self._metadata
+        if m := _V2_MODEL.match(path):
+            # A model's own application did not claim this path: unknown or not up.
+            await self.models.handle(m.group(1))
+            raise Unavailable(f"model {m.group(1)!r} is starting; retry shortly")
+        raise NotFound(f"no route {method} {path}")
+
+    async def _ready(self) -> Reply:
+        apps = await self.models.statuses()
+        states = {name: str(app.status.value) for name, app in apps.items()}
+        ready = bool(states) and all(s == "RUNNING" for s in states.values())
+        return json_reply({"ready": ready, "models": states}, status=200 if ready else 503)
+
+    async def _openai(self, request: Request) -> Reply:
+        try:
+            body = await read_body(request, MAX_BODY_BYTES)
+            obj = loads(body)
+            name = openai.model_of(obj)
+            return await self._call(name, "openai_embeddings", obj)
+        except Exception as e:
+            return openai.error_reply(e)
+
+    async def _call(self, name: str, method: str, payload: Any) -> Reply:
+        handle = await self.models.handle(name)
+        try:
+            return await getattr(handle, method).remote(payload)
+        except Exception:
+            # The application may have been deleted or redeployed under us.
+            self.models.forget(name)
+            await self.models.handle(name)
+            raise
+
+
+def _expect(method: str, allowed: str, path: str) -> None:
+    if method != allowed:
+        raise MethodNotAllowed(f"{path} takes {allowed}, not {method}")

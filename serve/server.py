@@ -1,0 +1,218 @@
+"""``ModelServer``: the one Ray Serve deployment that serves any textfleet model.
+
+Each replica loads one ``Engine`` and answers, under its application's route
+prefix ``/v2/models/<name>``, the V2 metadata, ready and infer routes; the
+gateway forwards KServe V1 and OpenAI requests to it through a handle, and
+Python callers use ``embed`` / ``infer`` on ``serve.get_app_handle(name)``.
+
+The HTTP path is a plain ``async __call__`` with a three-way hand router: no
+ASGI framework, orjson, one await on the engine. Every error becomes a reply
+with its status; nothing a client sends can raise out of a handler.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import numpy as np
+from ray import serve
+from starlette.requests import Request
+from starlette.responses import Response
+
+from engine.errors import ModelDirError
+from serve.config import DEPLOYMENT_NAME, ModelConfig
+from serve.metrics import EngineStatsExporter, ModelMetrics
+from serve.protocols import openai, v1, v2
+from serve.protocols.common import (
+    MethodNotAllowed,
+    NotFound,
+    Reply,
+    check_body_size,
+    dumps,
+    error_reply,
+)
+from serve.tasks import adapter_for
+
+log = logging.getLogger(__name__)
+
+
+def load_engine(cfg: ModelConfig):
+    """Load the model's engine; any failure names the model and its directory."""
+    from engine.engine import Engine
+
+    if not cfg.model_dir.is_dir():
+        raise ModelDirError(
+            f"model {cfg.name!r}: model_dir {cfg.model_dir} does not exist; "
+            "export it with `textfleet export` or fix model_dir in models.yaml"
+        )
+    kwargs: dict[str, Any] = {
+        "backend": cfg.backend,
+        "device": cfg.device,
+        "threads": cfg.threads,
+        "batching": cfg.batching,
+    }
+    if cfg.max_length is not None:
+        kwargs["max_length"] = cfg.max_length
+    try:
+        return Engine.load(cfg.model_dir, **kwargs)
+    except Exception as e:
+        raise ModelDirError(
+            f"model {cfg.name!r}: cannot load {cfg.model_dir}: {type(e).__name__}: {e}"
+        ) from e
+
+
+def to_response(reply: Reply) -> Response:
+    return Response(reply.body, reply.status, dict(reply.headers), media_type=reply.media_type)
+
+
+def subpath(scope: dict[str, Any]) -> str:
+    """The request path below the application's route prefix (Ray sets it as root_path)."""
+    path: str = scope["path"]
+    root = scope.get("root_path", "").rstrip("/")
+    return path[len(root) :] if root and path.startswith(root) else path
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 as soon as it passes ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit():
+        check_body_size(int(declared), limit)
+    chunks, total = [], 0
+    async for chunk in request.stream():
+        total += len(chunk)
+        check_body_size(total, limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@serve.deployment(name=DEPLOYMENT_NAME, max_ongoing_requests=256)
+class ModelServer:
+    def __init__(self, config: dict[str, Any]):
+        self.config = ModelConfig.model_validate(config)
+        self.name = self.config.name
+        self.version = self.config.version
+        self.engine = load_engine(self.config)
+        self.task = adapter_for(self.engine, self.config)
+        self.metrics = ModelMetrics(self.name)
+        self.exporter = EngineStatsExporter(self.name, self.engine.stats)
+        # Metadata never changes for a replica: encode it once.
+        self._metadata = v2.model_metadata(
+            self.name,
+            self.version,
+            f"textfleet_{self.config.backend}",
+            self.task.inputs,
+            self.task.outputs,
+        )
+        self._metadata_reply = Reply(200, dumps(self._metadata))
+        self._ready_reply = Reply(200, dumps({"name": self.name, "ready": True}))
+        log.info("model %r loaded from %s", self.name, self.config.model_dir)
+
+    # ------------------------------------------------------------ HTTP
+
+    async def __call__(self, request: Request) -> Response:
+        start = time.perf_counter()
+        self.exporter.start()
+        n_texts = 0
+        try:
+            reply, n_texts = await self._route(request)
+        except Exception as e:  # a bad request never takes the replica down
+            reply = error_reply(e)
+        self.metrics.record("v2", reply.status, time.perf_counter() - start, n_texts)
+        return to_response(reply)
+
+    async def _route(self, request: Request) -> tuple[Reply, int]:
+        sub = v2.split_version(subpath(request.scope), self.version, self.name)
+        method = request.method
+        if sub == "/infer":
+            _expect(method, "POST", sub)
+            body = await read_body(request, self.config.limits.max_request_bytes)
+            req = v2.parse_infer_request(body, request.headers.get(v2.HEADER_LENGTH))
+            outputs = await self.task.infer(req)
+            return v2.infer_response(self.name, self.version, req, outputs), _rows(outputs)
+        if sub in ("", "/"):
+            _expect(method, "GET", sub)
+            return self._metadata_reply, 0
+        if sub == "/ready":
+            _expect(method, "GET", sub)
+            return self._ready_reply, 0
+        raise NotFound(f"no route {method} {request.scope['path']} for model {self.name!r}")
+
+    # ------------------------------------------------------------ gateway calls
+
+    async def v1_predict(self, body: bytes) -> Reply:
+        """KServe V1 ``:predict`` forwarded by the gateway."""
+        start, n = time.perf_counter(), 0
+        try:
+            check_body_size(len(body), self.config.limits.max_request_bytes)
+            predictions = await self.task.v1_predictions(v1.parse_predict(body))
+            n = len(predictions)
+            reply = v1.predict_reply(predictions)
+        except Exception as e:
+            reply = error_reply(e)
+        self.metrics.record("v1", reply.status, time.perf_counter() - start, n)
+        return reply
+
+    async def openai_embeddings(self, obj: dict[str, Any]) -> Reply:
+        """OpenAI ``/v1/embeddings`` forwarded by the gateway (body already parsed)."""
+        start = time.perf_counter()
+        try:
+            reply = await self.task.openai_embeddings(obj)
+        except Exception as e:
+            reply = openai.error_reply(e)
+        n = len(obj.get("input") or []) if isinstance(obj.get("input"), list) else 1
+        self.metrics.record("openai", reply.status, time.perf_counter() - start, n)
+        return reply
+
+    def v1_status(self) -> dict[str, Any]:
+        return v1.model_status(self.name, True)
+
+    # ------------------------------------------------------------ Python callers
+
+    async def embed(self, texts: list[str], timeout: float | None = None) -> np.ndarray:
+        """``await handle.embed.remote(texts)`` -> float32 [n, dim]."""
+        self.exporter.start()
+        return await self._handle_call(self.task.embed(texts, timeout), len(texts))
+
+    async def infer(self, request: dict[str, Any]) -> dict[str, Any]:
+        """``await handle.infer.remote(v2_request_dict)`` -> the V2 response as a dict."""
+        self.exporter.start()
+        req = v2.infer_request_from_dict(request)
+        outputs = await self._handle_call(self.task.infer(req), len(req.inputs))
+        return v2.infer_response_dict(self.name, self.version, req, outputs)
+
+    def metadata(self) -> dict[str, Any]:
+        return self._metadata
+
+    def check_health(self) -> None:
+        """Ray's periodic replica health check: a dead engine restarts the replica."""
+        if not self.engine.health():
+            raise RuntimeError(f"model {self.name!r}: engine is not healthy")
+
+    async def _handle_call(self, coro, n: int):
+        start, status = time.perf_counter(), 200
+        try:
+            return await coro
+        except Exception as e:
+            status = error_reply(e).status
+            raise
+        finally:
+            self.metrics.record("handle", status, time.perf_counter() - start, n)
+
+    def __del__(self):
+        exporter, engine = getattr(self, "exporter", None), getattr(self, "engine", None)
+        if exporter is not None:
+            exporter.stop()
+        if engine is not None:
+            engine.close()
+
+
+def _expect(method: str, allowed: str, sub: str) -> None:
+    if method != allowed:
+        raise MethodNotAllowed(f"{sub or '/'} takes {allowed}, not {method}")
+
+
+def _rows(outputs: dict[str, np.ndarray]) -> int:
+    first = next(iter(outputs.values()), None)
+    return 0 if first is None or first.ndim == 0 else int(first.shape[0])

@@ -1,0 +1,173 @@
+"""models.yaml schema and the Ray Serve config generator (no Ray cluster needed).
+
+Good and bad configs are fixtures in tests/configs/; each bad one states the
+error it must produce on its first lines (``# error: <text>``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from ray.serve.schema import ServeDeploySchema
+
+from serve.config import GATEWAY_APP, ConfigError, load_models, parse_models
+from serve.generate import (
+    dump,
+    missing_model_dirs,
+    serve_config,
+    write_serve_config,
+)
+
+CONFIGS = Path(__file__).parent / "configs"
+REPO = Path(__file__).resolve().parents[1]
+GOOD = sorted((CONFIGS / "good").glob("*.yaml"))
+BAD = sorted((CONFIGS / "bad").glob("*.yaml"))
+
+
+def expected_errors(path: Path) -> list[str]:
+    return [
+        line.removeprefix("# error:").strip()
+        for line in path.read_text().splitlines()
+        if line.startswith("# error:")
+    ]
+
+
+@pytest.mark.parametrize("path", GOOD, ids=[p.stem for p in GOOD])
+def test_good_configs_load_and_generate_valid_ray_configs(path):
+    models = load_models(path)
+    config = serve_config(models)
+    # Ray's own schema accepts what we generate, as `serve deploy` would.
+    schema = ServeDeploySchema.model_validate(config)
+    names = [a.name for a in schema.applications]
+    assert names == [*models.names(), GATEWAY_APP]
+    for app, m in zip(schema.applications, models.models, strict=False):
+        assert app.route_prefix == f"/v2/models/{m.name}"
+        assert app.import_path == "serve.app:build_model_app"
+
+
+@pytest.mark.parametrize("path", BAD, ids=[p.stem for p in BAD])
+def test_bad_configs_fail_naming_model_and_field(path):
+    wanted = expected_errors(path)
+    assert wanted, f"{path.name} must state its expected error in a '# error:' line"
+    with pytest.raises(ConfigError) as err:
+        load_models(path)
+    for text in wanted:
+        assert text in str(err.value), f"{text!r} not in:\n{err.value}"
+    assert str(path) in str(err.value)  # the message says which file
+
+
+def test_relative_model_dir_resolves_against_the_yaml_folder(tmp_path):
+    sub = tmp_path / "cfg"
+    sub.mkdir()
+    (sub / "models.yaml").write_text("models:\n  - {name: a, model_dir: ../m/a}\n")
+    models = load_models(sub / "models.yaml")
+    assert models.model("a").model_dir == (tmp_path / "m" / "a").resolve()
+    # ... whatever the current directory is when it is loaded.
+    assert models.model("a").model_dir.is_absolute()
+
+
+def test_defaults_reach_the_batcher():
+    m = parse_models({"models": [{"name": "a", "model_dir": "/x"}]}).model("a")
+    assert m.max_ongoing_requests >= 256  # Ray's default of 5 would starve batching
+    assert m.task is None and m.backend == "onnxruntime" and m.device == "cpu"
+    assert m.deployment_options() == {"max_ongoing_requests": 256, "num_replicas": 1}
+
+
+def test_cuda_device_reserves_a_gpu_unless_told_otherwise():
+    m = parse_models({"models": [{"name": "a", "model_dir": "/x", "device": "cuda"}]}).model("a")
+    assert m.ray_actor_options.num_gpus == 1.0
+    m = parse_models(
+        {
+            "models": [
+                {
+                    "name": "a",
+                    "model_dir": "/x",
+                    "device": "cuda:1",
+                    "ray_actor_options": {"num_gpus": 0.5},
+                }
+            ]
+        }
+    ).model("a")
+    assert m.ray_actor_options.num_gpus == 0.5
+
+
+def test_deployment_options_stay_out_of_builder_args():
+    """Scaling a model must be a light update, not a rebuild: Ray compares args."""
+    base = {"name": "a", "model_dir": "/x", "num_replicas": 1}
+    one = parse_models({"models": [base]}).model("a")
+    two = parse_models(
+        {"models": [{**base, "num_replicas": 2, "ray_actor_options": {"num_cpus": 0}}]}
+    ).model("a")
+    assert one.builder_args() == two.builder_args()
+    assert one.deployment_options() != two.deployment_options()
+    changed = parse_models({"models": [{**base, "batching": {"max_batch_size": 8}}]}).model("a")
+    assert changed.builder_args() != one.builder_args()
+
+
+def test_adding_a_model_leaves_other_applications_identical():
+    def apps(models):
+        return {
+            a["name"]: a for a in serve_config(parse_models({"models": models}))["applications"]
+        }
+
+    a = {"name": "a", "model_dir": "/x"}
+    b = {"name": "b", "model_dir": "/y"}
+    before = apps([a, b])
+    after = apps([a, {**b, "num_replicas": 2}, {"name": "c", "model_dir": "/z"}])
+    assert after["a"] == before["a"]
+    assert after[GATEWAY_APP] == before[GATEWAY_APP]  # the gateway never lists models
+    assert after["b"]["args"] == before["b"]["args"]
+    assert after["b"]["deployments"][0]["num_replicas"] == 2
+
+
+def test_generated_file_round_trips_and_builder_accepts_its_args(tmp_path):
+    src = CONFIGS / "good" / "full.yaml"
+    out = tmp_path / "serve_config.yaml"
+    text = write_serve_config(src, out)
+    assert out.read_text() == text
+    assert text.startswith("# Ray Serve config generated by `textfleet config`")
+    config = yaml.safe_load(text)
+    assert config["http_options"] == {"host": "127.0.0.1", "port": 8123}
+    assert config["logging_config"] == {"log_level": "INFO", "enable_access_log": True}
+    first = config["applications"][0]
+    assert first["deployments"] == [
+        {
+            "name": "ModelServer",
+            "max_ongoing_requests": 128,
+            "num_replicas": 2,
+            "ray_actor_options": {
+                "num_cpus": 1.0,
+                "memory": 1000000000,
+                "resources": {"special": 1.0},
+            },
+        }
+    ]
+    # The builder validates the same args (round trip through YAML).
+    from serve.app import build_model_app
+
+    app = build_model_app(first["args"])
+    assert app is not None
+
+
+def test_builder_rejects_bad_args_naming_model_and_field():
+    from serve.app import build_model_app
+
+    with pytest.raises(ConfigError, match=r"model 'a': field 'batching.max_batch_size'"):
+        build_model_app({"name": "a", "model_dir": "/x", "batching": {"max_batch_size": 0}})
+
+
+def test_missing_model_dirs_are_reported_not_fatal():
+    models = parse_models({"models": [{"name": "a", "model_dir": "/nonexistent/a"}]})
+    assert missing_model_dirs(models) == [
+        "model 'a': model_dir /nonexistent/a does not exist on this machine"
+    ]
+    assert dump(serve_config(models))  # still generated
+
+
+def test_default_models_yaml_is_valid():
+    models = load_models(REPO / "models" / "models.yaml")
+    assert models.names()
+    for m in models.models:
+        assert m.model_dir.is_absolute()
