@@ -16,6 +16,12 @@ class InputError(EngineError, ValueError):
     def __init__(self, field: str, message: str):
         super().__init__(f"{field}: {message}")
         self.field = field
+        self.message = message
+
+    def __reduce__(self):
+        # Rebuild from both arguments: Ray pickles errors raised in a replica
+        # back to the caller, and the default (self.args) has only one.
+        return (type(self), (self.field, self.message))
 
 
 class TooLarge(InputError):
@@ -28,6 +34,9 @@ class Overloaded(EngineError):
     def __init__(self, message: str, retry_after_s: float = 1.0):
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+    def __reduce__(self):
+        return (type(self), (str(self), self.retry_after_s))
 
 
 class ModelDirError(EngineError):

@@ -172,15 +172,17 @@ class ModelServer:
 
     async def embed(self, texts: list[str], timeout: float | None = None) -> np.ndarray:
         """``await handle.embed.remote(texts)`` -> float32 [n, dim]."""
-        self.exporter.start()
-        return await self._handle_call(self.task.embed(texts, timeout), len(texts))
+        return await self._handle_call(self.task.embed(texts, timeout), len)
 
     async def infer(self, request: dict[str, Any]) -> dict[str, Any]:
         """``await handle.infer.remote(v2_request_dict)`` -> the V2 response as a dict."""
-        self.exporter.start()
-        req = v2.infer_request_from_dict(request)
-        outputs = await self._handle_call(self.task.infer(req), len(req.inputs))
-        return v2.infer_response_dict(self.name, self.version, req, outputs)
+
+        async def run():
+            req = v2.infer_request_from_dict(request)
+            outputs = await self.task.infer(req)
+            return v2.infer_response_dict(self.name, self.version, req, outputs)
+
+        return await self._handle_call(run(), lambda r: r["outputs"][0]["shape"][0])
 
     def metadata(self) -> dict[str, Any]:
         return self._metadata
@@ -190,15 +192,17 @@ class ModelServer:
         if not self.engine.health():
             raise RuntimeError(f"model {self.name!r}: engine is not healthy")
 
-    async def _handle_call(self, coro, n: int):
-        start, status = time.perf_counter(), 200
+    async def _handle_call(self, coro, rows):
+        """Await a Python caller's request, counted like an HTTP one; errors propagate."""
+        self.exporter.start()
+        start = time.perf_counter()
         try:
-            return await coro
+            result = await coro
         except Exception as e:
-            status = error_reply(e).status
+            self.metrics.record("handle", error_reply(e).status, time.perf_counter() - start, 0)
             raise
-        finally:
-            self.metrics.record("handle", status, time.perf_counter() - start, n)
+        self.metrics.record("handle", 200, time.perf_counter() - start, rows(result))
+        return result
 
     def __del__(self):
         exporter, engine = getattr(self, "exporter", None), getattr(self, "engine", None)

@@ -356,3 +356,13 @@ def test_engine_stats_flattening_and_derived_gauges():
         "real_tokens",
         "padded_tokens",
     ]
+
+
+def test_engine_errors_survive_pickling():
+    """Ray pickles errors from a replica back to a handle caller; fields must survive."""
+    import pickle
+
+    e = pickle.loads(pickle.dumps(TooLarge("inputs[0].shape", "too many")))
+    assert type(e) is TooLarge and e.field == "inputs[0].shape" and str(e).endswith("too many")
+    o = pickle.loads(pickle.dumps(Overloaded("queue full", retry_after_s=2.5)))
+    assert str(o) == "queue full" and o.retry_after_s == 2.5
