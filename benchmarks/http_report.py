@@ -1,0 +1,132 @@
+"""JSON, Markdown and PNG reports of benchmarks/http_load.py."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+SYSTEMS = ("fastapi", "ray-batch", "textfleet")
+LABELS = {
+    "fastapi": "FastAPI + uvicorn wrapper",
+    "ray-batch": "Ray Serve @serve.batch (hand-written)",
+    "textfleet": "textfleet (V2 infer)",
+}
+
+
+def write_reports(results: dict, out: Path) -> list[Path]:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    paths = [out.with_suffix(".json"), out.with_suffix(".md")]
+    paths[0].write_text(json.dumps(results, indent=2) + "\n")
+    paths[1].write_text(markdown(results))
+    png = out.with_suffix(".png")
+    if plot(results, png):
+        paths.append(png)
+    return paths
+
+
+def _row(results: dict, system: str, clients: int) -> dict | None:
+    for row in results["systems"].get(system, []):
+        if row["clients"] == clients:
+            return row
+    return None
+
+
+def markdown(results: dict) -> str:
+    cfg = results["config"]
+    offline = results["offline_limit"]["texts_per_s"]
+    lines = [
+        "# HTTP load on loopback",
+        "",
+        f"Model `{Path(cfg['model_dir']).name}`, onnxruntime threads {cfg['threads']}, "
+        f"{cfg['cpus']} CPUs shared by servers and load generator; {cfg['texts_per_request']} "
+        f"texts per request; each level bounded to {cfg['max_requests']} requests or "
+        f"{cfg['max_seconds']:.0f} s. Ray env: {cfg['ray_env'] or 'defaults'}.",
+        "",
+        f"Offline compute limit (tokenized ahead, length-sorted batches of 32): "
+        f"**{offline:.1f} texts/s** ({results['offline_limit']['texts']} texts).",
+        "",
+        "| system | clients | texts/s | x offline | p50 ms | p99 ms | errors |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for system in SYSTEMS:
+        for row in results["systems"].get(system, []):
+            lines.append(
+                f"| {LABELS[system]} | {row['clients']} | {row['texts_per_s']:.1f} | "
+                f"{row['texts_per_s'] / offline:.2f} | {row['p50_ms']:.1f} | "
+                f"{row['p99_ms']:.1f} | {row['errors']} |"
+            )
+    lines += ["", *targets(results), "", "## Where the time goes", ""]
+    lines += ["Fixed cost of each HTTP path (p50 of one client, sequential):", ""]
+    lines += ["| route | p50 ms |", "|---|---:|"]
+    for name, ms in results["probes_p50_ms"].items():
+        lines.append(f"| {name} | {ms:.2f} |")
+    top = max(cfg["levels"])
+    lines += [
+        "",
+        f"CPU per request (ms) and busy share (% of one core) by process, at {top} clients:",
+        "",
+    ]
+    for system in SYSTEMS:
+        row = _row(results, system, top)
+        if row:
+            parts = ", ".join(
+                f"{k} {v:.2f} ms ({row['cpu_percent'][k]:.0f}%)"
+                for k, v in row["cpu_ms_per_request"].items()
+            )
+            lines.append(f"- {LABELS[system]}: {parts}")
+    return "\n".join(lines) + "\n"
+
+
+def targets(results: dict) -> list[str]:
+    """The issue's targets, as measured ratios (no pass/fail: numbers vary per machine)."""
+    top = max(results["config"]["levels"])
+    tf, fa, rb = (_row(results, s, top) for s in SYSTEMS)
+    low_tf, low_fa = _row(results, "textfleet", 1), _row(results, "fastapi", 1)
+    out = [f"Ratios at {top} clients:"]
+    if tf and fa:
+        out.append(
+            f"- textfleet / FastAPI throughput: {tf['texts_per_s'] / fa['texts_per_s']:.2f}x"
+        )
+    if tf and rb:
+        out.append(
+            f"- textfleet / Ray batch throughput: {tf['texts_per_s'] / rb['texts_per_s']:.2f}x"
+        )
+    if tf:
+        offline = results["offline_limit"]["texts_per_s"]
+        out.append(f"- textfleet / offline limit: {tf['texts_per_s'] / offline:.2f}")
+    if low_tf and low_fa:
+        out.append(
+            f"- p50 at 1 client: textfleet {low_tf['p50_ms']:.1f} ms vs FastAPI "
+            f"{low_fa['p50_ms']:.1f} ms ({low_tf['p50_ms'] - low_fa['p50_ms']:+.1f} ms)"
+        )
+    return out
+
+
+def plot(results: dict, path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    for system in SYSTEMS:
+        rows = results["systems"].get(system)
+        if not rows:
+            continue
+        x = [r["clients"] for r in rows]
+        ax1.plot(x, [r["texts_per_s"] for r in rows], marker="o", label=LABELS[system])
+        ax2.plot(x, [r["p99_ms"] for r in rows], marker="o", label=LABELS[system])
+    ax1.axhline(results["offline_limit"]["texts_per_s"], ls="--", c="grey", label="offline limit")
+    for ax, title in ((ax1, "throughput (texts/s)"), (ax2, "p99 latency (ms)")):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("concurrent clients")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    ax2.set_yscale("log")
+    ax1.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True

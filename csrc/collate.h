@@ -1,0 +1,25 @@
+// Padding: rows of an EncodedBatch into caller-owned int64 [rows, width]
+// buffers (numpy arrays, allocated before the GIL is released).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "encoded_batch.h"
+
+namespace textfleet {
+
+struct PaddedBuffers {
+  int64_t* input_ids;
+  int64_t* attention_mask;
+  int64_t* token_type_ids;
+  size_t width;  // every row is padded (right side) to this many tokens
+};
+
+// Writes row rows[j] of batch into line j of out, for j in [0, n_rows);
+// rows == nullptr means rows 0..n_rows-1. Rows must be valid indices and no
+// longer than out.width. pool may be null.
+void collate(const EncodedBatch& batch, const size_t* rows, size_t n_rows, int64_t pad_id,
+             const PaddedBuffers& out, ThreadPool* pool);
+
+}  // namespace textfleet

@@ -1,0 +1,85 @@
+"""The contract between the engine and model code: one Batch in, named arrays out.
+
+A backend knows how to run a graph on a device and nothing else: not about
+requests, queues, HTTP or Ray (those live above it), nor about pooling or
+labels (the task heads, below the engine). Four methods, as in TEI's
+``Backend`` trait: ``load``, ``run``, ``health``, ``unload``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from engine.batch import Batch
+from engine.errors import ModelDirError
+from engine.model_dir import ModelDir
+
+DEVICES = ("cpu", "cuda")
+# name -> "module:Class", imported only when chosen so torch stays optional.
+BACKENDS = {
+    "onnxruntime": "engine.backends.onnxruntime:OnnxRuntimeBackend",
+    "torch": "engine.backends.torch:TorchBackend",
+}
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """What the engine needs from a model runtime."""
+
+    name: str
+    device: str
+    threads: int
+
+    def load(self) -> None:
+        """Build the session / load the weights. Idempotent."""
+
+    def run(self, batch: Batch) -> dict[str, np.ndarray]:
+        """Run one padded batch; returns the model outputs by name (float32, rows first)."""
+
+    def health(self) -> bool:
+        """True while loaded and able to run."""
+
+    def unload(self) -> None:
+        """Release the session and its memory. Idempotent."""
+
+
+def physical_cores() -> int:
+    """Physical cores available to this process (SMT siblings share one core's FPUs)."""
+    try:
+        import psutil
+
+        cores = psutil.cpu_count(logical=False)
+    except ImportError:
+        cores = None
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(cores or usable or 1, usable or 1))
+
+
+def create_backend(
+    name: str, model_dir: ModelDir, device: str = "cpu", threads: int | None = None
+) -> Backend:
+    """A backend by name, not yet loaded. Errors name the option and the choices."""
+    if name not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {name!r}")
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
+    if threads is not None and (
+        isinstance(threads, bool) or not isinstance(threads, int) or threads < 1
+    ):
+        raise ValueError(f"threads must be an int >= 1 or None, got {threads!r}")
+    module_name, cls_name = BACKENDS[name].split(":")
+    cls = getattr(importlib.import_module(module_name), cls_name)
+    return cls(model_dir, device=device, threads=threads or physical_cores())
+
+
+def check_outputs(model_dir: ModelDir, available: list[str]) -> None:
+    missing = [o for o in model_dir.info.outputs if o not in available]
+    if missing:
+        raise ModelDirError(
+            f"{model_dir.path}: outputs {missing} named in textfleet.json are not produced by "
+            f"the model (it has {available})"
+        )

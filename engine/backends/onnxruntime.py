@@ -1,0 +1,80 @@
+"""onnxruntime backend: CPU, or the CUDA execution provider when installed and asked for.
+
+Threads: ``intra_op`` = ``threads`` (the engine defaults it to the physical
+cores), ``inter_op`` 1 and sequential execution: a BERT graph is one chain of
+large matmuls, so parallelism inside each op is what pays; a second pool
+would only contend with it. Only the inputs the graph declares are fed (a
+DistilBERT graph has no token_type_ids).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+from onnxruntime.capi import onnxruntime_pybind11_state as _ort_errors
+
+from engine.backends.base import check_outputs
+from engine.batch import Batch
+from engine.errors import ModelDirError
+from engine.model_dir import ModelDir
+
+
+class OnnxRuntimeBackend:
+    name = "onnxruntime"
+
+    def __init__(self, model_dir: ModelDir, device: str = "cpu", threads: int = 1):
+        self.model_dir = model_dir
+        self.device = device
+        self.threads = threads
+        self._session: ort.InferenceSession | None = None
+        self._inputs: list[str] = []
+        self._outputs: list[str] = []
+
+    def _providers(self) -> list:
+        if self.device == "cpu":
+            return ["CPUExecutionProvider"]
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise RuntimeError(
+                "device 'cuda' needs onnxruntime with the CUDA execution provider "
+                "(pip install 'textfleet[gpu]'); this onnxruntime has "
+                f"{ort.get_available_providers()}"
+            )
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+    def session_options(self) -> ort.SessionOptions:
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = self.threads
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        return opts
+
+    def load(self) -> None:
+        if self._session is not None:
+            return
+        path = self.model_dir.onnx_path
+        providers = self._providers()
+        try:
+            session = ort.InferenceSession(str(path), self.session_options(), providers=providers)
+        except (_ort_errors.Fail, _ort_errors.InvalidGraph, _ort_errors.InvalidProtobuf) as e:
+            raise ModelDirError(f"{path}: onnxruntime cannot load the graph ({e})") from None
+        inputs = [i.name for i in session.get_inputs()]
+        unknown = [n for n in inputs if n not in ("input_ids", "attention_mask", "token_type_ids")]
+        if unknown:
+            raise ModelDirError(f"{path}: graph inputs {unknown} are not Batch fields")
+        outputs = [o.name for o in session.get_outputs()]
+        check_outputs(self.model_dir, outputs)
+        self._session, self._inputs, self._outputs = session, inputs, outputs
+
+    def run(self, batch: Batch) -> dict[str, np.ndarray]:
+        if self._session is None:
+            raise RuntimeError("onnxruntime backend is not loaded")
+        feeds = {name: getattr(batch, name) for name in self._inputs}
+        values = self._session.run(None, feeds)
+        return dict(zip(self._outputs, values, strict=True))
+
+    def health(self) -> bool:
+        return self._session is not None
+
+    def unload(self) -> None:
+        self._session = None

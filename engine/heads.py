@@ -1,0 +1,80 @@
+"""Task heads: model outputs of one batch -> one result row per sequence.
+
+The graph of an embedding model returns the last hidden state, so pooling is
+here and one ONNX file serves any pooling. Everything is vectorised numpy in
+float32; padded positions never contribute (the attention mask decides).
+The numerics follow sentence-transformers: the mean divides by the token
+count clamped at 1e-9, max pooling fills padding with -1e9, and L2
+normalisation divides by the norm clamped at 1e-12 (torch's F.normalize).
+
+A head is a small class built from the model directory's ``ModelInfo``; other
+tasks (labels, entity spans, scores) add their own classes to ``HEADS``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from engine.batch import Batch
+from engine.model_dir import ModelInfo
+
+
+def mean_pool(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Average of the token vectors where mask is 1. hidden [rows, width, dim]."""
+    weights = mask.astype(np.float32)
+    # One batched matmul ([rows, 1, width] @ [rows, width, dim]) instead of a
+    # broadcast multiply that would materialise another [rows, width, dim] array.
+    sums = np.matmul(weights[:, None, :], hidden)[:, 0, :]
+    counts = np.maximum(weights.sum(axis=1, keepdims=True), 1e-9)
+    return sums / counts
+
+
+def cls_pool(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The first token's vector ([CLS])."""
+    return hidden[:, 0, :]
+
+
+def max_pool(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Element-wise max over real tokens."""
+    masked = np.where(mask[:, :, None].astype(bool), hidden, np.float32(-1e9))
+    return masked.max(axis=1)
+
+
+POOLING = {"mean": mean_pool, "cls": cls_pool, "max": max_pool}
+
+
+def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.maximum(norms, eps)
+
+
+class EmbeddingHead:
+    """Pooling (+ optional L2 normalisation): hidden state -> float32 [rows, dim]."""
+
+    def __init__(self, pooling: str, normalize: bool, output: str):
+        if pooling not in POOLING:
+            raise ValueError(f"pooling must be one of {', '.join(POOLING)}, got {pooling!r}")
+        self.pooling = pooling
+        self.normalize = normalize
+        self.output = output
+        self._pool = POOLING[pooling]
+
+    @classmethod
+    def from_info(cls, info: ModelInfo) -> EmbeddingHead:
+        return cls(info.pooling or "mean", info.normalize, info.outputs[0])
+
+    def __call__(self, outputs: dict[str, np.ndarray], batch: Batch) -> np.ndarray:
+        hidden = np.asarray(outputs[self.output], dtype=np.float32)
+        if hidden.ndim != 3 or hidden.shape[:2] != batch.input_ids.shape:
+            raise ValueError(
+                f"output {self.output!r} has shape {hidden.shape}; expected "
+                f"[{batch.rows}, {batch.width}, dim] for this batch"
+            )
+        pooled = self._pool(hidden, batch.attention_mask)
+        if self.normalize:
+            pooled = l2_normalize(pooled)
+        return np.ascontiguousarray(pooled, dtype=np.float32)
+
+
+# task -> head factory; the engine looks the model directory's task up here.
+HEADS = {"embedding": EmbeddingHead.from_info}

@@ -1,0 +1,238 @@
+"""Engine: parity with the torch + sentence-transformers reference, order, truncation,
+batching, bad input, pooling heads and the batch planner."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from engine import Engine
+from engine.batch import Batch
+from engine.engine import plan_batches
+from engine.errors import EngineError, ModelDirError
+from engine.heads import EmbeddingHead, l2_normalize, max_pool, mean_pool
+
+# ---------------------------------------------------------------- reference
+
+
+def sample_texts(texts: list[str], n: int = 1000, longest: int = 50, seed: int = 1234) -> list[str]:
+    """A fixed-seed sample of the workload that always includes its longest texts."""
+    by_length = np.argsort([-len(t) for t in texts], kind="stable")[:longest]
+    rng = np.random.default_rng(seed)
+    rest = np.setdiff1d(np.arange(len(texts)), by_length)
+    picked = np.concatenate([by_length, rng.choice(rest, n - longest, replace=False)])
+    rng.shuffle(picked)
+    return [texts[i] for i in picked]
+
+
+def reference_embeddings(folder, texts: list[str], max_length: int) -> np.ndarray:
+    """sentence-transformers' recipe, written out: HF tokenizer (no fixed padding,
+    truncation at max_length), AutoModel from the original safetensors, mean pooling
+    with the attention mask, L2 normalisation."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(folder))
+    model = AutoModel.from_pretrained(str(folder), use_safetensors=True).eval()
+    out = np.empty((len(texts), model.config.hidden_size), dtype=np.float32)
+    order = np.argsort([len(t) for t in texts])  # similar lengths together: less padding
+    with torch.inference_mode():
+        for start in range(0, len(texts), 32):
+            idx = order[start : start + 32]
+            enc = tok(
+                [texts[i] for i in idx],
+                padding="longest",
+                truncation=True,
+                max_length=max_length,
+                return_tensors="pt",
+            )
+            hidden = model(**enc).last_hidden_state
+            mask = enc["attention_mask"].unsqueeze(-1).float()
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            out[idx] = torch.nn.functional.normalize(pooled, p=2, dim=1).numpy()
+    return out
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+def test_matches_torch_reference_on_1000_workload_texts(engine, source_dir, workload_texts):
+    texts = sample_texts(workload_texts)
+    lengths = engine.count_tokens(texts)
+    assert max(lengths) == engine.info.max_length  # the sample does exercise truncation
+    got = engine.embed(texts)
+    ref = reference_embeddings(source_dir, texts, engine.info.max_length)
+    assert got.shape == (1000, engine.info.dim) and got.dtype == np.float32
+    cos = cosine(got, ref)
+    worst = int(cos.argmin())
+    assert cos.min() >= 0.9999, f"text {worst} ({lengths[worst]} tokens): cosine {cos[worst]}"
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+
+
+def test_torch_backend_matches_onnxruntime(model_dir, engine, workload_texts):
+    texts = sample_texts(workload_texts, n=64, longest=8, seed=7)
+    with Engine.load(model_dir, backend="torch", threads=2) as torch_engine:
+        assert torch_engine.backend.name == "torch"
+        got = torch_engine.embed(texts)
+    assert cosine(got, engine.embed(texts)).min() >= 0.9999
+
+
+# ---------------------------------------------------------------- behaviour
+
+
+SENTENCES = [
+    "A man is eating food.",
+    "A man is eating a piece of bread.",
+    "The girl is carrying a baby.",
+    "",
+    "Ünïcödé, emoji 🎉 and 中文 mixed in.",
+    "short",
+    "a much longer sentence with many words in it " * 6,
+]
+
+
+def test_results_come_back_in_input_order(engine):
+    forward = engine.embed(SENTENCES)
+    backward = engine.embed(SENTENCES[::-1])
+    np.testing.assert_allclose(backward[::-1], forward, atol=1e-5)
+    one_by_one = np.stack([engine.embed([t])[0] for t in SENTENCES])
+    assert cosine(one_by_one, forward).min() >= 0.99999
+    # Known sentence-transformers behaviour: the two eating sentences are close.
+    assert forward[0] @ forward[1] > 0.7 > forward[0] @ forward[2]
+
+
+def test_empty_list_gives_zero_rows(engine):
+    out = engine.embed([])
+    assert out.shape == (0, engine.info.dim) and out.dtype == np.float32
+    assert engine.count_tokens([]) == []
+
+
+def test_long_texts_are_truncated_at_max_length(engine):
+    long = "word " * 1000
+    assert engine.count_tokens([long, "two words"]) == [engine.info.max_length, 4]
+    a, b = engine.embed([long, long + " and a different tail that is cut off"])
+    np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_bad_input_names_the_index(engine):
+    with pytest.raises(TypeError, match=r"texts\[1\] must be str, got int"):
+        engine.embed(["fine", 3])
+    with pytest.raises(TypeError, match="not a single str"):
+        engine.embed("a bare string")
+    with pytest.raises(TypeError, match=r"texts\[0\]"):
+        engine.count_tokens([None])
+
+
+def test_small_token_budget_gives_same_vectors_and_counts_batches(model_dir, engine):
+    texts = SENTENCES * 3
+    budget = {"max_batch_size": 4, "max_batch_tokens": 64, "max_queue_tokens": 64}
+    with Engine.load(model_dir, threads=1, batching=budget) as small:
+        got = small.embed(texts)
+        stats = small.stats()
+    np.testing.assert_allclose(got, engine.embed(texts), atol=1e-5)
+    lengths = np.array(engine.count_tokens(texts))
+    planned = plan_batches(lengths, 4, 64)
+    assert stats["batches"] == len(planned)
+    assert stats["requests"] == 1 and stats["sequences"] == len(texts)
+    assert stats["real_tokens"] == lengths.sum()
+    assert stats["padded_tokens"] == sum(len(b) * lengths[b].max() for b in planned)
+    assert stats["compute_s"] > 0 and 0 <= stats["padding_ratio"] < 1
+
+
+def test_aembed_matches_embed(engine):
+    got = asyncio.run(engine.aembed(SENTENCES, timeout=60))
+    np.testing.assert_allclose(got, engine.embed(SENTENCES), atol=1e-6)
+
+
+def test_closed_engine_refuses_work(model_dir):
+    eng = Engine.load(model_dir, threads=1)
+    assert eng.health()
+    eng.close()
+    eng.close()  # idempotent
+    assert not eng.health()
+    with pytest.raises(EngineError, match="closed"):
+        eng.embed(["x"])
+
+
+def test_load_errors_name_the_problem(tmp_path, model_dir):
+    with pytest.raises(ModelDirError, match="model directory not found"):
+        Engine.load(tmp_path / "nope")
+    with pytest.raises(ValueError, match="backend must be one of onnxruntime, torch, got 'tf'"):
+        Engine.load(model_dir, backend="tf")
+    with pytest.raises(ValueError, match="device must be one of cpu, cuda"):
+        Engine.load(model_dir, device="tpu")
+    with pytest.raises(ValueError, match="threads must be an int >= 1"):
+        Engine.load(model_dir, threads=0)
+
+
+# ---------------------------------------------------------------- heads
+
+
+def _hidden_and_mask(rows=5, width=9, dim=7, seed=0):
+    rng = np.random.default_rng(seed)
+    hidden = rng.normal(size=(rows, width, dim)).astype(np.float32)
+    lengths = rng.integers(1, width + 1, size=rows)
+    lengths[0] = width
+    mask = (np.arange(width)[None, :] < lengths[:, None]).astype(np.int64)
+    return hidden, mask, lengths
+
+
+def test_pooling_ignores_padding():
+    hidden, mask, lengths = _hidden_and_mask()
+    mean = mean_pool(hidden, mask)
+    mx = max_pool(hidden, mask)
+    for r, n in enumerate(lengths):
+        np.testing.assert_allclose(mean[r], hidden[r, :n].mean(0), rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(mx[r], hidden[r, :n].max(0))
+    assert mean.dtype == np.float32
+
+
+def test_embedding_head_modes_and_normalisation():
+    hidden, mask, _ = _hidden_and_mask()
+    batch = Batch(np.zeros_like(mask), mask, np.zeros_like(mask))
+    cls = EmbeddingHead("cls", normalize=False, output="h")({"h": hidden}, batch)
+    np.testing.assert_array_equal(cls, hidden[:, 0])
+    unit = EmbeddingHead("mean", normalize=True, output="h")({"h": hidden}, batch)
+    np.testing.assert_allclose(np.linalg.norm(unit, axis=1), 1.0, rtol=1e-6)
+    assert not np.isnan(l2_normalize(np.zeros((2, 3), np.float32))).any()
+    with pytest.raises(ValueError, match="expected"):
+        EmbeddingHead("mean", False, "h")({"h": hidden[:, :3]}, batch)
+    with pytest.raises(ValueError, match="pooling must be one of"):
+        EmbeddingHead("sum", False, "h")
+
+
+# ---------------------------------------------------------------- batch planner
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    lengths=st.lists(st.integers(1, 600), max_size=300),
+    max_batch_size=st.integers(1, 64),
+    max_batch_tokens=st.integers(1, 10_000),
+)
+def test_plan_batches_covers_each_index_once_within_limits(
+    lengths, max_batch_size, max_batch_tokens
+):
+    lengths = np.array(lengths, dtype=np.int64)
+    plan = plan_batches(lengths, max_batch_size, max_batch_tokens)
+    flat = np.concatenate(plan) if plan else np.array([], dtype=np.int64)
+    assert sorted(flat.tolist()) == list(range(len(lengths)))
+    previous = None
+    for b in plan:
+        cost = len(b) * lengths[b].max()
+        assert len(b) <= max_batch_size
+        assert cost <= max_batch_tokens or len(b) == 1
+        if previous is not None:  # longest first: batches never get longer
+            assert lengths[b].max() <= previous
+        previous = lengths[b].min()
+
+
+def test_plan_batches_packs_short_sequences_by_padded_cost():
+    lengths = np.array([10] * 100)
+    plan = plan_batches(lengths, max_batch_size=64, max_batch_tokens=200)
+    assert [len(b) for b in plan] == [20] * 5
