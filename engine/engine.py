@@ -26,6 +26,7 @@ from engine.config import BatchingConfig
 from engine.errors import EngineError, ModelDirError
 from engine.heads import HEADS
 from engine.model_dir import ModelDir, ModelInfo
+from engine.tasks.api import TaskMethods, TaskState
 from engine.tokenizer import Tokenizer, check_texts
 
 
@@ -81,8 +82,13 @@ class Stats:
         return out
 
 
-class Engine:
-    """One model: tokenizer + backend + task head. Build with ``Engine.load``."""
+class Engine(TaskMethods):
+    """One model: tokenizer + backend + task head. Build with ``Engine.load``.
+
+    ``embed`` serves embedding models; ``classify``, ``entities``, ``score``
+    and ``rerank`` (engine/tasks/api.py) the other tasks, all through
+    ``_forward``: one tokenize -> batch -> run -> head path.
+    """
 
     def __init__(
         self,
@@ -102,6 +108,7 @@ class Engine:
         self.backend = backend
         self.batching = batching
         self.head = HEADS[info.task](info)
+        self._task = TaskState.from_model_dir(model_dir)  # labels etc.: errors at load
         self._stats = Stats()
         self._closed = False
 
@@ -137,34 +144,54 @@ class Engine:
         A non-str item raises TypeError naming its index; texts longer than
         ``info.max_length`` tokens are truncated.
         """
-        self._check_open()
+        self._require("embedding", "embed")
         texts = check_texts(texts, "texts")
-        out = np.empty((len(texts), self.info.dim), dtype=np.float32)
+        rows = self._forward(texts)
+        return rows if len(texts) else np.empty((0, self.info.dim), dtype=np.float32)
+
+    def _forward(self, texts: list[str], pairs: list[str] | None = None):
+        """One head row per text (or pair), in input order.
+
+        Rows are a float32 array [n, ...] when every row has one shape, else a
+        list (token classification: one [tokens, labels] array per text).
+        Pairs are tokenized together, so both segments count toward the
+        batch's token budget.
+        """
+        self._check_open()
         self._stats.add(requests=1, sequences=len(texts))
         if not texts:
-            return out
+            return []
         t0 = time.perf_counter()
-        seqs = self.tokenizer.tokenize(texts)
+        seqs = self.tokenizer.tokenize(texts, pairs)
         self._stats.add(tokenize_s=time.perf_counter() - t0)
         cfg = self.batching
+        out = None
         for idx in plan_batches(seqs.lengths, cfg.max_batch_size, cfg.max_batch_tokens):
-            out[idx] = self._run(seqs.collate(idx))
+            rows = self._run(seqs.collate(idx))
+            if out is None:  # shaped by the first batch: an array, or a list for ragged rows
+                shape = (len(texts), *rows.shape[1:]) if isinstance(rows, np.ndarray) else None
+                out = np.empty(shape, np.float32) if shape else [None] * len(texts)
+            if isinstance(out, np.ndarray):
+                out[idx] = rows
+            else:
+                for i, row in zip(idx.tolist(), rows, strict=True):
+                    out[i] = row
         return out
 
-    def _run(self, batch) -> np.ndarray:
+    def _run(self, batch):
         t0 = time.perf_counter()
         outputs = self.backend.run(batch)
         compute = time.perf_counter() - t0
-        vectors = self.head(outputs, batch)
-        if vectors.shape[0] != batch.rows:  # every row must come back exactly once
-            raise EngineError(f"head returned {vectors.shape[0]} rows for a batch of {batch.rows}")
+        rows = self.head(outputs, batch)
+        if len(rows) != batch.rows:  # every row must come back exactly once
+            raise EngineError(f"head returned {len(rows)} rows for a batch of {batch.rows}")
         self._stats.add(
             batches=1,
             real_tokens=batch.real_tokens,
             padded_tokens=batch.padded_tokens,
             compute_s=compute,
         )
-        return vectors
+        return rows
 
     async def aembed(self, texts: Sequence[str], timeout: float | None = None) -> np.ndarray:
         """``embed`` off the event loop. On timeout the caller gets TimeoutError at once

@@ -11,6 +11,7 @@ not at the first request.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -23,6 +24,7 @@ from engine.export import (
     _prepare_target,
     position_limit,
     read_pooling,
+    task_fields,
     write_tokenizer,
 )
 from engine.model_dir import (
@@ -36,7 +38,6 @@ from engine.model_dir import (
     sha256_file,
 )
 from engine.tasks import TASKS
-from engine.tasks.classification import labels_from_config
 
 log = logging.getLogger(__name__)
 
@@ -87,23 +88,16 @@ def probe_graph(path: Path, config: dict) -> tuple[list[str], str, tuple[int, ..
     return inputs, output, tuple(int(x) for x in shape)
 
 
-def check_output(task: str, shape: tuple[int, ...], config: dict, where: Path) -> int:
-    """The output's last dimension (labels or hidden size), checked against the task."""
+def check_output(task: str, shape: tuple[int, ...], dim: int, where: Path) -> None:
+    """The graph's first output must have the task's rank and the config's width."""
     rank = OUTPUT_RANK[task]
     if len(shape) != rank:
         raise ExportError(
             f"{where}: first output has shape {list(shape)}; task {task!r} needs rank {rank}"
         )
-    last = shape[-1]
-    if task == "pair-scoring" and last != 1:
-        raise ExportError(f"{where}: a pair-scoring model must output 1 logit, got {last}")
-    if task in ("classification", "token-classification"):
-        labels = labels_from_config(config, str(where.parent / CONFIG_FILE))
-        if len(labels) != last:
-            raise ExportError(
-                f"{where}: the graph outputs {last} labels but config.json names {len(labels)}"
-            )
-    return last
+    if task != "embedding" and shape[-1] != dim:
+        what = "1 logit" if task == "pair-scoring" else f"{dim} labels (config.json id2label)"
+        raise ExportError(f"{where}: the graph outputs {shape[-1]} values per row, expected {what}")
 
 
 def import_onnx(
@@ -115,7 +109,7 @@ def import_onnx(
     max_length: int | None = None,
     aggregation: str | None = None,
     merge_gaps: bool = False,
-    source: str | None = None,
+    provenance: Source | None = None,
     force: bool = False,
 ) -> ModelDir:
     """Copy an ONNX folder into the model directory ``out_dir`` and return it, opened."""
@@ -129,19 +123,16 @@ def import_onnx(
             raise ExportError(f"{folder} has no {needed}")
     config = _read_config(folder / CONFIG_FILE)
     graph = find_onnx(folder, onnx_file)
+    per_task = task_fields(task, config, folder, aggregation, merge_gaps)
     limit = position_limit(config)
     if max_length is not None and not 4 <= max_length <= limit:
         raise ExportError(f"--max-length must be between 4 and {limit}, got {max_length}")
-    extra = {}
-    if task == "token-classification":
-        extra = {"aggregation": aggregation or "simple", "merge_gaps": merge_gaps}
-    elif aggregation is not None or merge_gaps:
-        raise ExportError("--aggregation and --merge-gaps apply to token-classification only")
     pooling, normalize = read_pooling(folder) if task == "embedding" else (None, False)
     info = dict(
         name=name or folder.name, task=task, max_length=max_length or limit,
         architecture=(config.get("architectures") or [config.get("model_type", "unknown")])[0],
-        pooling=pooling, normalize=normalize, source=_source(folder, source), **extra,
+        pooling=pooling, normalize=normalize, **per_task,
+        source=provenance or Source(kind="folder", name=str(folder)),
     )  # fmt: skip
     out_dir = Path(out_dir).expanduser().resolve()
     _prepare_target(out_dir, force)
@@ -154,12 +145,13 @@ def import_onnx(
         # Probe the copy, not the source: a graph whose weights live in external
         # data files that were not copied fails here, not when served.
         inputs, output, shape = probe_graph(tmp / ONNX_FILE, config)
-        info |= {"inputs": tuple(inputs), "outputs": (output,)}
-        info["dim"] = check_output(task, shape, config, folder / graph.name)
+        if task == "embedding":
+            info["dim"] = shape[-1]
+        check_output(task, shape, info["dim"], folder / graph.name)
         write_tokenizer(folder / TOKENIZER_FILE, tmp / TOKENIZER_FILE)
         shutil.copyfile(folder / CONFIG_FILE, tmp / CONFIG_FILE)
         sums = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
-        model_info = ModelInfo(**info, checksums=sums)
+        model_info = ModelInfo(**info, inputs=tuple(inputs), outputs=(output,), checksums=sums)
         (tmp / INFO_FILE).write_text(model_info.model_dump_json(indent=2) + "\n", encoding="utf-8")
         os.replace(tmp, out_dir)
     except BaseException:
@@ -170,16 +162,10 @@ def import_onnx(
 
 
 def _read_config(path: Path) -> dict:
-    import json
-
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        config = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ExportError(f"{path}: not readable JSON ({e})") from None
-
-
-def _source(folder: Path, source: str | None) -> Source:
-    if source and "==" in source:
-        pkg, version = source.split("==", 1)
-        return Source(kind="package", name=pkg, version=version)
-    return Source(kind="folder", name=source or str(folder))
+    if not isinstance(config, dict):
+        raise ExportError(f"{path}: expected a JSON object")
+    return config

@@ -55,7 +55,7 @@ class TaskMethods:
             raise InputError(
                 "task",
                 f"model {self.info.name!r} serves task {self.info.task!r}; "
-                f"{method}() needs a {task!r} model",
+                f"{method}() needs a model of task {task!r}",
             )
 
     def classify(self, texts: Sequence[str], top_k: int | None = 1) -> list[list[LabelScore]]:
@@ -71,9 +71,7 @@ class TaskMethods:
         scores = classification.activate(logits, self._task.activation)
         return classification.top_k_labels(scores, self._task.labels, top_k)
 
-    def entities(
-        self, texts: Sequence[str], aggregation: str | None = None
-    ) -> list[list[Entity]]:
+    def entities(self, texts: Sequence[str], aggregation: str | None = None) -> list[list[Entity]]:
         """Per text, its entity spans with character offsets into that text.
 
         ``aggregation``: none | simple | first | average | max (transformers'
@@ -93,8 +91,14 @@ class TaskMethods:
                 raise RuntimeError(f"{len(enc.ids)} offsets for {probs.shape[0]} token rows")
             out.append(
                 entities.group_entities(
-                    text, np.asarray(enc.ids), np.asarray(enc.offsets), probs,
-                    self._task.labels, self._task.vocab, aggregation, self.info.merge_gaps,
+                    text,
+                    np.asarray(enc.ids),
+                    np.asarray(enc.offsets),
+                    probs,
+                    self._task.labels,
+                    self._task.vocab,
+                    aggregation,
+                    self.info.merge_gaps,
                 )  # fmt: skip
             )
         return out

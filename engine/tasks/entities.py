@@ -126,7 +126,7 @@ def group_entities(
     else:
         groups = _group(pieces)
     groups = [g for g in groups if g[0] not in ignore_labels]
-    if merge_gaps:
+    if merge_gaps and aggregation != "none":  # "none" stays one span per token
         groups = _merge_gaps(text, groups)
     return [
         Entity(label, text[start:end], start, end, float(np.mean(scores, dtype=np.float64)))

@@ -34,17 +34,23 @@ def prepare(name: str) -> Prepared:
 
 
 def build(prepared: Prepared, out_dir: str | os.PathLike, force: bool = False, **options):
-    """Turn a prepared source into the model directory ``out_dir``; returns the ModelDir."""
-    out_dir = Path(out_dir)
+    """Turn a prepared source into the model directory ``out_dir``; returns the ModelDir.
+
+    ``options`` (max_length, aggregation, ...) override the recipe's own.
+    """
+    from engine.model_dir import Source
+
+    pkg, _, version = prepared.source.partition("==")
+    common = {
+        "name": prepared.name,
+        "provenance": Source(kind="package", name=pkg, version=version),
+    }
+    opts = {k: v for k, v in prepared.options.items() if k != "license"} | common | options
     if prepared.kind == "onnx-folder":
         from engine.import_onnx import import_onnx
 
-        opts = {k: v for k, v in prepared.options.items() if k != "license"}
-        return import_onnx(
-            prepared.path, out_dir, task=prepared.task, name=prepared.name,
-            source=prepared.source, force=force, **(opts | options),
-        )  # fmt: skip
+        return import_onnx(prepared.path, Path(out_dir), prepared.task, force=force, **opts)
     from engine.export import export
 
-    options.setdefault("safetensors", True)  # keep weights: the torch backend runs them
-    return export(prepared.path, out_dir, task=prepared.task, force=force, **options)
+    opts.setdefault("safetensors", True)  # keep the weights: the torch backend runs them
+    return export(prepared.path, Path(out_dir), task=prepared.task, force=force, **opts)
