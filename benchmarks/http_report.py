@@ -40,7 +40,10 @@ def markdown(results: dict) -> str:
         f"Model `{Path(cfg['model_dir']).name}`, onnxruntime threads {cfg['threads']}, "
         f"{cfg['cpus']} CPUs shared by servers and load generator; {cfg['texts_per_request']} "
         f"texts per request; each level bounded to {cfg['max_requests']} requests or "
-        f"{cfg['max_seconds']:.0f} s. Ray env: {cfg['ray_env'] or 'defaults'}.",
+        f"{cfg['max_seconds']:.0f} s. Ray env: {cfg['ray_env'] or 'defaults'}. "
+        f"Load average (1 min) before / after: {cfg['machine']['loadavg_1m']:.1f} / "
+        f"{results.get('loadavg_1m_after', float('nan')):.1f} (other work on the machine "
+        "makes absolute numbers noisy; compare systems within one run).",
         "",
         f"Offline compute limit (tokenized ahead, length-sorted batches of 32): "
         f"**{offline:.1f} texts/s** ({results['offline_limit']['texts']} texts).",
@@ -60,6 +63,19 @@ def markdown(results: dict) -> str:
     lines += ["| route | p50 ms |", "|---|---:|"]
     for name, ms in results["probes_p50_ms"].items():
         lines.append(f"| {name} | {ms:.2f} |")
+    lines += [
+        "",
+        "Routes that do no model work, 16 clients: the HTTP path's own capacity and CPU:",
+        "",
+        "| route | requests/s | p50 ms | p99 ms | CPU ms per request, by process |",
+        "|---|---:|---:|---:|---|",
+    ]
+    for name, row in results.get("overhead_16_clients", {}).items():
+        cpu = ", ".join(f"{k} {v:.2f}" for k, v in row["cpu_ms_per_request"].items() if v >= 0.1)
+        lines.append(
+            f"| {name} | {row['requests_per_s']:.0f} | {row['p50_ms']:.1f} | "
+            f"{row['p99_ms']:.1f} | {cpu} |"
+        )
     top = max(cfg["levels"])
     lines += [
         "",

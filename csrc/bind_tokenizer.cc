@@ -12,6 +12,7 @@
 #include <tuple>
 #include <vector>
 
+#include "bind_tokenizer.h"
 #include "collate.h"
 #include "encoded_batch.h"
 #include "thread_pool.h"
@@ -202,6 +203,7 @@ class PyTokenizer {
   size_t max_length() const { return tok_->max_length(); }
   int32_t pad_id() const { return tok_->pad_id(); }
   size_t num_threads() const { return pool_->threads(); }
+  const std::shared_ptr<const Tokenizer>& tokenizer() const { return tok_; }
 
  private:
   Batch run_batch(const py::handle& texts, const py::handle& pairs, bool add_special,
@@ -227,6 +229,14 @@ class PyTokenizer {
 };
 
 }  // namespace
+
+std::shared_ptr<const Tokenizer> tokenizer_from_python(const py::handle& obj) {
+  if (!py::isinstance<PyTokenizer>(obj)) {
+    throw py::type_error(std::string("expected engine._native.WordPieceTokenizer, got ") +
+                         Py_TYPE(obj.ptr())->tp_name);
+  }
+  return obj.cast<const PyTokenizer&>().tokenizer();
+}
 
 void register_tokenizer(py::module_& m) {
   py::class_<PyEncoding>(m, "Encoding", "One encoded text or pair (padding off).")

@@ -20,6 +20,7 @@ struct EncodedBatch {
 
   size_t rows() const { return row_begin.size() - 1; }
   size_t length(size_t r) const { return row_begin[r + 1] - row_begin[r]; }
+  void reserve(size_t tokens, size_t rows, bool with_offsets);
   void append(const Encoding& e);
   void append(const EncodedBatch& other);
 };

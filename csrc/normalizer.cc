@@ -1,6 +1,7 @@
 #include "normalizer.h"
 
 #include "unicode_tables.h"
+#include "utf8.h"
 
 namespace textfleet {
 
@@ -9,36 +10,6 @@ using unicode::CharInfo;
 using unicode::kPool;
 
 namespace {
-
-bool continuation(uint8_t b) { return (b & 0xC0) == 0x80; }
-
-// Decodes one non-ASCII code point; invalid input reads as U+FFFD, 1 byte.
-uint32_t decode_utf8(const uint8_t* p, const uint8_t* end, size_t* len) {
-  const uint8_t b0 = p[0];
-  const size_t avail = static_cast<size_t>(end - p);
-  if (b0 >= 0xC2 && b0 <= 0xDF && avail >= 2 && continuation(p[1])) {
-    *len = 2;
-    return (uint32_t(b0 & 0x1F) << 6) | (p[1] & 0x3F);
-  }
-  if (b0 >= 0xE0 && b0 <= 0xEF && avail >= 3 && continuation(p[1]) && continuation(p[2])) {
-    const uint32_t cp = (uint32_t(b0 & 0x0F) << 12) | (uint32_t(p[1] & 0x3F) << 6) | (p[2] & 0x3F);
-    if (cp >= 0x800 && (cp < 0xD800 || cp > 0xDFFF)) {
-      *len = 3;
-      return cp;
-    }
-  }
-  if (b0 >= 0xF0 && b0 <= 0xF4 && avail >= 4 && continuation(p[1]) && continuation(p[2]) &&
-      continuation(p[3])) {
-    const uint32_t cp = (uint32_t(b0 & 0x07) << 18) | (uint32_t(p[1] & 0x3F) << 12) |
-                        (uint32_t(p[2] & 0x3F) << 6) | (p[3] & 0x3F);
-    if (cp >= 0x10000 && cp <= 0x10FFFF) {
-      *len = 4;
-      return cp;
-    }
-  }
-  *len = 1;
-  return 0xFFFD;
-}
 
 void append_utf8(std::string& s, uint32_t cp) {
   if (cp < 0x80) {
@@ -270,7 +241,7 @@ void BertNormalizer::run(std::string_view text, uint32_t char_base, PreTokenized
       continue;
     }
     size_t len;
-    const uint32_t cp = decode_utf8(p, end, &len);
+    const uint32_t cp = utf8::decode(p, end, &len);
     p += len;
     run.feed(cp, idx++);
   }

@@ -1,18 +1,29 @@
 #include "thread_pool.h"
 
+#include <unistd.h>
+
 namespace textfleet {
 
-ThreadPool::ThreadPool(size_t threads) {
-  for (size_t i = 1; i < threads; ++i) workers_.emplace_back([this] { worker_loop(); });
-}
-
 ThreadPool::~ThreadPool() {
+  if (workers_.empty()) return;
+  if (owner_ != getpid()) {
+    // Forked child: the workers exist only in the parent; joining would hang.
+    for (auto& w : workers_) w.detach();
+    return;
+  }
   {
     std::lock_guard<std::mutex> lock(mu_);
     stop_ = true;
   }
   wake_.notify_all();
   for (auto& w : workers_) w.join();
+}
+
+bool ThreadPool::start_workers() {
+  if (!workers_.empty()) return owner_ == getpid();
+  owner_ = getpid();
+  for (size_t i = 1; i < threads_; ++i) workers_.emplace_back([this] { worker_loop(); });
+  return true;
 }
 
 void ThreadPool::drain() {
@@ -28,11 +39,12 @@ void ThreadPool::drain() {
 
 void ThreadPool::run(size_t n_tasks, const std::function<void(size_t)>& task) {
   if (n_tasks == 0) return;
-  if (workers_.empty() || n_tasks == 1) {
+  std::unique_lock<std::mutex> run_lock(run_mu_);
+  if (threads_ == 1 || n_tasks == 1 || !start_workers()) {
+    run_lock.unlock();
     for (size_t i = 0; i < n_tasks; ++i) task(i);
     return;
   }
-  std::lock_guard<std::mutex> run_lock(run_mu_);
   {
     std::lock_guard<std::mutex> lock(mu_);
     task_ = &task;

@@ -1,7 +1,10 @@
 // A fixed set of worker threads for batch tokenization. The calling thread
 // works too, so a pool of N threads starts N - 1 workers and a pool of 1
-// runs everything inline.
+// runs everything inline. Workers start on first use; in a process forked
+// after that (the workers did not follow), run() works inline.
 #pragma once
+
+#include <sys/types.h>
 
 #include <atomic>
 #include <condition_variable>
@@ -17,12 +20,12 @@ namespace textfleet {
 
 class ThreadPool {
  public:
-  explicit ThreadPool(size_t threads);
+  explicit ThreadPool(size_t threads) : threads_(threads < 1 ? 1 : threads) {}
   ~ThreadPool();
   ThreadPool(const ThreadPool&) = delete;
   ThreadPool& operator=(const ThreadPool&) = delete;
 
-  size_t threads() const { return workers_.size() + 1; }
+  size_t threads() const { return threads_; }
 
   // Calls task(i) for every i in [0, n_tasks), spread over the threads,
   // and returns when all are done; the first exception thrown is rethrown.
@@ -30,9 +33,12 @@ class ThreadPool {
   void run(size_t n_tasks, const std::function<void(size_t)>& task);
 
  private:
+  bool start_workers();  // false when the workers cannot be used here
   void worker_loop();
   void drain();
 
+  const size_t threads_;
+  pid_t owner_ = 0;  // process that started the workers
   std::vector<std::thread> workers_;
   std::mutex run_mu_;  // one run() at a time owns the workers
   std::mutex mu_;

@@ -4,16 +4,11 @@
 #include <stdexcept>
 
 #include "byte_trie.h"
+#include "utf8.h"
 
 namespace textfleet {
 
 namespace {
-
-size_t count_chars(const char* p, size_t n) {
-  size_t chars = 0;
-  for (size_t i = 0; i < n; ++i) chars += (static_cast<uint8_t>(p[i]) & 0xC0) != 0x80;
-  return chars;
-}
 
 size_t count_special(const std::vector<TemplatePiece>& tpl) {
   size_t n = 0;
@@ -128,8 +123,8 @@ void Tokenizer::encode_sequence(std::string_view text, Workspace& ws,
     ws.pre.clear();
     normalizer_.run(text.substr(seg, start - seg), static_cast<uint32_t>(chars), ws.pre);
     append_words(ws.pre, ws, out);
-    chars += count_chars(text.data() + seg, start - seg);
-    const size_t n = count_chars(text.data() + start, end - start);
+    chars += utf8::count(text.data() + seg, start - seg);
+    const size_t n = utf8::count(text.data() + start, end - start);
     out.push_back({id, static_cast<uint32_t>(chars), static_cast<uint32_t>(chars + n)});
     chars += n;
     seg = end;

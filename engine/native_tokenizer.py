@@ -174,6 +174,11 @@ class NativeTokenizer:
         self.num_threads = num_threads
         self.pad_id = self._tok.pad_id
 
+    @property
+    def native(self) -> _native.WordPieceTokenizer:
+        """The compiled tokenizer, for native components (csrc/bind_tokenizer.h)."""
+        return self._tok
+
     def encode(self, text: str, pair: str | None = None, add_special_tokens: bool = True):
         return self._tok.encode(text, pair, add_special_tokens)
 

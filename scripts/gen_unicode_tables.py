@@ -7,9 +7,10 @@ Unicode version. Its BERT normalizer and pre-tokenizer combine three sources:
 
 - the ``unicode_categories`` crate (``is_other`` = Cc/Cf/Cn/Co/Cs for
   clean_text, ``is_punctuation`` = P* for the pre-tokenizer, and
-  ``is_mark_nonspacing`` = Mn for strip_accents): an old Unicode version, so
-  every code point assigned after it is "Cn" there and clean_text removes it
-  (many emoji, recent scripts);
+  ``is_mark_nonspacing`` = Mn for strip_accents): an old Unicode version,
+  and (the probes show) no data for Cn, so a character newer than the crate
+  is in none of these categories: clean_text keeps it, the pre-tokenizer
+  does not isolate it, strip_accents does not drop it;
 - the ``unicode-normalization-alignments`` crate for NFD (decompositions and
   canonical combining classes): also old, so recent characters do not
   decompose and count as starters;

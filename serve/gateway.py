@@ -78,7 +78,9 @@ class ModelDirectory:
         h = self._handles.get(name)
         if h is not None:
             return h
-        apps = await self.statuses(fresh=True)
+        # The cached status (at most ttl_s old) also answers floods of unknown
+        # names without a controller call each.
+        apps = await self.statuses()
         app = apps.get(name)
         if app is None:
             served = ", ".join(sorted(apps)) or "none"

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import select
+import signal
 import threading
 
 import numpy as np
@@ -240,3 +243,27 @@ def test_stub_file_lists_the_native_api():
     stub = (Path(_native.__file__).parent / "_native.pyi").read_text(encoding="utf-8")
     for name in ("class WordPieceTokenizer", "class Encoding", "class Tokenized", "def collate"):
         assert name in stub
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_forked_child_still_tokenizes(minilm_tokenizer_json):
+    """Workers started in the parent do not exist in a forked child: it must not hang."""
+    tok = Tokenizer.from_file(minilm_tokenizer_json, max_length=64, num_threads=2)
+    texts = [f"text number {i}, with words" for i in range(500)]
+    want = tok.pad_batch(texts)["input_ids"]  # starts the worker threads here
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: report through the pipe, never return into pytest
+        try:
+            same = np.array_equal(tok.pad_batch(texts)["input_ids"], want)
+            os.write(write_end, b"1" if same else b"0")
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    ready, _, _ = select.select([read_end], [], [], 60)
+    if not ready:
+        os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    answer = os.read(read_end, 1) if ready else b""
+    os.close(read_end)
+    assert answer == b"1", "the forked child hung or tokenized differently"
