@@ -1,153 +1,163 @@
-"""Throughput of each task through the Engine vs raw onnxruntime, and torch vs onnxruntime.
+"""Task throughput: each task through the Engine vs raw onnxruntime; torch vs onnxruntime.
 
-For every task model (classification: categorium; token classification:
-rampart; pair scoring: the MiniLM cross-encoder) on the same workload texts,
-in one run, side by side:
+For each task model, on the same workload texts, in one run, same threads:
 
-- ``limit``: raw onnxruntime on pre-tokenized inputs in length-sorted
-  batches of 32, only ``session.run`` timed (the compute limit);
-- ``engine``: the Engine's task method end to end (tokenize, batch, run,
-  head: top-k labels / entity spans / scores), onnxruntime backend;
-- ``torch``: the same method on the torch backend (CPU, fp32).
+- ``limit``: raw onnxruntime, inputs tokenized and padded ahead, length-sorted
+  batches of 32, only ``session.run`` timed: the compute limit;
+- ``engine``: the task method end to end, onnxruntime backend: tokenize,
+  token-budget batches, run, head (top-1 labels / entity spans with offsets /
+  sigmoid scores), results in input order;
+- ``torch`` vs ``onnxruntime``: the same task method on both backends (CPU,
+  float32) over the first ``--torch-limit`` texts.
 
-Pairs are (text i, text i+1) of the workload. Writes benchmarks/results/tasks.json.
+Models: classification = categorium (2-layer BERT, hidden 32), token
+classification = rampart (6-layer BERT, 4-bit ONNX, no torch weights: its
+torch row is n/a), pair scoring = the MiniLM cross-encoder on pairs
+(text i, text i+1), both segments in one sequence.
 
-    python -m benchmarks.tasks [--limit 2000] [--threads N] [--torch-limit 500]
+    python benchmarks/tasks.py [--limit 2000] [--torch-limit 300] [--threads T]
+
+Writes benchmarks/results/tasks.json.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import platform
+import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-WORKLOAD = REPO.parent / "shared" / "bench" / "texts.jsonl"
-RESULTS = REPO / "benchmarks" / "results" / "tasks.json"
-TASKS = {
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import load_texts, machine_info, measure, table, write_results  # noqa: E402
+from benchmarks.engine_offline import raw_session, run_all  # noqa: E402
+from engine import Engine  # noqa: E402
+from engine.backends.base import physical_cores  # noqa: E402
+
+MODELS = ROOT / "artifacts" / "models"
+RECIPES = {
     "classification": "categorium",
     "token-classification": "rampart",
     "pair-scoring": "minilm-cross-encoder",
 }
 
 
-def load_texts(limit: int) -> list[str]:
-    if not WORKLOAD.is_file():
-        sys.exit(f"workload not found at {WORKLOAD} (expected ../shared beside the repo)")
-    with WORKLOAD.open(encoding="utf-8") as f:
-        texts = [json.loads(line)["text"] for line in f if line.strip()]
-    return texts[:limit]
+def model_dir(recipe: str) -> Path:
+    """The recipe's model directory under artifacts/models, built once."""
+    target = MODELS / recipe
+    if not (target / "textfleet.json").is_file():
+        from models.recipes import build, prepare
+
+        print(f"building {recipe} into {target} (once)", flush=True)
+        build(prepare(recipe), target, force=True)
+    return target
 
 
-def model_dirs() -> dict[str, Path]:
-    """Each task's model directory, built once under artifacts/bench-models."""
-    from models.recipes import build, prepare
-
-    out = {}
-    for task, recipe in TASKS.items():
-        target = REPO / "artifacts" / "bench-models" / recipe
-        if not (target / "textfleet.json").is_file():
-            build(prepare(recipe), target, force=True)
-        out[task] = target
-    return out
+def inputs_for(task: str, texts: list[str]) -> tuple[list[str], list[str] | None]:
+    if task == "pair-scoring":
+        return texts[:-1], texts[1:]
+    return texts, None
 
 
-def call(engine, task: str, texts: list[str]):
+def call(engine: Engine, task: str, texts: list[str]):
+    firsts, seconds = inputs_for(task, texts)
     if task == "classification":
-        return engine.classify(texts, top_k=1)
+        return engine.classify(firsts, top_k=1)
     if task == "token-classification":
-        return engine.entities(texts)
-    firsts, seconds = texts[:-1], texts[1:]
+        return engine.entities(firsts)
     return engine.score(list(zip(firsts, seconds, strict=True)))
 
 
-def n_items(task: str, texts: list[str]) -> int:
-    return len(texts) - 1 if task == "pair-scoring" else len(texts)
+def limit_feeds(engine: Engine, task: str, texts: list[str], batch: int = 32) -> list[dict]:
+    seqs = engine.tokenizer.tokenize(*inputs_for(task, texts))
+    order = np.argsort(seqs.lengths, kind="stable")
+    names = engine.info.inputs
+    out = []
+    for s in range(0, len(order), batch):
+        b = seqs.collate(order[s : s + batch])
+        out.append({n: getattr(b, n) for n in names})
+    return out
 
 
-def raw_limit(md_path: Path, task: str, texts: list[str], threads: int, batch: int = 32) -> float:
-    """Items/s of bare session.run over length-sorted batches of pre-tokenized inputs."""
-    import onnxruntime as ort
+def bench_task(task: str, texts: list[str], threads: int, torch_limit: int, repeat: int) -> dict:
+    md = model_dir(RECIPES[task])
+    n = len(inputs_for(task, texts)[0])
+    engine = Engine.load(md, threads=threads)
+    session = raw_session(md / "model.onnx", threads)
+    feeds = limit_feeds(engine, task, texts)
+    # Warm-up: onnxruntime's first pass over new shapes grows its memory arena;
+    # neither variant should pay that inside its timing.
+    call(engine, task, texts)
+    run_all(session, feeds)
+    runs: dict[str, list] = {"limit": [], "engine": []}
+    for _ in range(repeat):  # interleaved, so a noisy spell hits both
+        runs["limit"].append(measure(lambda: run_all(session, feeds), threads))
+        runs["engine"].append(measure(lambda: call(engine, task, texts), threads))
+    small = texts[:torch_limit]
+    n_small = len(inputs_for(task, small)[0])
+    runs["ort small"] = [measure(lambda: call(engine, task, small), threads)]
+    engine.close()
+    if (md / "model.safetensors").is_file():
+        with Engine.load(md, backend="torch", threads=threads) as torch_engine:
+            call(torch_engine, task, small[:32])
+            runs["torch small"] = [measure(lambda: call(torch_engine, task, small), threads)]
 
-    from engine.tokenizer import Tokenizer
+    def rate(key: str, items: int) -> float:
+        return items / statistics.median(m.wall for m in runs[key])
 
-    info = json.loads((md_path / "textfleet.json").read_text())
-    tok = Tokenizer.from_file(md_path / "tokenizer.json", max_length=info["max_length"])
-    pairs = (texts[:-1], texts[1:]) if task == "pair-scoring" else (texts, None)
-    seqs = tok.tokenize(*pairs)
-    order = np.argsort(-seqs.lengths, kind="stable")
-    feeds = []
-    for i in range(0, len(order), batch):
-        b = seqs.collate(order[i : i + batch]).as_dict()
-        feeds.append({k: b[k] for k in info["inputs"]})
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    session = ort.InferenceSession(str(md_path / "model.onnx"), opts, providers=["CPUExecutionProvider"])
-    session.run(None, feeds[-1])  # warm-up
-    t0 = time.perf_counter()
-    for f in feeds:
-        session.run(None, f)
-    return len(order) / (time.perf_counter() - t0)
+    row = {
+        "model": RECIPES[task],
+        "items": n,
+        "limit_per_s": rate("limit", n),
+        "engine_per_s": rate("engine", n),
+        "cpu_share": {k: [round(m.cpu_share, 3) for m in v] for k, v in runs.items()},
+        "torch_items": n_small,
+        "ort_small_per_s": rate("ort small", n_small),
+        "torch_per_s": rate("torch small", n_small) if "torch small" in runs else None,
+    }
+    row["engine_vs_limit"] = row["engine_per_s"] / row["limit_per_s"]
+    row["torch_vs_ort"] = (
+        row["torch_per_s"] / row["ort_small_per_s"] if row["torch_per_s"] else None
+    )
+    return row
 
 
-def engine_rate(md_path: Path, task: str, texts: list[str], backend: str, threads: int) -> float:
-    from engine.engine import Engine
-
-    with Engine.load(md_path, backend=backend, threads=threads) as engine:
-        call(engine, task, texts[:64])  # warm-up
-        t0 = time.perf_counter()
-        call(engine, task, texts)
-        return n_items(task, texts) / (time.perf_counter() - t0)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--limit", type=int, default=2000, help="workload texts per task")
-    parser.add_argument("--torch-limit", type=int, default=500, help="texts for the torch runs")
-    parser.add_argument("--threads", type=int, default=None, help="compute threads")
-    args = parser.parse_args(argv)
-    from engine.backends.base import physical_cores
-
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--limit", type=int, default=2000, help="workload texts per task")
+    p.add_argument("--torch-limit", type=int, default=300, help="texts for torch vs onnxruntime")
+    p.add_argument("--threads", type=int, default=None, help="compute threads")
+    p.add_argument("--repeat", type=int, default=3, help="timed runs of engine and limit")
+    p.add_argument("--tasks", nargs="+", default=list(RECIPES), choices=list(RECIPES))
+    args = p.parse_args(argv)
     threads = args.threads or physical_cores()
     texts = load_texts(args.limit)
-    rows = []
-    for task, md in model_dirs().items():
-        limit = raw_limit(md, task, texts, threads)
-        eng = engine_rate(md, task, texts, "onnxruntime", threads)
-        small = texts[: args.torch_limit]
-        ort_small = engine_rate(md, task, small, "onnxruntime", threads)
-        torch_small = engine_rate(md, task, small, "torch", threads) if (md / "model.safetensors").is_file() else None
-        rows.append(
-            {
-                "task": task, "model": TASKS[task], "items": n_items(task, texts),
-                "limit_per_s": limit, "engine_per_s": eng, "engine_vs_limit": eng / limit,
-                "torch_items": n_items(task, small), "ort_small_per_s": ort_small,
-                "torch_per_s": torch_small,
-                "torch_vs_ort": torch_small / ort_small if torch_small else None,
-            }
-        )  # fmt: skip
-        print(format_row(rows[-1]), flush=True)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"threads": threads, "cpu": platform.processor() or platform.machine(), "texts": len(texts)}
-    RESULTS.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
-    print(f"wrote {RESULTS}")
+    print(f"{len(texts)} texts, threads {threads}, load {machine_info()['loadavg_1m']:.1f}")
+    results = {
+        task: bench_task(task, texts, threads, args.torch_limit, args.repeat) for task in args.tasks
+    }
+    rows = [
+        [
+            task, r["model"], r["items"], r["limit_per_s"], r["engine_per_s"], r["engine_vs_limit"],
+            "n/a" if r["torch_vs_ort"] is None else r["torch_vs_ort"],
+        ]
+        for task, r in results.items()
+    ]  # fmt: skip
+    heads = ["task", "model", "items", "limit/s", "engine/s", "engine/limit", "torch/ort"]
+    print(table(rows, heads))
+    payload = {
+        "benchmark": "tasks",
+        "texts": len(texts),
+        "threads": threads,
+        "repeat": args.repeat,
+        "machine": machine_info(),
+        "tasks": results,
+    }
+    print(f"wrote {write_results('tasks', payload)}")
     return 0
-
-
-def format_row(r: dict) -> str:
-    torch = "n/a (no weights)" if r["torch_per_s"] is None else (
-        f"torch {r['torch_per_s']:.1f}/s = {r['torch_vs_ort']:.2f}x onnxruntime"
-    )
-    return (
-        f"{r['task']:<21} {r['model']:<21} limit {r['limit_per_s']:8.1f}/s  "
-        f"engine {r['engine_per_s']:8.1f}/s ({r['engine_vs_limit']:.2f} of limit)  {torch}"
-    )
 
 
 if __name__ == "__main__":
