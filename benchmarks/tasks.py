@@ -88,10 +88,11 @@ def bench_task(task: str, texts: list[str], threads: int, torch_limit: int, repe
     engine = Engine.load(md, threads=threads)
     session = raw_session(md / "model.onnx", threads)
     feeds = limit_feeds(engine, task, texts)
-    # Warm-up: onnxruntime's first pass over new shapes grows its memory arena;
-    # neither variant should pay that inside its timing.
-    call(engine, task, texts)
-    run_all(session, feeds)
+    # Warm-up on the widest batches: onnxruntime grows its memory arena on the
+    # first pass over a new largest shape; neither variant should pay that timed.
+    longest = sorted(texts, key=len)[-64:]
+    call(engine, task, longest)
+    run_all(session, feeds[-2:])
     runs: dict[str, list] = {"limit": [], "engine": []}
     for _ in range(repeat):  # interleaved, so a noisy spell hits both
         runs["limit"].append(measure(lambda: run_all(session, feeds), threads))
