@@ -13,15 +13,19 @@ in one run, same model file, same onnxruntime thread count:
    same ``PlainEmbedder`` (pads each batch to its longest text);
 3. ``textfleet``: ``await Engine.aembed([text])`` (native tokenizer and scheduler).
 
-Before each concurrency level the offline compute limit is measured on the same
+At each concurrency level the offline compute limit is measured on the same
 texts: tokenized ahead, sorted by length, batches of 32, backend + pooling only.
-Ratios use the limit measured next to them, so a noisy spell on a shared
-machine hits both. Reported per run: texts/s, ratio to the limit, p50 / p99
-latency, padding efficiency (real / padded tokens) and mean batch size.
+The level runs in ``--rounds`` slices, each running a share of the limit's
+batches and every variant on a slice of the texts (rotating their order), so
+a noisy spell on a shared machine hits all of them alike. Reported per
+variant: texts/s, ratio to the limit, p50 / p99 latency, padding efficiency
+(real / padded tokens) and mean batch size.
 
     python benchmarks/engine_online.py [--requests N] [--clients 1 8 64] [--int8 DIR]
 
-Writes benchmarks/results/engine_online.{json,md,png}.
+Writes benchmarks/results/engine_online.{json,md,png} (``--name`` changes the stem).
+``--peers-no-spin`` gives the peers textfleet's onnxruntime thread setting, so that
+only the batching differs.
 """
 
 from __future__ import annotations
@@ -66,12 +70,6 @@ class Tally:
         self.rows += len(n)
         self.real += sum(n)
         self.padded += len(n) * max(n)
-
-    def summary(self) -> dict:
-        return {
-            "padding_efficiency": self.real / self.padded if self.padded else 1.0,
-            "mean_batch_size": self.rows / self.batches if self.batches else 0.0,
-        }
 
 
 class LockedOneAtATime:
@@ -140,79 +138,113 @@ class HandWrittenBatcher:
             self.task.cancel()
 
 
-async def closed_loop(call, texts: list[str], n_requests: int, clients: int) -> dict:
-    """``clients`` callers, each sending its next request when the last one returned."""
-    latencies = np.zeros(n_requests)
-    next_request = iter(range(n_requests))
+async def closed_loop(call, texts: list[str], clients: int) -> dict:
+    """``clients`` callers, each sending its next text when its last one returned."""
+    latencies = np.zeros(len(texts))
+    next_request = iter(range(len(texts)))
 
     async def client() -> None:
         for i in next_request:
             start = time.perf_counter()
-            await call(texts[i % len(texts)])
+            await call(texts[i])
             latencies[i] = time.perf_counter() - start
 
     wall, cpu = time.perf_counter(), time.process_time()
     await asyncio.gather(*(client() for _ in range(clients)))
-    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     return {
-        "requests": n_requests,
-        "seconds": wall,
-        "texts_per_s": n_requests / wall,
-        "p50_ms": float(np.percentile(latencies, 50) * 1e3),
-        "p99_ms": float(np.percentile(latencies, 99) * 1e3),
-        "cpu_share": cpu / (wall * physical_cores()),
+        "latencies": latencies,
+        "seconds": time.perf_counter() - wall,
+        "cpu": time.process_time() - cpu,
     }
 
 
-def offline_limit(engine: Engine, texts: list[str], batch_size: int = 32) -> dict:
-    """Tokenized ahead, length-sorted batches of 32: backend + pooling only."""
+def sorted_batches(engine: Engine, texts: list[str], batch_size: int = 32) -> list:
+    """The offline limit's input: tokenized ahead, length-sorted batches of 32."""
     seqs = engine.tokenizer.tokenize(texts)
     order = np.argsort(seqs.lengths, kind="stable")
-    batches = [seqs.collate(order[s : s + batch_size]) for s in range(0, len(texts), batch_size)]
+    return [seqs.collate(order[s : s + batch_size]) for s in range(0, len(texts), batch_size)]
+
+
+def offline_limit(engine: Engine, batches: list) -> dict:
+    """Backend + pooling only, on ready batches."""
     start = time.perf_counter()
     for b in batches:
         engine.head(engine.backend.run(b), b)
-    wall = time.perf_counter() - start
-    real = sum(b.real_tokens for b in batches)
-    padded = sum(b.padded_tokens for b in batches)
     return {
-        "texts_per_s": len(texts) / wall,
-        "seconds": wall,
-        "padding_efficiency": real / padded,
-        "mean_batch_size": len(texts) / len(batches),
+        "seconds": time.perf_counter() - start,
+        "real": sum(b.real_tokens for b in batches),
+        "padded": sum(b.padded_tokens for b in batches),
+        "batches": len(batches),
     }
 
 
-def run_variant(name, engine, embedder, lengths, texts, n, clients) -> dict:
-    tally = Tally(lengths)
-    if name == "textfleet":
+def run_variant(name, engine, embedder, tally, texts, clients) -> dict:
+    """One slice of closed-loop requests; padding counters as deltas."""
+    if name.startswith("textfleet"):
         before = engine.stats()
 
         async def call(text):
             return (await engine.aembed([text]))[0]
 
-        result = asyncio.run(closed_loop(call, texts, n, clients))
+        result = asyncio.run(closed_loop(call, texts, clients))
         after = engine.stats()
-        real = after["real_tokens"] - before["real_tokens"]
-        padded = after["padded_tokens"] - before["padded_tokens"]
-        batches = after["batches"] - before["batches"]
-        rows = after["sequences"] - before["sequences"]
-        result.update(padding_efficiency=real / padded, mean_batch_size=rows / batches)
+        for key, stat in (("real", "real_tokens"), ("padded", "padded_tokens")):
+            result[key] = after[stat] - before[stat]
+        result["batches"] = after["batches"] - before["batches"]
         return result
+    before = (tally.real, tally.padded, tally.batches)
     if name == "lock":
-        return {
-            **asyncio.run(closed_loop(LockedOneAtATime(embedder, tally), texts, n, clients)),
-            **tally.summary(),
-        }
+        result = asyncio.run(closed_loop(LockedOneAtATime(embedder, tally), texts, clients))
+    else:
 
-    async def with_batcher():
-        batcher = HandWrittenBatcher(embedder, tally)
-        try:
-            return await closed_loop(batcher, texts, n, clients)
-        finally:
-            batcher.stop()
+        async def with_batcher():
+            batcher = HandWrittenBatcher(embedder, tally)
+            try:
+                return await closed_loop(batcher, texts, clients)
+            finally:
+                batcher.stop()
 
-    return {**asyncio.run(with_batcher()), **tally.summary()}
+        result = asyncio.run(with_batcher())
+    result["real"], result["padded"], result["batches"] = (
+        tally.real - before[0],
+        tally.padded - before[1],
+        tally.batches - before[2],
+    )
+    return result
+
+
+def summarize(variant: str, clients: int, parts: list[dict], n_texts: int) -> dict:
+    """Slices of one variant -> throughput, latency percentiles, padding, batch size."""
+    seconds = sum(p["seconds"] for p in parts)
+    out = {
+        "variant": variant,
+        "clients": clients,
+        "requests": n_texts,
+        "seconds": seconds,
+        "texts_per_s": n_texts / seconds,
+        "padding_efficiency": sum(p["real"] for p in parts) / sum(p["padded"] for p in parts),
+        "mean_batch_size": n_texts / sum(p["batches"] for p in parts),
+    }
+    if "latencies" in parts[0]:
+        lat = np.concatenate([p["latencies"] for p in parts]) * 1e3
+        out["p50_ms"] = float(np.percentile(lat, 50))
+        out["p99_ms"] = float(np.percentile(lat, 99))
+        out["cpu_share"] = sum(p["cpu"] for p in parts) / (seconds * physical_cores())
+    return out
+
+
+def stop_spinning(embedder: PlainEmbedder, model_dir: Path, threads: int) -> None:
+    """Give the peers' session textfleet's setting (idle intra-op threads sleep), so
+    that only the batching differs."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    embedder.session = ort.InferenceSession(
+        str(model_dir / "model.onnx"), opts, providers=["CPUExecutionProvider"]
+    )
 
 
 def warm_up(engine: Engine, embedder: PlainEmbedder, texts: list[str]) -> None:
@@ -232,6 +264,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--requests", type=int, default=600, help="requests per run (8+ clients)")
     p.add_argument("--requests-single", type=int, default=150, help="requests with 1 client")
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    p.add_argument(
+        "--peers-no-spin",
+        action="store_true",
+        help="run the peers' onnxruntime without spinning threads too (as textfleet does)",
+    )
+    p.add_argument("--name", default="engine_online", help="results file name (no suffix)")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved slices per client count")
     return p.parse_args(argv)
 
 
@@ -240,34 +279,54 @@ def main(argv=None) -> int:
     threads = args.threads or physical_cores()
     model_dir = ensure_model_dir(args.model_dir)
     texts = load_texts(max(args.requests, args.requests_single))
-    engine = Engine.load(model_dir, threads=threads)
-    int8 = Engine.load(args.int8, threads=threads) if args.int8 else None
+    engines = {"textfleet": Engine.load(model_dir, threads=threads)}
+    if args.int8:
+        engines["textfleet int8"] = Engine.load(args.int8, threads=threads)
     embedder = PlainEmbedder(str(model_dir), threads)
-    lengths = dict(zip(texts, engine.count_tokens(texts), strict=True))
-    warm_up(engine, embedder, texts)
+    if args.peers_no_spin:
+        stop_spinning(embedder, Path(model_dir), threads)
+    lengths = dict(zip(texts, engines["textfleet"].count_tokens(texts), strict=True))
+    for engine in engines.values():
+        warm_up(engine, embedder, texts)
     print(f"{len(texts)} texts, threads {threads}, load {machine_info()['loadavg_1m']:.1f}")
+    variants = [v for v in args.variants if v != "textfleet"] + list(engines)
     runs = []
     for clients in args.clients:
         n = args.requests_single if clients == 1 else args.requests
-        # The limit on the same texts at every level (more texts sort better).
-        limit = offline_limit(engine, texts[: args.requests])
-        runs.append({"variant": "offline limit", "clients": clients, **limit})
-        for name in args.variants:
-            r = run_variant(name, engine, embedder, lengths, texts, n, clients)
-            runs.append({"variant": name, "clients": clients, **r})
-            runs[-1]["ratio_vs_limit"] = r["texts_per_s"] / limit["texts_per_s"]
-            print(row_text(runs[-1]), flush=True)
-        if int8 is not None:
-            limit8 = offline_limit(int8, texts[: args.requests])
-            runs.append({"variant": "offline limit int8", "clients": clients, **limit8})
-            r = run_variant("textfleet", int8, embedder, lengths, texts, n, clients)
-            runs.append({"variant": "textfleet int8", "clients": clients, **r})
-            runs[-1]["ratio_vs_limit"] = r["texts_per_s"] / limit["texts_per_s"]
-            print(row_text(runs[-1]), flush=True)
-    engine.close()
-    if int8 is not None:
-        int8.close()
+        runs += measure_level(args, engines, embedder, lengths, texts[:n], clients, variants)
+    for engine in engines.values():
+        engine.close()
     return report(args, threads, runs)
+
+
+def measure_level(args, engines, embedder, lengths, texts, clients, variants) -> list[dict]:
+    """All variants at one client count, in ``args.rounds`` interleaved slices (the
+    order rotates each round), so that a noisy spell on a shared machine hits all."""
+    parts: dict[str, list[dict]] = {v: [] for v in variants}
+    limits: dict[str, list[dict]] = {name: [] for name in engines}
+    # The limit sorts all the texts of this level; each round runs every R-th batch.
+    batches = {name: sorted_batches(engine, texts) for name, engine in engines.items()}
+    tallies = {v: Tally(lengths) for v in variants}
+    rounds = max(1, min(args.rounds, len(texts) // max(1, clients)))
+    step = -(-len(texts) // rounds)
+    for r in range(rounds):
+        chunk = texts[r * step : (r + 1) * step]
+        for name, engine in engines.items():
+            limits[name].append(offline_limit(engine, batches[name][r::rounds]))
+        order = variants[r % len(variants) :] + variants[: r % len(variants)]
+        for v in order:
+            engine = engines.get(v)
+            parts[v].append(run_variant(v, engine, embedder, tallies[v], chunk, clients))
+    out = []
+    for name in engines:
+        label = "offline limit" + name.removeprefix("textfleet")
+        out.append(summarize(label, clients, limits[name], len(texts)))
+    for v in variants:
+        out.append(summarize(v, clients, parts[v], len(texts)))
+        limit = out[0] if v != "textfleet int8" else out[1]
+        out[-1]["ratio_vs_limit"] = out[-1]["texts_per_s"] / limit["texts_per_s"]
+        print(row_text(out[-1]), flush=True)
+    return out
 
 
 def row_text(r: dict) -> str:
@@ -331,19 +390,20 @@ def report(args, threads: int, runs: list[dict]) -> int:
         "targets": "x64: >= 0.9 of the limit, >= 1.2x lock, >= 3x serve_batch, p99 below both; "
         "x1: p50 within 10% + 1 ms of lock",
     }
-    print(f"wrote {write_results('engine_online', payload)}")
-    write_markdown(rows, rel, machine, threads)
-    write_plot(runs)
+    print(f"wrote {write_results(args.name, payload)}")
+    write_markdown(args, rows, rel, machine, threads)
+    write_plot(args.name, runs)
     return 0
 
 
-def write_markdown(rows, rel, machine, threads) -> None:
+def write_markdown(args, rows, rel, machine, threads) -> None:
     lines = [
         "# Online embedding: closed-loop clients, one text per request",
         "",
         f"{machine['cpu']}, {threads} onnxruntime threads, load average at the end "
         f"{machine['loadavg_1m']:.1f}. Ratios are against the offline limit measured "
-        "right before each client count.",
+        "right before each client count. Peers' onnxruntime threads "
+        + ("sleep when idle, as textfleet's do." if args.peers_no_spin else "spin (its default)."),
         "",
         "| " + " | ".join(HEADERS) + " |",
         "|" + "---|" * len(HEADERS),
@@ -351,10 +411,10 @@ def write_markdown(rows, rel, machine, threads) -> None:
     lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
     lines += ["", "| ratio | value |", "|---|---|"]
     lines += [f"| {k} | {v:.2f} |" for k, v in rel.items()]
-    (RESULTS / "engine_online.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (RESULTS / f"{args.name}.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
-def write_plot(runs: list[dict]) -> None:
+def write_plot(name: str, runs: list[dict]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -377,7 +437,7 @@ def write_plot(runs: list[dict]) -> None:
     ax.legend()
     ax.set_title("one text per request, closed loop")
     fig.tight_layout()
-    fig.savefig(RESULTS / "engine_online.png", dpi=120)
+    fig.savefig(RESULTS / f"{name}.png", dpi=120)
 
 
 if __name__ == "__main__":

@@ -36,12 +36,6 @@ static int64_t latest_arrival(int64_t oldest_ns, int64_t now_ns, const BatchKnob
   return now_ns - static_cast<int64_t>(fairness * held);
 }
 
-// Grows the batch from the oldest sequence outwards in length order. The
-// next shorter candidate wastes (width - its length) padding on itself; the
-// next longer one widens every row already in, wasting rows x (its length -
-// width). The cheaper one joins while it wastes at most max_row_padding. Both
-// costs only grow as we walk outwards, so the first candidate over the limit
-// ends the walk. Rows that arrived too late for fairness are stepped over.
 BatchPlan BatchQueue::plan(int64_t now_ns, const BatchKnobs& knobs) const {
   BatchPlan plan;
   if (by_age_.empty()) return plan;
@@ -49,61 +43,14 @@ BatchPlan BatchQueue::plan(int64_t now_ns, const BatchKnobs& knobs) const {
   plan.rows.push_back(oldest);
   plan.width = info.length;
   plan.real_tokens = info.length;
-
-  const size_t max_rows = std::max<uint32_t>(knobs.max_batch_size, 1);
-  const int64_t latest = latest_arrival(info.arrival_ns, now_ns, knobs);
-  const auto eligible = [&](const LengthKey& k) {
-    return latest == kNever || by_age_.at(k.second).arrival_ns <= latest;
-  };
-  const auto at = by_length_.find({info.length, oldest});
-  auto lo = at;            // the next shorter candidate is std::prev(lo)
-  auto hi = std::next(at);  // the next longer candidate is hi
-  while (lo != by_length_.begin() && !eligible(*std::prev(lo))) --lo;
-  while (hi != by_length_.end() && !eligible(*hi)) ++hi;
-  bool lo_open = lo != by_length_.begin();
-  bool hi_open = hi != by_length_.end();
-
-  while (plan.rows.size() < max_rows && (lo_open || hi_open)) {
-    const uint64_t rows = plan.rows.size();
-    uint64_t lo_cost = UINT64_MAX, hi_cost = UINT64_MAX;
-    if (lo_open) lo_cost = plan.width - std::prev(lo)->first;
-    if (hi_open) hi_cost = rows * (hi->first - plan.width);
-    bool take_lo = lo_cost < hi_cost;
-    if (lo_open && hi_open && lo_cost == hi_cost) {
-      take_lo = std::prev(lo)->second < hi->second;  // equal cost: the older one
-    }
-    if ((take_lo ? lo_cost : hi_cost) > knobs.max_row_padding) break;
-
-    const uint32_t length = take_lo ? std::prev(lo)->first : hi->first;
-    const uint64_t width = std::max(plan.width, length);
-    if ((rows + 1) * width > knobs.max_batch_tokens) {
-      // A longer row does not fit, but a shorter one still might.
-      if (!take_lo && width > plan.width) {
-        hi_open = false;
-        continue;
-      }
-      break;
-    }
-    if (take_lo) {
-      --lo;
-      plan.rows.push_back(lo->second);
-      while (lo != by_length_.begin() && !eligible(*std::prev(lo))) --lo;
-      lo_open = lo != by_length_.begin();
-    } else {
-      plan.rows.push_back(hi->second);
-      ++hi;
-      while (hi != by_length_.end() && !eligible(*hi)) ++hi;
-      hi_open = hi != by_length_.end();
-    }
-    plan.width = static_cast<uint32_t>(width);
-    plan.real_tokens += length;
-  }
+  grow(plan, latest_arrival(info.arrival_ns, now_ns, knobs), knobs);
   // Arrival order inside the batch: the oldest stays first and a request's
   // rows come out in index order.
   std::sort(plan.rows.begin(), plan.rows.end());
 
   const uint64_t rows = plan.rows.size();
-  plan.full = rows >= max_rows || (rows + 1) * plan.width > knobs.max_batch_tokens;
+  plan.full = rows >= std::max<uint32_t>(knobs.max_batch_size, 1) ||
+              (rows + 1) * plan.width > knobs.max_batch_tokens;
   if (knobs.max_wait_ns <= 0 || plan.full) {
     plan.ready = true;
   } else {
@@ -114,6 +61,59 @@ BatchPlan BatchQueue::plan(int64_t now_ns, const BatchKnobs& knobs) const {
     if (!plan.ready) plan.wake_at_ns = due;
   }
   return plan;
+}
+
+// Grows the batch from its oldest row outwards in length order. The next
+// shorter candidate wastes (width - its length) padding on itself; the next
+// longer one widens every row already in, wasting rows x (its length -
+// width). The cheaper one joins while it wastes at most max_row_padding. Both
+// costs only grow as we walk outwards, so the first candidate over the limit
+// ends the walk. Rows that arrived after `latest` (fairness) are stepped over.
+void BatchQueue::grow(BatchPlan& plan, int64_t latest, const BatchKnobs& knobs) const {
+  const size_t max_rows = std::max<uint32_t>(knobs.max_batch_size, 1);
+  const auto eligible = [&](const LengthKey& k) {
+    return latest == kNever || by_age_.at(k.second).arrival_ns <= latest;
+  };
+  const auto at = by_length_.find({plan.width, plan.rows.front()});
+  auto lo = at;            // the next shorter candidate is std::prev(lo)
+  auto hi = std::next(at);  // the next longer candidate is hi
+  const auto skip_lo = [&] {
+    while (lo != by_length_.begin() && !eligible(*std::prev(lo))) --lo;
+    return lo != by_length_.begin();
+  };
+  const auto skip_hi = [&] {
+    while (hi != by_length_.end() && !eligible(*hi)) ++hi;
+    return hi != by_length_.end();
+  };
+  bool lo_open = skip_lo(), hi_open = skip_hi();
+
+  while (plan.rows.size() < max_rows && (lo_open || hi_open)) {
+    const uint64_t rows = plan.rows.size();
+    const uint64_t lo_cost = lo_open ? plan.width - std::prev(lo)->first : UINT64_MAX;
+    const uint64_t hi_cost = hi_open ? rows * (hi->first - plan.width) : UINT64_MAX;
+    bool take_lo = lo_cost < hi_cost;
+    if (lo_open && hi_open && lo_cost == hi_cost) {
+      take_lo = std::prev(lo)->second < hi->second;  // equal cost: the older one
+    }
+    if ((take_lo ? lo_cost : hi_cost) > knobs.max_row_padding) break;
+
+    const uint32_t length = take_lo ? std::prev(lo)->first : hi->first;
+    const uint64_t width = std::max(plan.width, length);
+    if ((rows + 1) * width > knobs.max_batch_tokens) {
+      if (take_lo || width == plan.width) break;  // no row fits any more
+      hi_open = false;  // a longer row does not fit, but a shorter one still might
+      continue;
+    }
+    if (take_lo) {
+      plan.rows.push_back((--lo)->second);
+      lo_open = skip_lo();
+    } else {
+      plan.rows.push_back((hi++)->second);
+      hi_open = skip_hi();
+    }
+    plan.width = static_cast<uint32_t>(width);
+    plan.real_tokens += length;
+  }
 }
 
 void BatchQueue::take(const BatchPlan& plan) {

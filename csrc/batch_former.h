@@ -98,6 +98,9 @@ class BatchQueue {
   };
   using LengthKey = std::pair<uint32_t, SeqKey>;
 
+  // Adds rows to a plan holding the oldest sequence (see batch_former.cc).
+  void grow(BatchPlan& plan, int64_t latest_arrival_ns, const BatchKnobs& knobs) const;
+
   std::map<SeqKey, Info> by_age_;
   std::set<LengthKey> by_length_;  // (length, key): equal lengths oldest first
   uint64_t tokens_ = 0;

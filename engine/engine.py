@@ -143,12 +143,13 @@ class Engine(TaskMethods):
         threads: int | None = None,
         batching: BatchingConfig | dict | None = None,
     ) -> Engine:
-        """Open and validate the model directory, load the tokenizer and the backend."""
+        """Open and validate the model directory, load the tokenizer and the backend.
+
+        ``batching``: a ``BatchingConfig`` (used as is), a dict of knobs (over the
+        model directory's defaults, see ``ModelInfo.batching``) or None (those defaults).
+        """
         md = model_dir if isinstance(model_dir, ModelDir) else ModelDir.open(model_dir)
-        if batching is None:
-            batching = BatchingConfig()
-        elif isinstance(batching, dict):
-            batching = BatchingConfig.model_validate(batching)
+        batching = resolve_batching(md.info.batching, batching)
         tokenizer = Tokenizer.from_file(
             md.tokenizer_path, max_length=md.info.max_length, num_threads=batching.tokenizer_threads
         )
@@ -248,6 +249,18 @@ class Engine(TaskMethods):
             f"Engine({self.info.name!r}, task={self.info.task!r}, backend={self.backend.name!r}, "
             f"device={self.backend.device!r}, tokenizer={self.tokenizer.backend!r})"
         )
+
+
+def resolve_batching(
+    defaults: BatchingConfig | None, given: BatchingConfig | dict | None
+) -> BatchingConfig:
+    """The knobs to use: a full ``BatchingConfig`` as given; a dict over the model
+    directory's defaults, knob by knob; None: those defaults (or the global ones).
+    An invalid knob raises pydantic's ValidationError naming it."""
+    if isinstance(given, BatchingConfig):
+        return given
+    base = defaults.model_dump(exclude_unset=True) if defaults is not None else {}
+    return BatchingConfig.model_validate({**base, **(given or {})})
 
 
 def scheduler_stats(s: dict) -> dict:

@@ -23,6 +23,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from engine.config import BatchingConfig
 from engine.errors import ModelDirError
 
 INFO_FILE = "textfleet.json"
@@ -79,6 +80,9 @@ class ModelInfo(BaseModel):
     outputs: tuple[str, ...] = Field(min_length=1)
     """Graph outputs; the head reads the first."""
     opset: int | None = None
+    batching: BatchingConfig | None = None
+    """Default batching knobs for this model (e.g. a GPU model's bigger batches);
+    ``Engine.load(batching=...)`` overrides them knob by knob."""
     checksums: dict[str, str]
     """sha256 (hex) of the files written next to textfleet.json, by file name."""
     source: Source

@@ -203,3 +203,28 @@ def test_huggingface_tokenizer_fallback_feeds_the_scheduler(model_dir, engine, t
         singles = np.concatenate(asyncio.run(one_by_one()))
     ref = engine.embed(texts[:40])
     assert cosine(got, ref).min() >= COSINE and cosine(singles, ref[:8]).min() >= COSINE
+
+
+def test_batching_knobs_come_from_the_model_dir_and_the_caller(model_dir, tmp_path):
+    import json
+    import shutil
+
+    from pydantic import ValidationError
+
+    from engine.config import BatchingConfig
+
+    local = tmp_path / "model"
+    shutil.copytree(model_dir.path, local)
+    info = json.loads((local / "textfleet.json").read_text())
+    info["batching"] = {"max_batch_size": 8, "max_row_padding": 64}
+    (local / "textfleet.json").write_text(json.dumps(info))
+    with Engine.load(local, threads=1) as eng:
+        assert (eng.batching.max_batch_size, eng.batching.max_row_padding) == (8, 64)
+    with Engine.load(local, threads=1, batching={"max_batch_size": 4}) as eng:
+        assert (eng.batching.max_batch_size, eng.batching.max_row_padding) == (4, 64)
+    with Engine.load(local, threads=1, batching=BatchingConfig()) as eng:
+        assert eng.batching == BatchingConfig()
+    with pytest.raises(ValidationError, match="max_batch_size"):
+        Engine.load(local, threads=1, batching={"max_batch_size": 0})
+    with pytest.raises(ValidationError, match="max_wait_msec"):
+        Engine.load(local, threads=1, batching={"max_wait_msec": 5})
