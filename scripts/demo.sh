@@ -34,9 +34,10 @@ curl -sf "localhost:$PORT/v2/health/ready" >/dev/null || { echo "not ready after
 show() { echo; echo "\$ $*"; "$@"; echo; }
 show curl -s "localhost:$PORT/v2/models/all-MiniLM-L6-v2/infer" -H 'content-type: application/json' -d \
   '{"id":"demo","inputs":[{"name":"text","datatype":"BYTES","shape":[2],"data":["A cat sits on the mat.","Ein Hund spielt im Park."]}]}' \
-  | head -c 400
+  | cut -c1-400
 show curl -s "localhost:$PORT/v1/embeddings" -H 'content-type: application/json' -d \
-  '{"model":"all-MiniLM-L6-v2","input":"textfleet serves models","encoding_format":"base64"}'
+  '{"model":"all-MiniLM-L6-v2","input":"textfleet serves models","encoding_format":"base64"}' \
+  | cut -c1-400
 show curl -s "localhost:$PORT/v2/models/categorium/infer" -H 'content-type: application/json' -d \
   '{"inputs":[{"name":"text","datatype":"BYTES","shape":[1],"data":["The striker scored twice in the final."]}]}'
 show curl -s "localhost:$PORT/v1/rerank" -H 'content-type: application/json' -d \
