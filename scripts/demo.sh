@@ -21,7 +21,8 @@ export_once minilm-cross-encoder artifacts/models/minilm-cross-encoder
 
 "$TF" serve models/models.yaml --port "$PORT" &
 server=$!
-trap 'kill -INT $server 2>/dev/null; wait $server 2>/dev/null' EXIT
+# A background job ignores SIGINT in a script, so stop the server with SIGTERM.
+trap 'kill -TERM $server 2>/dev/null; wait $server 2>/dev/null' EXIT
 
 echo "waiting for the models to be ready..."
 for _ in $(seq 1 240); do
