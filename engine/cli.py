@@ -1,7 +1,9 @@
 """``textfleet`` command line: export a model directory, embed a few texts.
 
-    textfleet export SOURCE -o DIR [--task embedding] [--max-length N] [--safetensors] [--force]
+    textfleet export SOURCE -o DIR [--task TASK] [--max-length N] [--safetensors] [--force]
+    textfleet import-onnx FOLDER -o DIR --task TASK [--onnx-file F] [--merge-gaps]
     textfleet embed DIR "text" ["text" ...] [--backend onnxruntime] [--threads N]
+    textfleet predict DIR "text" ... [--query Q] [--top-k K] [--aggregation A]
 
 A user error (missing folder, folder without weights or tokenizer, unknown
 task, broken model directory) prints one line ``textfleet: error: ...`` on
@@ -16,6 +18,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -26,19 +29,33 @@ EXIT_USAGE = 2
 
 def add_export(sub) -> None:
     from engine.export import TASK_SPECS
+    from engine.tasks.entities import AGGREGATIONS
 
     p = sub.add_parser(
-        "export", help="export a Hugging Face folder or package to a model directory"
+        "export", help="export a Hugging Face folder, package or recipe to a model directory"
     )
     p.add_argument(
-        "source", help="a local Hugging Face model folder, or an installed package shipping one"
+        "source",
+        help="a local Hugging Face model folder, an installed package shipping one, or a "
+        "recipe name (categorium, rampart, minilm-cross-encoder; see models/recipes)",
     )
     p.add_argument("-o", "--output", required=True, help="model directory to write")
-    p.add_argument("--task", default="embedding", help=f"one of: {', '.join(TASK_SPECS)}")
+    p.add_argument(
+        "--task", default=None, help=f"one of: {', '.join(TASK_SPECS)} (default: embedding)"
+    )
     p.add_argument(
         "--max-length", type=int, default=None, help="tokens per sequence (default: the model's)"
     )
     p.add_argument("--safetensors", action="store_true", help="also keep the torch weights")
+    p.add_argument("--name", default=None, help="model name (default: the source's)")
+    p.add_argument(
+        "--aggregation", choices=AGGREGATIONS, default=None,
+        help="token-classification: default entity aggregation (simple)",
+    )  # fmt: skip
+    p.add_argument(
+        "--merge-gaps", action="store_true",
+        help="token-classification: merge same-type spans separated only by whitespace",
+    )  # fmt: skip
     p.add_argument("--force", action="store_true", help="replace an existing model directory")
     p.add_argument(
         "--quantize", choices=["int8"], default=None, help="store a dynamically quantized graph"
@@ -47,24 +64,43 @@ def add_export(sub) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from engine.export import export
+    from models.recipes import RECIPES
 
-    md = export(
-        args.source,
-        args.output,
-        task=args.task,
-        max_length=args.max_length,
-        safetensors=args.safetensors,
-        force=args.force,
-        quantize=args.quantize,
-    )
-    info = md.info
-    print(
-        f"exported {info.name} -> {md.path}\n"
-        f"  task {info.task}, dim {info.dim}, max_length {info.max_length}, "
-        f"pooling {info.pooling}, normalize {info.normalize}, opset {info.opset}"
-    )
+    options = {
+        "max_length": args.max_length, "force": args.force, "name": args.name,
+        "aggregation": args.aggregation, "merge_gaps": args.merge_gaps,
+        "quantize": args.quantize,
+    }  # fmt: skip
+    if args.source in RECIPES and not Path(args.source).exists():
+        from models.recipes import build, prepare
+
+        prepared = prepare(args.source)
+        if args.task is not None and args.task != prepared.task:
+            raise ValueError(
+                f"--task {args.task}: recipe {args.source!r} makes a {prepared.task!r} model"
+            )
+        options = {k: v for k, v in options.items() if v not in (None, False) or k == "force"}
+        md = build(prepared, args.output, **options)
+    else:
+        from engine.export import export
+
+        task = args.task or "embedding"
+        md = export(args.source, args.output, task=task, safetensors=args.safetensors, **options)
+    print(describe(md, "exported"))
     return 0
+
+
+def describe(md, verb: str) -> str:
+    info = md.info
+    extra = {
+        "embedding": f"pooling {info.pooling}, normalize {info.normalize}",
+        "token-classification": f"aggregation {info.aggregation}, merge_gaps {info.merge_gaps}",
+    }.get(info.task, f"{info.dim} outputs")
+    return (
+        f"{verb} {info.name} -> {md.path}\n"
+        f"  task {info.task}, dim {info.dim}, max_length {info.max_length}, {extra}, "
+        f"opset {info.opset}"
+    )
 
 
 def add_embed(sub) -> None:
@@ -114,6 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_export(sub)
     add_embed(sub)
+    from engine.cli_tasks import add_task_commands  # import-onnx, predict
+
+    add_task_commands(sub)
     from serve.cli import add_subcommands  # config, serve, status (the serving layer)
 
     add_subcommands(sub)

@@ -28,6 +28,7 @@ from engine.errors import EngineError, ModelDirError
 from engine.heads import HEADS
 from engine.model_dir import ModelDir, ModelInfo
 from engine.scheduler import Scheduler
+from engine.tasks.api import TaskMethods, TaskState
 from engine.tokenizer import Tokenizer, check_texts, default_threads
 
 # Texts per request when embed() splits a large input, and how many such
@@ -69,8 +70,13 @@ def plan_batches(
     return batches
 
 
-class Engine:
-    """One model: tokenizer + backend + task head. Build with ``Engine.load``."""
+class Engine(TaskMethods):
+    """One model: tokenizer + backend + task head. Build with ``Engine.load``.
+
+    ``embed`` serves embedding models; ``classify``, ``entities``, ``score``
+    and ``rerank`` (engine/tasks/api.py) the other tasks. All go through
+    ``_forward`` / ``_aforward``: one scheduler, one batching path.
+    """
 
     def __init__(
         self,
@@ -90,6 +96,7 @@ class Engine:
         self.backend = backend
         self.batching = batching
         self.head = HEADS[info.task](info)
+        self._task = TaskState.from_model_dir(model_dir)  # labels etc.: errors at load
         self._closed = False
         self._scheduler = self._start_scheduler()
 
@@ -112,18 +119,20 @@ class Engine:
             max_queue_tokens=cfg.max_queue_tokens,
             tokenizer_threads=cfg.tokenizer_threads or default_threads(),
         )
-        return Scheduler(native, self._run_batch, np.stack, pretokenize, name=self.info.name)
+        # Token classification rows are ragged ([tokens, labels] per text): keep a list.
+        finalize = list if self.info.task == "token-classification" else np.stack
+        return Scheduler(native, self._run_batch, finalize, pretokenize, name=self.info.name)
 
     def _pretokenize(self, texts: list[str], pairs: list[str] | None):
         encs = self.tokenizer.encode_batch(texts, pairs)
         return [e.ids for e in encs], [e.type_ids for e in encs]
 
-    def _run_batch(self, batch: Batch) -> np.ndarray:
+    def _run_batch(self, batch: Batch):
         """Runs on the executor thread: backend + head, one row per sequence."""
-        vectors = self.head(self.backend.run(batch), batch)
-        if vectors.shape[0] != batch.rows:  # every row must come back exactly once
-            raise EngineError(f"head returned {vectors.shape[0]} rows for a batch of {batch.rows}")
-        return vectors
+        rows = self.head(self.backend.run(batch), batch)
+        if len(rows) != batch.rows:  # every row must come back exactly once
+            raise EngineError(f"head returned {len(rows)} rows for a batch of {batch.rows}")
+        return rows
 
     @classmethod
     def load(
@@ -156,16 +165,13 @@ class Engine:
         """float32 [len(texts), dim], row i for texts[i].
 
         A non-str item raises TypeError naming its index; texts longer than
-        ``info.max_length`` tokens are truncated. A large input is queued in
-        chunks (``EMBED_CHUNK`` texts, ``EMBED_WINDOW`` at a time) so it does not
-        fill the queue that concurrent callers share.
+        ``info.max_length`` tokens are truncated.
         """
-        self._check_open()
+        self._require("embedding", "embed")
         texts = check_texts(texts, "texts")
         if not texts:
             return np.empty((0, self.info.dim), dtype=np.float32)
-        parts = self._scheduler.run_chunked(texts, chunk=EMBED_CHUNK, window=EMBED_WINDOW)
-        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+        return self._forward(texts)
 
     async def aembed(self, texts: Sequence[str], timeout: float | None = None) -> np.ndarray:
         """``embed`` for asyncio callers: the result is delivered on the caller's loop.
@@ -173,11 +179,37 @@ class Engine:
         ``timeout`` (seconds): past it the caller gets TimeoutError and the request's
         sequences not yet computed leave the queue. Overloaded when the queue is full.
         """
-        self._check_open()
+        self._require("embedding", "aembed")
         texts = check_texts(texts, "texts")
         if not texts:
             return np.empty((0, self.info.dim), dtype=np.float32)
-        return await self._scheduler.run_async(texts, None, timeout)
+        return await self._aforward(texts, None, timeout)
+
+    def _forward(self, texts: list[str], pairs: list[str] | None = None):
+        """One head row per text (or pair), in input order, from a blocking caller.
+
+        Rows are a float32 array [n, ...], or a list of arrays for token
+        classification. Pairs are tokenized together, so both segments count
+        toward the batch's token budget. A large input is queued in chunks
+        (``EMBED_CHUNK`` texts, ``EMBED_WINDOW`` at a time) so it does not fill
+        the queue that concurrent callers share.
+        """
+        self._check_open()
+        if not texts:
+            return []
+        parts = self._scheduler.run_chunked(texts, pairs, chunk=EMBED_CHUNK, window=EMBED_WINDOW)
+        if len(parts) == 1:
+            return parts[0]
+        if isinstance(parts[0], np.ndarray):
+            return np.concatenate(parts)
+        return [row for part in parts for row in part]
+
+    async def _aforward(self, texts: list[str], pairs: list[str] | None, timeout: float | None):
+        """``_forward`` for asyncio callers: one request, resolved on the caller's loop."""
+        self._check_open()
+        if not texts:
+            return []
+        return await self._scheduler.run_async(texts, pairs, timeout)
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         """Tokens per text as the model sees them (special tokens in, truncated at max_length)."""

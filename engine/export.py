@@ -69,9 +69,12 @@ class TaskSpec:
     output: str
 
 
-# Other tasks (classification, token classification, pair scoring) add a line here.
 TASK_SPECS: dict[str, TaskSpec] = {
     "embedding": TaskSpec(auto_class="AutoModel", output="last_hidden_state"),
+    "classification": TaskSpec("AutoModelForSequenceClassification", "logits"),
+    "token-classification": TaskSpec("AutoModelForTokenClassification", "logits"),
+    # A cross-encoder is a sequence classifier with one label, fed (query, document).
+    "pair-scoring": TaskSpec("AutoModelForSequenceClassification", "logits"),
 }
 
 
@@ -208,6 +211,38 @@ def _pooling_mode(path: Path, cfg: dict) -> str:
             "pooling_mode_mean_tokens, pooling_mode_cls_token, pooling_mode_max_tokens must be true"
         )
     return names[modes[0]]
+
+
+def task_fields(
+    task: str, config: dict, where: Path, aggregation: str | None = None, merge_gaps: bool = False
+) -> dict:
+    """ModelInfo fields that depend on the task: the output width, entity options.
+
+    Classifiers must name their labels (``id2label`` without gaps) and a
+    pair scorer must have exactly one: checked here, before any export work.
+    """
+    if task == "embedding":
+        fields: dict = {"dim": int(config["hidden_size"])}
+    elif task == "pair-scoring":
+        n = len(config.get("id2label") or {}) or int(config.get("num_labels", 2))
+        if n != 1:
+            raise ExportError(
+                f"{where / CONFIG_FILE}: a pair-scoring (cross-encoder) model has one label, "
+                f"this one has {n}; export it with --task classification"
+            )
+        fields = {"dim": 1}
+    else:
+        from engine.tasks.classification import labels_from_config
+
+        try:
+            fields = {"dim": len(labels_from_config(config, str(where / CONFIG_FILE)))}
+        except ModelDirError as e:
+            raise ExportError(str(e)) from None
+    if task == "token-classification":
+        fields |= {"aggregation": aggregation or "simple", "merge_gaps": merge_gaps}
+    elif aggregation is not None or merge_gaps:
+        raise ExportError("--aggregation and --merge-gaps apply to --task token-classification")
+    return fields
 
 
 def position_limit(config: dict) -> int:
@@ -362,16 +397,24 @@ def export(
     max_length: int | None = None,
     safetensors: bool = False,
     force: bool = False,
+    name: str | None = None,
+    aggregation: str | None = None,
+    merge_gaps: bool = False,
+    provenance: Source | None = None,
     quantize: str | None = None,
 ) -> ModelDir:
     """Export SOURCE into the model directory OUT_DIR and return it, opened.
 
-    ``quantize="int8"`` stores a dynamically quantized graph (engine/quantize.py)."""
+    ``name`` overrides the model's name; ``provenance`` the recorded source
+    (a recipe records the package its files came from). ``quantize="int8"``
+    stores a dynamically quantized graph (engine/quantize.py).
+    """
     if task not in TASK_SPECS:
         raise ExportError(f"unknown task {task!r}; export supports: {', '.join(TASK_SPECS)}")
     check_quantization(quantize)
     folder, src = resolve_source(source)
     config = check_source(folder)
+    per_task = task_fields(task, config, folder, aggregation, merge_gaps)
     length = read_max_length(folder, config, max_length)
     pooling, normalize = read_pooling(folder) if task == "embedding" else (None, False)
     out_dir = Path(out_dir).expanduser().resolve()
@@ -394,18 +437,18 @@ def export(
             shutil.copyfile(folder / SAFETENSORS_FILE, tmp / SAFETENSORS_FILE)
         written = [p.name for p in sorted(tmp.iterdir())]
         info = ModelInfo(
-            name=src.name if src.kind == "package" else folder.name,
+            name=name or (src.name if src.kind == "package" else folder.name),
             task=task,
             architecture=(config.get("architectures") or [config.get("model_type", "unknown")])[0],
-            dim=int(config["hidden_size"]),
+            **per_task,
             max_length=length,
             pooling=pooling,
             normalize=normalize,
             inputs=tuple(inputs),
             outputs=(TASK_SPECS[task].output,),
             opset=OPSET,
-            checksums={name: sha256_file(tmp / name) for name in written},
-            source=src,
+            checksums={f: sha256_file(tmp / f) for f in written},
+            source=provenance or src,
         )
         (tmp / INFO_FILE).write_text(info.model_dump_json(indent=2) + "\n", encoding="utf-8")
         os.replace(tmp, out_dir)

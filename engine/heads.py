@@ -17,6 +17,7 @@ import numpy as np
 
 from engine.batch import Batch
 from engine.model_dir import ModelInfo
+from engine.tasks.heads import TASK_HEADS
 
 
 def mean_pool(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -77,4 +78,4 @@ class EmbeddingHead:
 
 
 # task -> head factory; the engine looks the model directory's task up here.
-HEADS = {"embedding": EmbeddingHead.from_info}
+HEADS = {"embedding": EmbeddingHead.from_info, **TASK_HEADS}

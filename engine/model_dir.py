@@ -35,6 +35,7 @@ FORMAT_VERSION = 1
 
 Task = Literal["embedding", "classification", "token-classification", "pair-scoring"]
 Pooling = Literal["mean", "cls", "max"]
+Aggregation = Literal["none", "simple", "first", "average", "max"]
 
 
 class Source(BaseModel):
@@ -62,13 +63,18 @@ class ModelInfo(BaseModel):
     architecture: str
     """Hugging Face architecture the graph was exported from (e.g. BertModel)."""
     dim: int = Field(ge=1)
-    """Width of one output vector (hidden size for embeddings)."""
+    """Width of one output row: hidden size (embedding), labels (classifiers), 1 (pair scoring)."""
     max_length: int = Field(ge=4)
     """Tokens per sequence, special tokens included; longer inputs are truncated."""
     pooling: Pooling | None = None
     """How token vectors become one vector (embedding task only)."""
     normalize: bool = False
     """L2-normalise pooled vectors (embedding task only)."""
+    aggregation: Aggregation | None = None
+    """Default entity aggregation (token-classification only; transformers' strategies)."""
+    merge_gaps: bool = False
+    """Merge same-type entity spans separated only by whitespace (token-classification only),
+    for taggers that mark every sub-token B-."""
     inputs: tuple[str, ...] = Field(min_length=1)
     """Graph inputs, a subset of the Batch fields."""
     outputs: tuple[str, ...] = Field(min_length=1)
@@ -85,6 +91,10 @@ class ModelInfo(BaseModel):
     def _task_fields(self) -> ModelInfo:
         if self.task == "embedding" and self.pooling is None:
             raise ValueError("pooling is required for task 'embedding' (mean, cls or max)")
+        if self.task != "token-classification" and (self.aggregation or self.merge_gaps):
+            raise ValueError("aggregation and merge_gaps apply to task 'token-classification' only")
+        if self.task == "pair-scoring" and self.dim != 1:
+            raise ValueError(f"a pair-scoring model outputs one logit (dim 1), got dim {self.dim}")
         unknown = set(self.inputs) - {"input_ids", "attention_mask", "token_type_ids"}
         if unknown:
             raise ValueError(

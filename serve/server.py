@@ -165,6 +165,18 @@ class ModelServer:
         self.metrics.record("openai", reply.status, time.perf_counter() - start, n)
         return reply
 
+    async def rerank_http(self, obj: dict[str, Any]) -> Reply:
+        """``POST /v1/rerank`` forwarded by the gateway (body already parsed)."""
+        start = time.perf_counter()
+        try:
+            reply = await self.task.rerank_http(obj)
+        except Exception as e:
+            reply = error_reply(e)
+        docs = obj.get("documents", obj.get("texts")) if isinstance(obj, dict) else None
+        n = len(docs) if isinstance(docs, list) else 0
+        self.metrics.record("rerank", reply.status, time.perf_counter() - start, n)
+        return reply
+
     def v1_status(self) -> dict[str, Any]:
         return v1.model_status(self.name, True)
 
@@ -173,6 +185,25 @@ class ModelServer:
     async def embed(self, texts: list[str], timeout: float | None = None) -> np.ndarray:
         """``await handle.embed.remote(texts)`` -> float32 [n, dim]."""
         return await self._handle_call(self.task.embed(texts, timeout), len)
+
+    async def classify(self, texts: list[str], top_k: int | None = 1, timeout=None):
+        """``await handle.classify.remote(texts, top_k)`` -> per text [LabelScore], best first."""
+        return await self._handle_call(self.task.classify(texts, top_k, timeout), len)
+
+    async def entities(self, texts: list[str], aggregation: str | None = None, timeout=None):
+        """``await handle.entities.remote(texts)`` -> per text [Entity] (character offsets)."""
+        return await self._handle_call(self.task.entities(texts, aggregation, timeout), len)
+
+    async def score(self, pairs: list, raw_scores: bool = False, timeout=None) -> np.ndarray:
+        """``await handle.score.remote([(query, document), ...])`` -> float32 [n]."""
+        return await self._handle_call(self.task.score(pairs, raw_scores, timeout), len)
+
+    async def rerank(
+        self, query: str, documents: list[str], top_k=None, raw_scores=False, timeout=None
+    ):
+        """``await handle.rerank.remote(query, documents, top_k)`` -> [Ranked], best first."""
+        call = self.task.rerank(query, documents, top_k, raw_scores, timeout)
+        return await self._handle_call(call, len)
 
     async def infer(self, request: dict[str, Any]) -> dict[str, Any]:
         """``await handle.infer.remote(v2_request_dict)`` -> the V2 response as a dict."""

@@ -15,8 +15,8 @@ import numpy as np
 
 from engine.errors import InputError
 from serve.config import ModelConfig
-from serve.protocols import openai, v1, v2
-from serve.protocols.common import Reply, TensorSpec, check_count
+from serve.protocols import openai, rerank, v1, v2
+from serve.protocols.common import Reply, TensorSpec, check_count, dumps
 
 
 class TaskAdapter:
@@ -49,9 +49,27 @@ class TaskAdapter:
     async def embed(self, texts: list[str], timeout: float | None = None) -> np.ndarray:
         raise self._wrong_task("embed", "embedding")
 
+    async def classify(self, texts: list[str], top_k: int | None = 1, timeout=None):
+        raise self._wrong_task("classify", "classification")
+
+    async def entities(self, texts: list[str], aggregation: str | None = None, timeout=None):
+        raise self._wrong_task("entities", "token-classification")
+
+    async def score(self, pairs: list, raw_scores: bool = False, timeout=None):
+        raise self._wrong_task("score", "pair-scoring")
+
+    async def rerank(
+        self, query: str, documents: list[str], top_k=None, raw_scores=False, timeout=None
+    ):
+        raise self._wrong_task("rerank", "pair-scoring")
+
+    async def rerank_http(self, obj: dict[str, Any]) -> Reply:
+        raise self._wrong_task("/v1/rerank", "pair-scoring")
+
     def _wrong_task(self, what: str, needs: str) -> InputError:
         return InputError(
-            "model", f"model {self.name!r} is a {self.task} model; {what} needs an {needs} model"
+            "model",
+            f"model {self.name!r} is a {self.task} model; {what} needs a model of task {needs!r}",
         )
 
 
@@ -99,7 +117,166 @@ class EmbeddingTask(TaskAdapter):
         return openai.embeddings_reply(req, emb, tokens)
 
 
-TASKS: dict[str, type[TaskAdapter]] = {"embedding": EmbeddingTask}
+def _param(req: v2.InferRequest, name: str, kind: type, default: Any) -> Any:
+    """A request parameter of one JSON type, or ``default`` when absent."""
+    value = req.parameters.get(name, default)
+    if value is not default and (
+        not isinstance(value, kind) or isinstance(value, bool) != (kind is bool)
+    ):
+        raise InputError(f"parameters.{name}", f"expected {kind.__name__}, got {value!r}")
+    return value
+
+
+def _checked_texts(texts: Any, max_texts: int, field: str = "texts") -> list[str]:
+    if isinstance(texts, str) or not isinstance(texts, list | tuple):
+        raise InputError(field, f"expected a list of str, got {type(texts).__name__}")
+    check_count(len(texts), max_texts, field)
+    return list(texts)
+
+
+class ClassificationTask(TaskAdapter):
+    """Text classification: texts in; per text its best label(s) and score(s).
+
+    V2: ``label`` BYTES and ``score`` FP32, shape [n] (``parameters.top_k`` > 1:
+    [n, k], best first). V1: ``{"label", "score"}`` per instance (the best one).
+    """
+
+    task = "classification"
+    inputs = (TensorSpec("text", "BYTES", (-1,)),)
+    outputs = (TensorSpec("label", "BYTES", (-1,)), TensorSpec("score", "FP32", (-1,)))
+
+    async def classify(self, texts: list[str], top_k: int | None = 1, timeout=None):
+        """The Python handle call: per text a list of LabelScore, best first."""
+        texts = _checked_texts(texts, self.max_texts)
+        return await self.engine.aclassify(texts, top_k, timeout=self.timeout(timeout))
+
+    async def infer(self, req: v2.InferRequest) -> dict[str, np.ndarray]:
+        v2.check_input_names(req, self.inputs)
+        texts = v2.texts_input(req, "text", self.max_texts)
+        top_k = _param(req, "top_k", int, 1)
+        results = await self.engine.aclassify(texts, top_k, timeout=self.timeout(req.timeout_s))
+        labels = np.array([[x.label for x in r] for r in results], dtype=object)
+        scores = np.array([[x.score for x in r] for r in results], dtype=np.float32)
+        if top_k == 1:
+            labels, scores = labels[:, 0], scores[:, 0]
+        return {"label": labels, "score": scores}
+
+    async def v1_predictions(self, instances: list[Any]) -> list[Any]:
+        texts = v1.texts_from_instances(instances, self.max_texts)
+        results = await self.engine.aclassify(texts, 1, timeout=self.timeout(None))
+        return [r[0].as_dict() for r in results]
+
+
+class TokenClassificationTask(TaskAdapter):
+    """Token classification: texts in; per text its entity spans.
+
+    V2: ``entities`` BYTES [n], element i the JSON array of text i's spans
+    ``[{"label", "text", "start", "end", "score"}]`` (character offsets into
+    the text). Spans are variable in number, so JSON in a BYTES element keeps
+    one row per text; ``parameters.aggregation`` picks the strategy. V1: the
+    same arrays as ``predictions``.
+    """
+
+    task = "token-classification"
+    inputs = (TensorSpec("text", "BYTES", (-1,)),)
+    outputs = (TensorSpec("entities", "BYTES", (-1,)),)
+
+    async def entities(self, texts: list[str], aggregation: str | None = None, timeout=None):
+        """The Python handle call: per text a list of Entity."""
+        texts = _checked_texts(texts, self.max_texts)
+        return await self.engine.aentities(texts, aggregation, timeout=self.timeout(timeout))
+
+    async def _spans(self, texts: list[str], aggregation: str | None, timeout) -> list[list[dict]]:
+        found = await self.engine.aentities(texts, aggregation, timeout=self.timeout(timeout))
+        return [[e.as_dict() for e in spans] for spans in found]
+
+    async def infer(self, req: v2.InferRequest) -> dict[str, np.ndarray]:
+        v2.check_input_names(req, self.inputs)
+        texts = v2.texts_input(req, "text", self.max_texts)
+        aggregation = _param(req, "aggregation", str, None)
+        spans = await self._spans(texts, aggregation, req.timeout_s)
+        return {"entities": np.array([dumps(s) for s in spans], dtype=object)}
+
+    async def v1_predictions(self, instances: list[Any]) -> list[Any]:
+        texts = v1.texts_from_instances(instances, self.max_texts)
+        return await self._spans(texts, None, None)
+
+
+class PairScoringTask(TaskAdapter):
+    """Cross-encoder scoring: (query, document) pairs in; one relevance per pair.
+
+    V2: inputs ``query`` and ``document`` BYTES [n] (``query`` may be [1]: one
+    query against n documents), output ``score`` FP32 [n];
+    ``parameters.raw_scores`` true gives logits. V1: instances
+    ``{"query", "document"}`` or ``[query, document]`` -> scores.
+    ``POST /v1/rerank`` (Cohere / TEI bodies) comes through ``rerank_http``.
+    """
+
+    task = "pair-scoring"
+    inputs = (TensorSpec("query", "BYTES", (-1,)), TensorSpec("document", "BYTES", (-1,)))
+    outputs = (TensorSpec("score", "FP32", (-1,)),)
+
+    async def score(self, pairs: list, raw_scores: bool = False, timeout=None) -> np.ndarray:
+        """The Python handle call: float32 [n] for n (query, document) pairs."""
+        pairs = _checked_texts(pairs, self.max_texts, "pairs")
+        return await self.engine.ascore(pairs, raw_scores, timeout=self.timeout(timeout))
+
+    async def rerank(
+        self, query: str, documents: list[str], top_k=None, raw_scores=False, timeout=None
+    ):
+        """The Python handle call: documents best first (Ranked: index, score)."""
+        _checked_texts(documents, self.max_texts, "documents")
+        call = self.engine.arerank(
+            query, documents, top_k, raw_scores, timeout=self.timeout(timeout)
+        )
+        return await call
+
+    async def rerank_http(self, obj: dict[str, Any]) -> Reply:
+        req = rerank.parse_rerank_request(obj, self.max_texts)
+        ranked = await self.rerank(req.query, req.documents, req.top_n, req.raw_scores)
+        return rerank.rerank_reply(req, ranked)
+
+    async def infer(self, req: v2.InferRequest) -> dict[str, np.ndarray]:
+        v2.check_input_names(req, self.inputs)
+        docs = v2.texts_input(req, "document", self.max_texts)
+        queries = v2.texts_input(req, "query", self.max_texts)
+        if len(queries) == 1:
+            queries = queries * len(docs)
+        if len(queries) != len(docs):
+            raise InputError(
+                "inputs", f"query has {len(queries)} elements and document {len(docs)}; "
+                "send as many queries as documents, or one"
+            )  # fmt: skip
+        raw = _param(req, "raw_scores", bool, False)
+        scores = await self.engine.ascore(
+            list(zip(queries, docs, strict=True)), raw, timeout=self.timeout(req.timeout_s)
+        )
+        return {"score": np.asarray(scores, dtype=np.float32)}
+
+    async def v1_predictions(self, instances: list[Any]) -> list[Any]:
+        check_count(len(instances), self.max_texts, "instances")
+        pairs = [_pair(inst, i) for i, inst in enumerate(instances)]
+        scores = await self.engine.ascore(pairs, False, timeout=self.timeout(None))
+        return [float(s) for s in scores]
+
+
+def _pair(inst: Any, i: int) -> tuple[str, str]:
+    if isinstance(inst, dict):
+        inst = (inst.get("query"), inst.get("document"))
+    if not isinstance(inst, list | tuple) or len(inst) != 2:
+        raise InputError(f"instances[{i}]", 'expected {"query": ..., "document": ...}')
+    for side, t in zip(("query", "document"), inst, strict=True):
+        if not isinstance(t, str):
+            raise InputError(f"instances[{i}].{side}", "missing or not a string")
+    return inst[0], inst[1]
+
+
+TASKS: dict[str, type[TaskAdapter]] = {
+    "embedding": EmbeddingTask,
+    "classification": ClassificationTask,
+    "token-classification": TokenClassificationTask,
+    "pair-scoring": PairScoringTask,
+}
 
 
 def adapter_for(engine: Any, config: ModelConfig) -> TaskAdapter:

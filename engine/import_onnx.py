@@ -1,0 +1,171 @@
+"""``textfleet import-onnx``: a folder that already holds an ONNX model -> a model directory.
+
+For models that ship as ONNX only (the rampart PII tagger is one, 4-bit
+quantized with com.microsoft operators): no torch, no re-export. The folder
+must hold the graph, a ``tokenizer.json`` and the Hugging Face
+``config.json`` (labels). The graph is loaded with onnxruntime and run once
+on a small padded batch, so a graph whose inputs are not Batch fields, or
+whose output does not fit the task (rank, label count), is refused here and
+not at the first request.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from engine.export import (
+    ExportError,
+    _prepare_target,
+    position_limit,
+    read_pooling,
+    task_fields,
+    write_tokenizer,
+)
+from engine.model_dir import (
+    CONFIG_FILE,
+    INFO_FILE,
+    ONNX_FILE,
+    TOKENIZER_FILE,
+    ModelDir,
+    ModelInfo,
+    Source,
+    sha256_file,
+)
+from engine.tasks import TASKS
+
+log = logging.getLogger(__name__)
+
+BATCH_FIELDS = ("input_ids", "attention_mask", "token_type_ids")
+# Output rank each task's head reads: [rows, labels] or [rows, tokens, labels|dim].
+OUTPUT_RANK = {"embedding": 3, "classification": 2, "token-classification": 3, "pair-scoring": 2}
+
+
+def find_onnx(folder: Path, onnx_file: str | None) -> Path:
+    """The graph: ``onnx_file`` (relative to the folder) or the one ``*.onnx`` found."""
+    if onnx_file is not None:
+        path = folder / onnx_file
+        if not path.is_file():
+            raise ExportError(f"--onnx-file {onnx_file}: {path} not found")
+        return path
+    found = sorted({*folder.glob("*.onnx"), *folder.glob("onnx/*.onnx")})
+    if len(found) != 1:
+        names = [str(p.relative_to(folder)) for p in found]
+        raise ExportError(
+            f"{folder} holds {names or 'no .onnx file'}; "
+            + ("pass --onnx-file to pick one" if found else "expected model.onnx or onnx/*.onnx")
+        )
+    return found[0]
+
+
+def probe_graph(path: Path, config: dict) -> tuple[list[str], str, tuple[int, ...]]:
+    """Graph input names, first output name and its shape on a 2 x 8 padded batch."""
+    import onnxruntime as ort
+
+    try:
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own exception types
+        raise ExportError(f"{path}: onnxruntime cannot load the graph ({e})") from None
+    inputs = [i.name for i in session.get_inputs()]
+    unknown = [n for n in inputs if n not in BATCH_FIELDS]
+    if unknown or "input_ids" not in inputs:
+        raise ExportError(
+            f"{path}: graph inputs {inputs}; expected input_ids and optionally "
+            "attention_mask, token_type_ids"
+        )
+    rows, width = 2, 8
+    ids = np.full((rows, width), 100 % int(config.get("vocab_size", 1000)), dtype=np.int64)
+    mask = np.ones((rows, width), dtype=np.int64)
+    mask[1, width // 2 :] = 0
+    feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+    output = session.get_outputs()[0].name
+    shape = session.run([output], {n: feeds[n] for n in inputs})[0].shape
+    return inputs, output, tuple(int(x) for x in shape)
+
+
+def check_output(task: str, shape: tuple[int, ...], dim: int, where: Path) -> None:
+    """The graph's first output must have the task's rank and the config's width."""
+    rank = OUTPUT_RANK[task]
+    if len(shape) != rank:
+        raise ExportError(
+            f"{where}: first output has shape {list(shape)}; task {task!r} needs rank {rank}"
+        )
+    if task != "embedding" and shape[-1] != dim:
+        what = "1 logit" if task == "pair-scoring" else f"{dim} labels (config.json id2label)"
+        raise ExportError(f"{where}: the graph outputs {shape[-1]} values per row, expected {what}")
+
+
+def import_onnx(
+    folder: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    task: str,
+    onnx_file: str | None = None,
+    name: str | None = None,
+    max_length: int | None = None,
+    aggregation: str | None = None,
+    merge_gaps: bool = False,
+    provenance: Source | None = None,
+    force: bool = False,
+) -> ModelDir:
+    """Copy an ONNX folder into the model directory ``out_dir`` and return it, opened."""
+    folder = Path(folder).expanduser().resolve()
+    if task not in TASKS:
+        raise ExportError(f"unknown task {task!r}; import-onnx supports: {', '.join(TASKS)}")
+    if not folder.is_dir():
+        raise ExportError(f"source folder not found: {folder}")
+    for needed in (TOKENIZER_FILE, CONFIG_FILE):
+        if not (folder / needed).is_file():
+            raise ExportError(f"{folder} has no {needed}")
+    config = _read_config(folder / CONFIG_FILE)
+    graph = find_onnx(folder, onnx_file)
+    per_task = task_fields(task, config, folder, aggregation, merge_gaps)
+    limit = position_limit(config)
+    if max_length is not None and not 4 <= max_length <= limit:
+        raise ExportError(f"--max-length must be between 4 and {limit}, got {max_length}")
+    pooling, normalize = read_pooling(folder) if task == "embedding" else (None, False)
+    info = dict(
+        name=name or folder.name, task=task, max_length=max_length or limit,
+        architecture=(config.get("architectures") or [config.get("model_type", "unknown")])[0],
+        pooling=pooling, normalize=normalize, **per_task,
+        source=provenance or Source(kind="folder", name=str(folder)),
+    )  # fmt: skip
+    out_dir = Path(out_dir).expanduser().resolve()
+    _prepare_target(out_dir, force)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        shutil.copyfile(graph, tmp / ONNX_FILE)
+        # Probe the copy, not the source: a graph whose weights live in external
+        # data files that were not copied fails here, not when served.
+        inputs, output, shape = probe_graph(tmp / ONNX_FILE, config)
+        if task == "embedding":
+            info["dim"] = shape[-1]
+        check_output(task, shape, info["dim"], folder / graph.name)
+        write_tokenizer(folder / TOKENIZER_FILE, tmp / TOKENIZER_FILE)
+        shutil.copyfile(folder / CONFIG_FILE, tmp / CONFIG_FILE)
+        sums = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
+        model_info = ModelInfo(**info, inputs=tuple(inputs), outputs=(output,), checksums=sums)
+        (tmp / INFO_FILE).write_text(model_info.model_dump_json(indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("imported %s (%s) to %s", info["name"], task, out_dir)
+    return ModelDir.open(out_dir)
+
+
+def _read_config(path: Path) -> dict:
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ExportError(f"{path}: not readable JSON ({e})") from None
+    if not isinstance(config, dict):
+        raise ExportError(f"{path}: expected a JSON object")
+    return config

