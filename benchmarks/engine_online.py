@@ -401,8 +401,9 @@ def write_markdown(args, rows, rel, machine, threads) -> None:
         "# Online embedding: closed-loop clients, one text per request",
         "",
         f"{machine['cpu']}, {threads} onnxruntime threads, load average at the end "
-        f"{machine['loadavg_1m']:.1f}. Ratios are against the offline limit measured "
-        "right before each client count. Peers' onnxruntime threads "
+        f"{machine['loadavg_1m']:.1f}. Ratios are against the offline limit measured in "
+        "the same interleaved rounds (at 1 client its batches of 32 come from 120 texts "
+        "and pad poorly). Peers' onnxruntime threads "
         + ("sleep when idle, as textfleet's do." if args.peers_no_spin else "spin (its default)."),
         "",
         "| " + " | ".join(HEADERS) + " |",
