@@ -174,7 +174,10 @@ def textfleet_config(args) -> dict:
                 {
                     "name": MODEL,
                     "model_dir": str(args.model_dir),
-                    "threads": args.threads,
+                    # The same compute threads as the peers, split as textfleet
+                    # splits them by default: `workers` batches side by side.
+                    "threads": max(1, args.threads // args.workers),
+                    "batching": {"workers": args.workers},
                     "ray_actor_options": {"num_cpus": 0},
                 }
             ],
@@ -305,7 +308,8 @@ def engine_latency(args, text: str, n: int = 100) -> float:
 
     from engine.engine import Engine
 
-    with Engine.load(args.model_dir, threads=args.threads) as engine:
+    threads = max(1, args.threads // args.workers)
+    with Engine.load(args.model_dir, threads=threads, batching={"workers": args.workers}) as engine:
         engine.embed([text])
         times = []
         for _ in range(n):
@@ -324,10 +328,17 @@ def main() -> int:
         print(f"skipped: workload {WORKLOAD} is absent", file=sys.stderr)
         return 0
     args.model_dir = ensure_model_dir(args.model_dir)
+    if args.workers is None:
+        from engine.engine import default_workers
+
+        args.workers = min(default_workers("cpu"), args.threads)
     mix = request_mix(load_texts(args.pool), args.max_requests)
     results: dict = {"config": _config(args), "systems": {}, "probes_p50_ms": {}}
     args.overhead = results["overhead_16_clients"] = {}
     started = time.time()
+    # The limit is measured before and after the systems: the machine's speed
+    # drifts, and the mean of the two brackets the servers' runs.
+    limit_before = offline_limit(args, mix)
     if "fastapi" in args.systems:
         rows, probes = run_fastapi(args, mix)
         results["systems"]["fastapi"] = rows
@@ -337,7 +348,13 @@ def main() -> int:
         results["systems"].update(rows)
         results["probes_p50_ms"].update(probes)
     results["probes_p50_ms"]["Engine.embed, 1 text, in process"] = engine_latency(args, mix[0][0])
-    results["offline_limit"] = offline_limit(args, mix)
+    limit_after = offline_limit(args, mix)
+    results["offline_limit"] = {
+        "texts": limit_after["texts"],
+        "texts_per_s": round((limit_before["texts_per_s"] + limit_after["texts_per_s"]) / 2, 2),
+        "before": limit_before,
+        "after": limit_after,
+    }
     results["wall_s"] = round(time.time() - started, 1)
     results["loadavg_1m_after"] = os.getloadavg()[0]
     from benchmarks.http_report import write_reports
@@ -347,14 +364,22 @@ def main() -> int:
     return 0
 
 
+def _lean_env() -> dict:
+    from serve.deploy import LEAN_ENV
+
+    return dict(LEAN_ENV)
+
+
 def _config(args) -> dict:
     return {
         "model_dir": str(args.model_dir),
         "threads": args.threads,
+        "textfleet_workers": args.workers,
         "levels": args.levels,
         "max_requests": args.max_requests,
         "max_seconds": args.max_seconds,
         "ray_env": args.ray_env,
+        "ray_lean_env": _lean_env(),
         "cpus": os.cpu_count(),
         "machine": machine_info(),
         "texts_per_request": "1-4",
@@ -369,6 +394,13 @@ def parse_args():
     p.add_argument("--max-requests", type=int, default=1500, help="per level")
     p.add_argument("--max-seconds", type=float, default=20.0, help="per level")
     p.add_argument("--threads", type=int, default=2, help="onnxruntime threads, all systems")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="textfleet batches computed side by side, each on threads / workers "
+        "onnxruntime threads (default: the engine's, 2 on 2+ cores)",
+    )
     p.add_argument("--pool", type=int, default=5000, help="texts drawn from the workload")
     p.add_argument("--offline-requests", type=int, default=600)
     p.add_argument(

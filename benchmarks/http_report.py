@@ -37,16 +37,20 @@ def markdown(results: dict) -> str:
     lines = [
         "# HTTP load on loopback",
         "",
-        f"Model `{Path(cfg['model_dir']).name}`, onnxruntime threads {cfg['threads']}, "
+        f"Model `{Path(cfg['model_dir']).name}`, onnxruntime threads {cfg['threads']} "
+        + _split(cfg)
+        + ", "
         f"{cfg['cpus']} CPUs shared by servers and load generator; {cfg['texts_per_request']} "
         f"texts per request; each level bounded to {cfg['max_requests']} requests or "
-        f"{cfg['max_seconds']:.0f} s. Ray env: {cfg['ray_env'] or 'defaults'}. "
+        f"{cfg['max_seconds']:.0f} s. Ray env: {cfg['ray_env'] or 'textfleet defaults'}. "
         f"Load average (1 min) before / after: {cfg['machine']['loadavg_1m']:.1f} / "
         f"{results.get('loadavg_1m_after', float('nan')):.1f} (other work on the machine "
         "makes absolute numbers noisy; compare systems within one run).",
         "",
         f"Offline compute limit (tokenized ahead, length-sorted batches of 32): "
-        f"**{offline:.1f} texts/s** ({results['offline_limit']['texts']} texts).",
+        f"**{offline:.1f} texts/s** ({results['offline_limit']['texts']} texts"
+        + _bracket(results["offline_limit"])
+        + ").",
         "",
         "| system | clients | texts/s | x offline | p50 ms | p99 ms | errors |",
         "|---|---:|---:|---:|---:|---:|---:|",
@@ -93,20 +97,37 @@ def markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _split(cfg: dict) -> str:
+    """How textfleet spends the same threads."""
+    workers = cfg.get("textfleet_workers")
+    if not workers or workers == 1:
+        return "(all systems)"
+    return (
+        f"(textfleet: {workers} batches side by side, {max(1, cfg['threads'] // workers)} "
+        "thread each)"
+    )
+
+
+def _bracket(limit: dict) -> str:
+    """'; 80.1 before the servers, 84.3 after' when both were measured."""
+    if "before" not in limit:
+        return ""
+    b, a = limit["before"]["texts_per_s"], limit["after"]["texts_per_s"]
+    return f"; mean of {b:.1f} before the servers and {a:.1f} after"
+
+
 def targets(results: dict) -> list[str]:
     """The issue's targets, as measured ratios (no pass/fail: numbers vary per machine)."""
     top = max(results["config"]["levels"])
-    tf, fa, rb = (_row(results, s, top) for s in SYSTEMS)
+    tf, fa, rb = (_row(results, s, top) for s in ("textfleet", "fastapi", "ray-batch"))
     low_tf, low_fa = _row(results, "textfleet", 1), _row(results, "fastapi", 1)
     out = [f"Ratios at {top} clients:"]
-    if tf and fa:
-        out.append(
-            f"- textfleet / FastAPI throughput: {tf['texts_per_s'] / fa['texts_per_s']:.2f}x"
-        )
-    if tf and rb:
-        out.append(
-            f"- textfleet / Ray batch throughput: {tf['texts_per_s'] / rb['texts_per_s']:.2f}x"
-        )
+    for name, peer in (("FastAPI", fa), ("Ray batch", rb)):
+        if tf and peer:
+            out.append(
+                f"- textfleet / {name}: throughput {tf['texts_per_s'] / peer['texts_per_s']:.2f}x, "
+                f"p99 {tf['p99_ms'] / peer['p99_ms']:.2f}x"
+            )
     if tf:
         offline = results["offline_limit"]["texts_per_s"]
         out.append(f"- textfleet / offline limit: {tf['texts_per_s'] / offline:.2f}")

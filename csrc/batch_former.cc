@@ -36,21 +36,22 @@ static int64_t latest_arrival(int64_t oldest_ns, int64_t now_ns, const BatchKnob
   return now_ns - static_cast<int64_t>(fairness * held);
 }
 
-BatchPlan BatchQueue::plan(int64_t now_ns, const BatchKnobs& knobs) const {
+BatchPlan BatchQueue::plan(int64_t now_ns, const BatchKnobs& knobs, uint32_t parts) const {
   BatchPlan plan;
   if (by_age_.empty()) return plan;
   const auto& [oldest, info] = *by_age_.begin();
-  plan.rows.push_back(oldest);
-  plan.width = info.length;
-  plan.real_tokens = info.length;
-  grow(plan, latest_arrival(info.arrival_ns, now_ns, knobs), knobs);
-  // Arrival order inside the batch: the oldest stays first and a request's
-  // rows come out in index order.
-  std::sort(plan.rows.begin(), plan.rows.end());
+  const int64_t latest = latest_arrival(info.arrival_ns, now_ns, knobs);
+  const auto start = [&] {
+    plan.rows.assign(1, oldest);
+    plan.width = info.length;
+    plan.real_tokens = info.length;
+  };
+  const size_t max_rows = std::max<uint32_t>(knobs.max_batch_size, 1);
+  start();
+  grow(plan, latest, knobs, max_rows);
 
   const uint64_t rows = plan.rows.size();
-  plan.full = rows >= std::max<uint32_t>(knobs.max_batch_size, 1) ||
-              (rows + 1) * plan.width > knobs.max_batch_tokens;
+  plan.full = rows >= max_rows || (rows + 1) * plan.width > knobs.max_batch_tokens;
   if (knobs.max_wait_ns <= 0 || plan.full) {
     plan.ready = true;
   } else {
@@ -60,6 +61,14 @@ BatchPlan BatchQueue::plan(int64_t now_ns, const BatchKnobs& knobs) const {
     plan.ready = now_ns >= due;
     if (!plan.ready) plan.wake_at_ns = due;
   }
+  if (plan.ready && parts > 1 && rows > 1) {
+    // The walk is deterministic, so capping it keeps its first rows.
+    start();
+    grow(plan, latest, knobs, (rows + parts - 1) / parts);
+  }
+  // Arrival order inside the batch: the oldest stays first and a request's
+  // rows come out in index order.
+  std::sort(plan.rows.begin(), plan.rows.end());
   return plan;
 }
 
@@ -69,8 +78,8 @@ BatchPlan BatchQueue::plan(int64_t now_ns, const BatchKnobs& knobs) const {
 // width). The cheaper one joins while it wastes at most max_row_padding. Both
 // costs only grow as we walk outwards, so the first candidate over the limit
 // ends the walk. Rows that arrived after `latest` (fairness) are stepped over.
-void BatchQueue::grow(BatchPlan& plan, int64_t latest, const BatchKnobs& knobs) const {
-  const size_t max_rows = std::max<uint32_t>(knobs.max_batch_size, 1);
+void BatchQueue::grow(BatchPlan& plan, int64_t latest, const BatchKnobs& knobs,
+                      size_t max_rows) const {
   const auto eligible = [&](const LengthKey& k) {
     return latest == kNever || by_age_.at(k.second).arrival_ns <= latest;
   };

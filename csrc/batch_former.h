@@ -25,7 +25,11 @@
 //   which arrived together, always stay eligible together;
 // - max_wait_ns == 0: the batch is ready whenever the executor asks (an idle
 //   executor never waits on a timer); max_wait_ns > 0: a batch that could
-//   still grow is held until its oldest row has waited max_wait_ns.
+//   still grow is held until its oldest row has waited max_wait_ns;
+// - parts > 1 (other executors are idle): a ready batch of n rows keeps only
+//   its first ceil(n / parts) rows in the walk's order (the oldest and the
+//   rows closest to it in length), leaving the rest for the idle executors,
+//   so work that arrives while the machine is idle is spread over all of them.
 #pragma once
 
 #include <cstddef>
@@ -80,8 +84,9 @@ class BatchQueue {
   bool push(SeqKey key, uint32_t length, int64_t arrival_ns);
   // Removes a sequence; its length, or -1 if it was not queued.
   int64_t erase(SeqKey key);
-  // The next batch under knobs at time now. Pure: the queue is not changed.
-  BatchPlan plan(int64_t now_ns, const BatchKnobs& knobs) const;
+  // The next batch under knobs at time now, its share when it is split over
+  // `parts` idle executors. Pure: the queue is not changed.
+  BatchPlan plan(int64_t now_ns, const BatchKnobs& knobs, uint32_t parts = 1) const;
   // Removes the rows of a plan made on this queue state.
   void take(const BatchPlan& plan);
 
@@ -98,8 +103,10 @@ class BatchQueue {
   };
   using LengthKey = std::pair<uint32_t, SeqKey>;
 
-  // Adds rows to a plan holding the oldest sequence (see batch_former.cc).
-  void grow(BatchPlan& plan, int64_t latest_arrival_ns, const BatchKnobs& knobs) const;
+  // Adds rows to a plan holding the oldest sequence (see batch_former.cc),
+  // at most max_rows in all.
+  void grow(BatchPlan& plan, int64_t latest_arrival_ns, const BatchKnobs& knobs,
+            size_t max_rows) const;
 
   std::map<SeqKey, Info> by_age_;
   std::set<LengthKey> by_length_;  // (length, key): equal lengths oldest first

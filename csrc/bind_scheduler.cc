@@ -150,10 +150,11 @@ void bind_former(py::module_& m) {
           py::arg("order"), py::arg("index"), "Remove a sequence; its length, or -1.")
       .def(
           "plan",
-          [](const BatchQueue& q, double now, const BatchKnobs& knobs) {
-            return q.plan(seconds_to_ns(now), knobs);
+          [](const BatchQueue& q, double now, const BatchKnobs& knobs, uint32_t parts) {
+            return q.plan(seconds_to_ns(now), knobs, parts);
           },
-          py::arg("now"), py::arg("knobs"), "The next batch at time now (seconds); pure.")
+          py::arg("now"), py::arg("knobs"), py::arg("parts") = 1,
+          "The next batch at time now (seconds), its share over `parts` idle executors; pure.")
       .def("take", &BatchQueue::take, py::arg("plan"), "Remove a plan's rows.")
       .def("__len__", &BatchQueue::size)
       .def_property_readonly("tokens", &BatchQueue::tokens);

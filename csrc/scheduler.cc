@@ -181,7 +181,7 @@ void Scheduler::enqueue_locked(uint64_t id, uint32_t first, std::vector<TokenSeq
     r.seqs[index] = std::move(seqs[i]);
     queue_.push({r.order, index}, length, r.arrival_ns);
   }
-  if (executor_waiting_) {
+  if (executors_waiting_ > 0) {
     exec_cv_.notify_one();
   } else {
     post_prefetch_locked(steady_now_ns());
@@ -206,7 +206,7 @@ void Scheduler::worker_loop() {
     lock.lock();
     // The executor may be waiting for this task: for its sequences, or, when
     // draining, for the last task to finish.
-    if (executor_waiting_) exec_cv_.notify_one();
+    if (executors_waiting_ > 0) exec_cv_.notify_one();
   }
 }
 
@@ -252,7 +252,7 @@ void Scheduler::tokenize_task(const Task& task) {
 
 void Scheduler::post_prefetch_locked(int64_t now_ns) {
   if (stopping_) return;  // workers may be gone; the executor forms the rest itself
-  if (executor_waiting_ || prefetched_ || prefetching_ || prefetch_posted_) return;
+  if (executors_waiting_ > 0 || prefetched_ || prefetching_ || prefetch_posted_) return;
   if (queue_.size() < 2 && queue_.tokens() * 2 <= opt_.knobs.max_batch_tokens) return;
   if (!queue_.plan(now_ns, opt_.knobs).full) return;  // it can still grow: form it late
   prefetch_posted_ = true;
@@ -265,7 +265,7 @@ void Scheduler::post_prefetch_locked(int64_t now_ns) {
 void Scheduler::prefetch() {
   std::unique_lock<std::mutex> lock(mu_);
   prefetch_posted_ = false;
-  if (executor_waiting_ || prefetched_ || prefetching_ || (stopping_ && !draining_)) return;
+  if (executors_waiting_ > 0 || prefetched_ || prefetching_ || (stopping_ && !draining_)) return;
   const int64_t now = steady_now_ns();
   expire_locked(now);
   const BatchPlan plan = queue_.plan(now, opt_.knobs);
@@ -423,9 +423,12 @@ std::unique_ptr<ReadyBatch> Scheduler::next_batch() {
         if (drop_cancelled_rows_locked(*rows)) batch.reset();
         if (!rows->ids.empty()) ++stats_.prefetched_batches;
       } else {
-        const BatchPlan plan = queue_.plan(now, opt_.knobs);
+        // Executors that are idle share what is queued (see BatchQueue::plan).
+        const uint32_t parts = 1 + static_cast<uint32_t>(executors_waiting_);
+        const BatchPlan plan = queue_.plan(now, opt_.knobs, parts);
         if (plan.ready && !plan.rows.empty()) rows = std::make_unique<Taken>(take_locked(plan));
         wake_at = plan.wake_at_ns;
+        if (rows && executors_waiting_ > 0 && !queue_.empty()) exec_cv_.notify_one();
       }
       if (rows && rows->ids.empty()) continue;  // every prefetched row was cancelled
       if (rows) {
@@ -440,13 +443,13 @@ std::unique_ptr<ReadyBatch> Scheduler::next_batch() {
         return batch;
       }
     }
-    executor_waiting_ = true;
+    ++executors_waiting_;
     if (wake_at == kNever) {
       exec_cv_.wait(lock);  // no timer: something will be queued and wake us
     } else {
       exec_cv_.wait_until(lock, to_time_point(wake_at));
     }
-    executor_waiting_ = false;
+    --executors_waiting_;
   }
 }
 

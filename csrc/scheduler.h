@@ -2,8 +2,9 @@
 //
 // submit() admits a request (or fails at once when the queue is full),
 // tokenizes it (small requests on the calling thread, larger ones in chunks
-// on worker threads) and queues its sequences. The executor thread calls
-// next_batch() in a loop: it blocks until the batch former (batch_former.h)
+// on worker threads) and queues its sequences. Executor threads (one, or a
+// few computing batches side by side) call next_batch() in a loop, each
+// getting a different batch: it blocks until the batch former (batch_former.h)
 // says a batch is ready, and gets the padded int64 arrays plus, for every
 // row, the request id and text index it belongs to. While the executor
 // computes, new sequences queue up (the next batch grows), and a batch that
@@ -94,7 +95,7 @@ class Scheduler {
   bool cancel(uint64_t id, bool timed_out = false);
   // Blocks until a batch is ready (or requests failed outside a batch, see
   // ReadyBatch::failures); nullptr once shut down (after draining the queue
-  // when shutdown(drain=true)).
+  // when shutdown(drain=true)). Safe to call from several executor threads.
   std::unique_ptr<ReadyBatch> next_batch();
   // Stops accepting requests and wakes every waiter.
   void shutdown(bool drain);
@@ -182,7 +183,7 @@ class Scheduler {
   std::unique_ptr<ReadyBatch> prefetched_batch_;
   bool prefetching_ = false;
   bool prefetch_posted_ = false;
-  bool executor_waiting_ = false;
+  int executors_waiting_ = 0;  // executor threads blocked in next_batch()
   bool stopping_ = false;
   bool draining_ = false;
   SchedulerStats stats_;

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from engine import _native
-from engine.backends.base import Backend, create_backend
+from engine.backends.base import Backend, create_backend, physical_cores
 from engine.batch import Batch
 from engine.config import BatchingConfig
 from engine.errors import EngineError, ModelDirError
@@ -70,6 +70,31 @@ def plan_batches(
     return batches
 
 
+def default_workers(device: str) -> int:
+    """Executor threads when ``BatchingConfig.workers`` is None: two on a CPU with
+    cores to share (see the knob), one on a GPU (a second stream of batches there
+    needs its own CUDA stream to overlap, which the backends do not use)."""
+    return 2 if device == "cpu" and physical_cores() >= 2 else 1
+
+
+def effective_max_length(model_limit: int, requested: int | None) -> int:
+    """The model directory's ``max_length``, or a lower one asked for at load.
+
+    Raising it is refused: the directory's limit is what the model was built
+    for (position embeddings, the length it was trained and checked at).
+    """
+    if requested is None:
+        return model_limit
+    if isinstance(requested, bool) or not isinstance(requested, int) or requested < 4:
+        raise ValueError(f"max_length must be an int >= 4, got {requested!r}")
+    if requested > model_limit:
+        raise ValueError(
+            f"max_length {requested} is above the model directory's max_length {model_limit}; "
+            "it can only be lowered"
+        )
+    return requested
+
+
 class Engine(TaskMethods):
     """One model: tokenizer + backend + task head. Build with ``Engine.load``.
 
@@ -111,7 +136,7 @@ class Engine(TaskMethods):
         )
         encoder, pretokenize = self.tokenizer.native, None
         if encoder is None:  # Hugging Face fallback: tokenize in Python, queue the ids
-            encoder = _native.PretokenizedEncoder(self.info.max_length, self.tokenizer.pad_id)
+            encoder = _native.PretokenizedEncoder(self.max_length, self.tokenizer.pad_id)
             pretokenize = self._pretokenize
         native = _native.Scheduler(
             encoder,
@@ -121,7 +146,14 @@ class Engine(TaskMethods):
         )
         # Token classification rows are ragged ([tokens, labels] per text): keep a list.
         finalize = list if self.info.task == "token-classification" else np.stack
-        return Scheduler(native, self._run_batch, finalize, pretokenize, name=self.info.name)
+        return Scheduler(
+            native,
+            self._run_batch,
+            finalize,
+            pretokenize,
+            name=self.info.name,
+            workers=cfg.workers or 1,
+        )
 
     def _pretokenize(self, texts: list[str], pairs: list[str] | None):
         encs = self.tokenizer.encode_batch(texts, pairs)
@@ -142,17 +174,26 @@ class Engine(TaskMethods):
         device: str = "cpu",
         threads: int | None = None,
         batching: BatchingConfig | dict | None = None,
+        max_length: int | None = None,
     ) -> Engine:
         """Open and validate the model directory, load the tokenizer and the backend.
 
         ``batching``: a ``BatchingConfig`` (used as is), a dict of knobs (over the
         model directory's defaults, see ``ModelInfo.batching``) or None (those defaults).
+        ``max_length``: truncate inputs to fewer tokens than the directory's
+        ``max_length`` (cheaper, bounded latency); None keeps the directory's.
         """
         md = model_dir if isinstance(model_dir, ModelDir) else ModelDir.open(model_dir)
         batching = resolve_batching(md.info.batching, batching)
         tokenizer = Tokenizer.from_file(
-            md.tokenizer_path, max_length=md.info.max_length, num_threads=batching.tokenizer_threads
+            md.tokenizer_path,
+            max_length=effective_max_length(md.info.max_length, max_length),
+            num_threads=batching.tokenizer_threads,
         )
+        if batching.workers is None:
+            batching = batching.model_copy(update={"workers": default_workers(device)})
+        if threads is None and batching.workers > 1:
+            threads = max(1, physical_cores() // batching.workers)
         runtime = create_backend(backend, md, device=device, threads=threads)
         runtime.load()
         return cls(md, tokenizer, runtime, batching)
@@ -161,11 +202,16 @@ class Engine(TaskMethods):
     def info(self) -> ModelInfo:
         return self.model_dir.info
 
+    @property
+    def max_length(self) -> int:
+        """Tokens per sequence this engine keeps (special tokens included)."""
+        return self.tokenizer.max_length
+
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """float32 [len(texts), dim], row i for texts[i].
 
         A non-str item raises TypeError naming its index; texts longer than
-        ``info.max_length`` tokens are truncated.
+        ``max_length`` tokens are truncated.
         """
         self._require("embedding", "embed")
         texts = check_texts(texts, "texts")
@@ -224,7 +270,7 @@ class Engine(TaskMethods):
         return scheduler_stats(self._scheduler.stats())
 
     def health(self) -> bool:
-        return not self._closed and self.backend.health()
+        return not self._closed and self._scheduler.alive and self.backend.health()
 
     def close(self) -> None:
         """Stop the scheduler (waiting calls fail with EngineClosed) and release the

@@ -3,9 +3,12 @@
 The native ``Scheduler`` (csrc/scheduler.h) queues, batches and collates; this
 module owns what needs Python:
 
-- one executor thread that loops ``next_batch()`` (the GIL is released while
-  it waits), runs the model on the batch and hands every row back to its
-  request by ``(request id, index)``;
+- the executor threads (``workers``, one by default) that loop
+  ``next_batch()`` (the GIL is released while they wait), run the model on
+  the batch and hand every row back to its request by ``(request id,
+  index)``. Several workers compute different batches side by side (each
+  backend run single-threaded, say): no fork-join barrier inside a run for
+  another process to stall on a small shared CPU;
 - the callers' side: ``run_async`` resolves an asyncio future on the caller's
   own loop (``call_soon_threadsafe``), ``run_sync`` wakes a waiting thread.
 
@@ -103,7 +106,7 @@ def _settle_many(items) -> None:
 
 
 class Scheduler:
-    """Submits requests to a native scheduler and runs its batches on one thread."""
+    """Submits requests to a native scheduler and runs its batches on ``workers`` threads."""
 
     def __init__(
         self,
@@ -112,7 +115,10 @@ class Scheduler:
         finalize: Finalize = np.stack,
         pretokenize: Pretokenize | None = None,
         name: str = "engine",
+        workers: int = 1,
     ):
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
         self._native = native
         self._run_batch = run_batch
         self._finalize = finalize
@@ -121,10 +127,15 @@ class Scheduler:
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
         self._closed = False
-        self._thread = threading.Thread(
-            target=self._executor, name=f"textfleet-executor-{name}", daemon=True
-        )
-        self._thread.start()
+        self._running = workers  # executors still looping; the last one out fails the rest
+        self._threads = [
+            threading.Thread(
+                target=self._executor, name=f"textfleet-executor-{name}-{i}", daemon=True
+            )
+            for i in range(workers)
+        ]
+        for thread in self._threads:
+            thread.start()
 
     # ---- callers ---------------------------------------------------------------
 
@@ -254,7 +265,11 @@ class Scheduler:
         except BaseException:  # a bug here must not leave callers waiting forever
             log.exception("scheduler executor stopped")
             self._native.shutdown(drain=False)
-        self._fail_all(EngineClosed("the engine is closed"))
+        with self._lock:
+            self._running -= 1
+            last = self._running == 0
+        if last:  # others may still be computing a drained batch until then
+            self._fail_all(EngineClosed("the engine is closed"))
 
     def _run_one(self, nb) -> None:
         start = time.perf_counter()
@@ -344,5 +359,13 @@ class Scheduler:
         with self._lock:
             self._closed = True
         self._native.shutdown(drain=drain)
-        if self._thread is not threading.current_thread():
-            self._thread.join(timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for thread in self._threads:
+            if thread is not threading.current_thread():
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                thread.join(left)
+
+    @property
+    def alive(self) -> bool:
+        """Every executor thread is still looping."""
+        return all(thread.is_alive() for thread in self._threads)

@@ -127,6 +127,32 @@ def test_max_wait_holds_a_batch_that_can_grow_until_the_oldest_waited():
     assert full.full and full.ready
 
 
+def test_idle_executors_share_a_ready_batch():
+    lengths = [20, 200, 22, 190, 19, 60, 21, 195, 18]
+    knobs = Knobs(max_batch_size=32, max_row_padding=8)
+    q = queue_of(lengths)
+    whole = q.plan(0.0, knobs)
+    assert len(whole.rows) == 5
+    half = q.plan(0.0, knobs, parts=2)
+    # The oldest and the rows nearest it in length: ceil(5 / 2) of them.
+    assert half.rows[0] == (0, 0) and len(half.rows) == 3
+    assert sorted(lengths[o] for o, _ in half.rows) == [19, 20, 21]
+    assert half.width == 21 and half.real_tokens == 60 and half.full == whole.full
+    q.take(half)
+    left = sorted(lengths[o] for plan in drain(q, knobs) for o, _ in plan.rows)
+    assert left == [18, 22, 60, 190, 195, 200]
+    # One row is never split, and parts larger than the rows leave one each.
+    assert len(queue_of([50]).plan(0.0, knobs, parts=4).rows) == 1
+    assert len(queue_of([10] * 3).plan(0.0, knobs, parts=8).rows) == 1
+
+
+def test_a_held_batch_is_not_split():
+    knobs = Knobs(max_batch_size=4, max_wait_ms=5)
+    q = queue_of([10, 10], arrivals=[1.000, 1.002])
+    held = q.plan(1.003, knobs, parts=2)
+    assert not held.ready and len(held.rows) == 2
+
+
 def test_starvation_freedom_and_every_sequence_served_once():
     lengths = [5, 250, 7, 9, 240, 30, 31, 6, 128, 129, 8, 300, 4] * 5
     q = queue_of(lengths)

@@ -119,6 +119,27 @@ def test_long_texts_are_truncated_at_max_length(engine):
     np.testing.assert_allclose(a, b, atol=1e-6)
 
 
+def test_lower_max_length_at_load_matches_the_reference(model_dir, source_dir, engine):
+    long = "the quick brown fox jumps over the lazy dog " * 20
+    texts = [long, "two words", SENTENCES[0]]
+    with Engine.load(model_dir, threads=1, max_length=32) as short:
+        assert short.max_length == 32
+        assert short.count_tokens(texts) == [32, 4, engine.count_tokens([SENTENCES[0]])[0]]
+        got = short.embed(texts)
+    want = reference_embeddings(source_dir, texts, max_length=32)
+    assert cosine(got, want).min() > 0.9999
+    # Short texts are unaffected; the long one differs from the full-length vector.
+    np.testing.assert_allclose(got[1:], engine.embed(texts[1:]), atol=1e-5)
+    assert cosine(got[:1], engine.embed(texts[:1]))[0] < 0.999
+
+
+def test_max_length_can_only_be_lowered(model_dir, engine):
+    with pytest.raises(ValueError, match=r"max_length 1024 is above .* max_length 256"):
+        Engine.load(model_dir, max_length=1024)
+    with pytest.raises(ValueError, match="max_length must be an int >= 4"):
+        Engine.load(model_dir, max_length=2)
+
+
 def test_bad_input_names_the_index(engine):
     with pytest.raises(TypeError, match=r"texts\[1\] must be str, got int"):
         engine.embed(["fine", 3])

@@ -212,6 +212,7 @@ def test_batching_knobs_come_from_the_model_dir_and_the_caller(model_dir, tmp_pa
     from pydantic import ValidationError
 
     from engine.config import BatchingConfig
+    from engine.engine import default_workers
 
     local = tmp_path / "model"
     shutil.copytree(model_dir.path, local)
@@ -223,7 +224,10 @@ def test_batching_knobs_come_from_the_model_dir_and_the_caller(model_dir, tmp_pa
     with Engine.load(local, threads=1, batching={"max_batch_size": 4}) as eng:
         assert (eng.batching.max_batch_size, eng.batching.max_row_padding) == (4, 64)
     with Engine.load(local, threads=1, batching=BatchingConfig()) as eng:
-        assert eng.batching == BatchingConfig()
+        # workers None resolves at load (2 on a CPU with 2+ cores); the rest as given.
+        assert eng.batching == BatchingConfig(workers=default_workers("cpu"))
+    with Engine.load(local, threads=1, batching={"workers": 1}) as eng:
+        assert eng.batching.workers == 1
     with pytest.raises(ValidationError, match="max_batch_size"):
         Engine.load(local, threads=1, batching={"max_batch_size": 0})
     with pytest.raises(ValidationError, match="max_wait_msec"):
