@@ -157,6 +157,18 @@ def test_corrupt_model_dir_fails_loading_naming_model_and_path(model_dir, tmp_pa
         load_engine(cfg)
 
 
+def test_models_yaml_max_length_lowers_the_engine_limit(model_dir):
+    from serve.server import load_engine
+
+    cfg = parse_model({"name": "short", "model_dir": str(model_dir.path), "max_length": 32})
+    with load_engine(cfg) as engine:
+        assert engine.max_length == 32
+        assert engine.count_tokens(["word " * 100]) == [32]
+    too_long = parse_model({"name": "long", "model_dir": str(model_dir.path), "max_length": 4096})
+    with pytest.raises(ModelDirError, match=r"model 'long': .*max_length 4096 is above"):
+        load_engine(too_long)
+
+
 # ---------------------------------------------------------------- the real V2 client
 
 
