@@ -201,57 +201,90 @@ def peer_config(args) -> dict:
     }
 
 
-def run_ray_systems(args, mix) -> tuple[dict, dict]:
+RAY_SYSTEMS = ("ray-batch", "textfleet", "textfleet-ray-proxy")
+
+
+def run_ray_system(system: str, args) -> dict:
+    """One Ray-based system in a fresh process with a fresh Ray: each is measured
+    as it is deployed. The hand-written peer gets Ray Serve's defaults (its
+    Python HTTP proxy); textfleet gets what ``textfleet serve`` sets up
+    (HAProxy ingress when installed); ``textfleet-ray-proxy`` is textfleet
+    through Ray's proxy, to show what the ingress is worth."""
+    import json
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "result.json"
+        argv = [sys.executable, str(Path(__file__).resolve()), "--child", system]
+        argv += ["--child-out", str(out), *sys.argv[1:]]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_SERVE_")}
+        subprocess.run(argv, cwd=ROOT, env=env, check=True)
+        return json.loads(out.read_text())
+
+
+def child_main(args) -> int:
+    """Runs in the subprocess of ``run_ray_system``."""
+    mix = request_mix(load_texts(args.pool), args.max_requests)
+    args.overhead = {}
+    rows, probes, ingress = _measure_ray_system(args.child, args, mix)
+    args.child_out.write_bytes(
+        orjson.dumps(
+            {"rows": rows, "probes": probes, "overhead": args.overhead, "ingress": ingress}
+        )
+    )
+    return 0
+
+
+def _measure_ray_system(system: str, args, mix) -> tuple[list, dict, str]:
+    import ray
     from ray import serve
 
     from serve import deploy
     from serve.config import GATEWAY_APP
 
     env = dict(kv.split("=", 1) for kv in args.ray_env)
-    deploy.start_ray(num_cpus=2, env=env, log_to_driver=False)
-    rows, probes = {}, {}
+    if system == "ray-batch":  # the usual way: Ray's defaults
+        os.environ.update(env)
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="serve")
+        ingress = "ray-proxy"
+    else:
+        want = "ray-proxy" if system == "textfleet-ray-proxy" else args.ingress
+        ingress = deploy.start_ray(num_cpus=2, env=env, log_to_driver=False, ingress=want)
+    probes: dict = {}
     try:
-        if "ray-batch" in args.systems:
+        if system == "ray-batch":
             deploy.apply(peer_config(args))
             _check_running(deploy.wait(["peer"], timeout_s=300))
-            rows["ray-batch"] = measure(
-                "ray-batch", args.port, plain_requests(mix, args.port, "/peer"), args
-            )
+            rows = measure(system, args.port, plain_requests(mix, args.port, "/peer"), args)
             probes["ray-batch GET /peer (trivial)"] = probe(args.port, "GET", "/peer")
             args.overhead["ray-batch GET /peer"] = saturate(
                 "ray-batch trivial", args.port, "GET", "/peer", b"", args
             )
-        if "textfleet" in args.systems:
-            deploy.apply(textfleet_config(args))
-            _check_running(deploy.wait([MODEL, GATEWAY_APP], timeout_s=300))
-            rows["textfleet"] = measure("textfleet", args.port, v2_requests(mix, args.port), args)
-            one = v2_requests([[mix[0][0]]], args.port)[0].body
-            probes.update(
-                {
-                    "textfleet GET /v2/models/m/ready (proxy->replica)": probe(
-                        args.port, "GET", f"/v2/models/{MODEL}/ready"
-                    ),
-                    "textfleet GET /v2/health/live (proxy->gateway)": probe(
-                        args.port, "GET", "/v2/health/live"
-                    ),
-                    "textfleet POST infer, 1 text": probe(
-                        args.port, "POST", f"/v2/models/{MODEL}/infer", one
-                    ),
-                }
-            )
-            ready, live = f"/v2/models/{MODEL}/ready", "/v2/health/live"
-            args.overhead["textfleet GET /v2/models/m/ready"] = saturate(
-                "textfleet ready", args.port, "GET", ready, b"", args
-            )
-            args.overhead["textfleet GET /v2/health/live"] = saturate(
-                "textfleet live", args.port, "GET", live, b"", args
-            )
+            return rows, probes, ingress
+        deploy.apply(textfleet_config(args))
+        _check_running(deploy.wait([MODEL, GATEWAY_APP], timeout_s=300))
+        rows = measure(system, args.port, v2_requests(mix, args.port), args)
+        one = v2_requests([[mix[0][0]]], args.port)[0].body
+        ready, live = f"/v2/models/{MODEL}/ready", "/v2/health/live"
+        probes.update(
+            {
+                f"{system} GET /v2/models/m/ready (-> replica)": probe(args.port, "GET", ready),
+                f"{system} GET /v2/health/live (-> gateway)": probe(args.port, "GET", live),
+                f"{system} POST infer, 1 text": probe(
+                    args.port, "POST", f"/v2/models/{MODEL}/infer", one
+                ),
+            }
+        )
+        args.overhead[f"{system} GET /v2/models/m/ready"] = saturate(
+            f"{system} ready", args.port, "GET", ready, b"", args
+        )
+        args.overhead[f"{system} GET /v2/health/live"] = saturate(
+            f"{system} live", args.port, "GET", live, b"", args
+        )
+        return rows, probes, ingress
     finally:
         serve.shutdown()
-        import ray
-
         ray.shutdown()
-    return rows, probes
 
 
 def _check_running(states) -> None:
@@ -332,6 +365,8 @@ def main() -> int:
         from engine.engine import default_workers
 
         args.workers = min(default_workers("cpu"), args.threads)
+    if args.child:
+        return child_main(args)
     mix = request_mix(load_texts(args.pool), args.max_requests)
     results: dict = {"config": _config(args), "systems": {}, "probes_p50_ms": {}}
     args.overhead = results["overhead_16_clients"] = {}
@@ -343,10 +378,13 @@ def main() -> int:
         rows, probes = run_fastapi(args, mix)
         results["systems"]["fastapi"] = rows
         results["probes_p50_ms"].update(probes)
-    if {"ray-batch", "textfleet"} & set(args.systems):
-        rows, probes = run_ray_systems(args, mix)
-        results["systems"].update(rows)
-        results["probes_p50_ms"].update(probes)
+    results["ingress"] = {}
+    for system in (s for s in RAY_SYSTEMS if s in args.systems):
+        got = run_ray_system(system, args)
+        results["systems"][system] = got["rows"]
+        results["probes_p50_ms"].update(got["probes"])
+        results["overhead_16_clients"].update(got["overhead"])
+        results["ingress"][system] = got["ingress"]
     results["probes_p50_ms"]["Engine.embed, 1 text, in process"] = engine_latency(args, mix[0][0])
     limit_after = offline_limit(args, mix)
     results["offline_limit"] = {
@@ -389,7 +427,19 @@ def _config(args) -> dict:
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model-dir", type=Path, default=None, help=f"default: {DEFAULT_MODEL_DIR}")
-    p.add_argument("--systems", default="fastapi,ray-batch,textfleet", type=lambda s: s.split(","))
+    p.add_argument(
+        "--systems",
+        default="fastapi,ray-batch,textfleet,textfleet-ray-proxy",
+        type=lambda s: s.split(","),
+    )
+    p.add_argument(
+        "--ingress",
+        default="auto",
+        choices=["auto", "haproxy", "ray-proxy"],
+        help="textfleet's HTTP ingress (server.ingress in models.yaml)",
+    )
+    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--child-out", type=Path, default=None, help=argparse.SUPPRESS)
     p.add_argument("--levels", default="1,16,64", type=lambda s: [int(x) for x in s.split(",")])
     p.add_argument("--max-requests", type=int, default=1500, help="per level")
     p.add_argument("--max-seconds", type=float, default=20.0, help="per level")

@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-SYSTEMS = ("fastapi", "ray-batch", "textfleet")
+SYSTEMS = ("fastapi", "ray-batch", "textfleet", "textfleet-ray-proxy")
 LABELS = {
     "fastapi": "FastAPI + uvicorn wrapper",
-    "ray-batch": "Ray Serve @serve.batch (hand-written)",
-    "textfleet": "textfleet (V2 infer)",
+    "ray-batch": "Ray Serve @serve.batch (hand-written, Ray's defaults)",
+    "textfleet": "textfleet (V2 infer, as `textfleet serve` runs it)",
+    "textfleet-ray-proxy": "textfleet through Ray Serve's Python proxy",
 }
 
 
@@ -42,10 +43,14 @@ def markdown(results: dict) -> str:
         + ", "
         f"{cfg['cpus']} CPUs shared by servers and load generator; {cfg['texts_per_request']} "
         f"texts per request; each level bounded to {cfg['max_requests']} requests or "
-        f"{cfg['max_seconds']:.0f} s. Ray env: {cfg['ray_env'] or 'textfleet defaults'}. "
+        f"{cfg['max_seconds']:.0f} s. extra Ray env: {cfg['ray_env'] or 'none'}. "
         f"Load average (1 min) before / after: {cfg['machine']['loadavg_1m']:.1f} / "
         f"{results.get('loadavg_1m_after', float('nan')):.1f} (other work on the machine "
         "makes absolute numbers noisy; compare systems within one run).",
+        "",
+        "HTTP ingress: "
+        + (", ".join(f"{k} {v}" for k, v in results.get("ingress", {}).items()) or "not recorded")
+        + ". Each Ray system runs in its own process with a fresh Ray.",
         "",
         f"Offline compute limit (tokenized ahead, length-sorted batches of 32): "
         f"**{offline:.1f} texts/s** ({results['offline_limit']['texts']} texts"

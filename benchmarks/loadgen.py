@@ -144,6 +144,10 @@ def process_role(p: psutil.Process) -> str | None:
         return None
     if "ray::ProxyActor" in cmd:
         return "ray proxy"
+    if p.name() == "haproxy":
+        return "haproxy"
+    if "HAProxyManager" in cmd:
+        return "ray haproxy manager"
     if "ray::ServeReplica" in cmd:
         return "replica " + cmd.split("ray::ServeReplica:", 1)[1].split()[0].split(":")[0]
     if "ray::ServeController" in cmd:

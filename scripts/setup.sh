@@ -15,6 +15,23 @@ inputs_hash() {
   cat pyproject.toml setup.py csrc/* scripts/setup.sh 2>/dev/null | sha256sum | cut -d' ' -f1
 }
 
+# HAProxy: the fast HTTP ingress of `textfleet serve` (serve/README.md). Optional:
+# without it textfleet serves through Ray Serve's Python proxy instead.
+if ! command -v haproxy >/dev/null 2>&1 && [ ! -x /usr/sbin/haproxy ]; then
+  apt=()
+  if [ "$(id -u)" = 0 ]; then apt=(apt-get); elif sudo -n true 2>/dev/null; then apt=(sudo -n apt-get); fi
+  if [ ${#apt[@]} -gt 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "setup: installing haproxy (Debian package)"
+    export DEBIAN_FRONTEND=noninteractive
+    "${apt[@]}" install -y -q haproxy >/dev/null 2>&1 ||
+      { "${apt[@]}" update -q >/dev/null 2>&1 && "${apt[@]}" install -y -q haproxy >/dev/null 2>&1; } ||
+      echo "setup: could not install haproxy; serving falls back to Ray's proxy" >&2
+  else
+    echo "setup: haproxy not found and no root to install it; serving uses Ray's proxy" \
+      "(install it for the fast path: apt-get install haproxy)" >&2
+  fi
+fi
+
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 want=$(inputs_hash)
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && "$VENV/bin/python" -c "import engine._native" 2>/dev/null; then

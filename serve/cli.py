@@ -91,7 +91,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     for warning in missing_model_dirs(models):
         print(f"warning: {warning}", file=sys.stderr)
 
-    deploy.start_ray(metrics_export_port=server.metrics_export_port, num_cpus=args.num_cpus)
+    try:
+        ingress = deploy.start_ray(
+            metrics_export_port=server.metrics_export_port,
+            num_cpus=args.num_cpus,
+            ingress=server.ingress,
+        )
+    except (RuntimeError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"ingress: {ingress}", file=sys.stderr)
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         deploy.apply(serve_config(models))

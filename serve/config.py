@@ -220,13 +220,13 @@ class GatewayConfig(_Strict):
 
 
 class ServerConfig(_Strict):
-    """Where and how the Ray Serve HTTP proxy listens."""
+    """Where and how the HTTP front door listens."""
 
     host: str = "127.0.0.1"
     """Listen address; loopback by default. Use 0.0.0.0 to expose the server."""
 
     port: int = Field(8000, ge=1, le=65535)
-    """HTTP port of the Ray Serve proxy."""
+    """HTTP port (of HAProxy or of Ray Serve's proxy, see ``ingress``)."""
 
     metrics_export_port: int = Field(8080, ge=1, le=65535)
     """Prometheus endpoint of Ray's metrics agent (``textfleet serve`` only)."""
@@ -236,6 +236,14 @@ class ServerConfig(_Strict):
 
     access_log: bool = False
     """Per-request access log lines; off by default (a measurable cost per request)."""
+
+    ingress: Literal["auto", "haproxy", "ray-proxy"] = "auto"
+    """What carries HTTP to the replicas (``textfleet serve`` only, see serve/README.md).
+    ``haproxy``: Ray Serve's HAProxy mode: HAProxy listens on host:port and forwards
+    each request straight to an HTTP server inside the model's replica (Ray's direct
+    ingress), no Ray call on the request path. ``ray-proxy``: Ray Serve's Python HTTP
+    proxy, which hands each request to the replica as Ray calls. ``auto``: haproxy
+    when the ``haproxy`` binary is on PATH, else ray-proxy."""
 
     gateway: GatewayConfig = GatewayConfig()
 

@@ -76,7 +76,7 @@ def served(model_dir, tmp_path_factory):
 
     port, metrics_port = free_port(), free_port()
     path = models_yaml(tmp_path_factory.mktemp("serve") / "models.yaml", model_dir.path, port)
-    deploy.start_ray(
+    ingress = deploy.start_ray(
         metrics_export_port=metrics_port,
         num_cpus=2,
         log_to_driver=False,
@@ -92,6 +92,7 @@ def served(model_dir, tmp_path_factory):
         "yaml": path,
         "model_dir": model_dir.path,
         "states": states,
+        "ingress": ingress,
     }
     serve.shutdown()
     ray.shutdown()
@@ -155,6 +156,23 @@ def test_corrupt_model_dir_fails_loading_naming_model_and_path(model_dir, tmp_pa
     cfg = parse_model({"name": "bad", "model_dir": str(corrupt)})
     with pytest.raises(ModelDirError, match=rf"model 'bad': cannot load {corrupt}"):
         load_engine(cfg)
+
+
+def test_ingress_is_haproxy_when_installed_unless_asked_otherwise(served):
+    import os
+
+    import psutil
+
+    from serve.deploy import INGRESS_ENV, resolve_ingress
+
+    want = os.environ.get(INGRESS_ENV) or resolve_ingress("auto")[0]
+    assert served["ingress"] == want
+    listeners = {
+        c.pid for c in psutil.net_connections("tcp") if c.laddr and c.laddr.port == served["port"]
+    }
+    names = {psutil.Process(pid).name() for pid in listeners if pid}
+    # HAProxy listens on the HTTP port itself; otherwise Ray's proxy actor does.
+    assert ("haproxy" in names) == (want == "haproxy"), names
 
 
 def test_models_yaml_max_length_lowers_the_engine_limit(model_dir):
