@@ -53,6 +53,7 @@ from benchmarks.common import (  # noqa: E402
 from benchmarks.http_peers import PlainEmbedder  # noqa: E402
 from engine import Engine  # noqa: E402
 from engine.backends.base import physical_cores  # noqa: E402
+from engine.engine import default_workers  # noqa: E402
 
 VARIANTS = ("lock", "serve_batch", "textfleet")
 
@@ -260,6 +261,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--model-dir", default=None, help="default: the exported default model")
     p.add_argument("--int8", default=None, help="also run textfleet on this (int8) model dir")
     p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
+    p.add_argument(
+        "--workers", type=int, default=None, help="textfleet batches side by side (engine default)"
+    )
     p.add_argument("--clients", type=int, nargs="+", default=[1, 8, 64])
     p.add_argument("--requests", type=int, default=600, help="requests per run (8+ clients)")
     p.add_argument("--requests-single", type=int, default=150, help="requests with 1 client")
@@ -279,9 +283,13 @@ def main(argv=None) -> int:
     threads = args.threads or physical_cores()
     model_dir = ensure_model_dir(args.model_dir)
     texts = load_texts(max(args.requests, args.requests_single))
-    engines = {"textfleet": Engine.load(model_dir, threads=threads)}
+    # textfleet spends the same threads its own way: `workers` batches side by
+    # side on threads / workers each (the engine's default split).
+    workers = args.workers = args.workers or min(default_workers("cpu"), threads)
+    split = {"threads": max(1, threads // workers), "batching": {"workers": workers}}
+    engines = {"textfleet": Engine.load(model_dir, **split)}
     if args.int8:
-        engines["textfleet int8"] = Engine.load(args.int8, threads=threads)
+        engines["textfleet int8"] = Engine.load(args.int8, **split)
     embedder = PlainEmbedder(str(model_dir), threads)
     if args.peers_no_spin:
         stop_spinning(embedder, Path(model_dir), threads)
@@ -400,7 +408,8 @@ def write_markdown(args, rows, rel, machine, threads) -> None:
     lines = [
         "# Online embedding: closed-loop clients, one text per request",
         "",
-        f"{machine['cpu']}, {threads} onnxruntime threads, load average at the end "
+        f"{machine['cpu']}, {threads} onnxruntime threads (textfleet: "
+        f"{args.workers} batches side by side on them), load average at the end "
         f"{machine['loadavg_1m']:.1f}. Ratios are against the offline limit measured in "
         "the same interleaved rounds (at 1 client its batches of 32 come from 120 texts "
         "and pad poorly). Peers' onnxruntime threads "

@@ -20,6 +20,6 @@ run_pytest() {
 # `serve run` and of machines without HAProxy.
 run_pytest "$@" || exit $?
 if command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ]; then
-  TEXTFLEET_INGRESS=ray-proxy run_pytest "$@" tests/test_serve_http.py || exit $?
+  TEXTFLEET_INGRESS=ray-proxy run_pytest "$@" tests/test_serve_http.py tests/test_tasks_serving.py || exit $?
 fi
 exit 0

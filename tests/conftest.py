@@ -9,6 +9,7 @@ one of those changed.
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 
 import pytest
@@ -160,3 +161,33 @@ def rampart_dir(rampart_source, tmp_path_factory):
     from models.recipes import build, rampart
 
     return build(rampart.prepare(), tmp_path_factory.mktemp("rampart") / "model")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def ray_serve():
+    """Ray started once per test session on loopback, and the HTTP and metrics ports
+    every serving module deploys on: Serve's HTTP options are fixed while it runs,
+    and restarting Serve inside one Ray is slow (and unreliable in HAProxy mode), so
+    each module applies its own models.yaml to the same Serve instead (applying a
+    config replaces the applications that were there)."""
+    import ray
+    from ray import serve
+
+    from serve import deploy
+
+    port, metrics_port = free_port(), free_port()
+    ingress = deploy.start_ray(
+        metrics_export_port=metrics_port,
+        num_cpus=2,
+        log_to_driver=False,
+        _system_config={"metrics_report_interval_ms": 1000},
+    )
+    yield {"port": port, "metrics_port": metrics_port, "ingress": ingress}
+    serve.shutdown()
+    ray.shutdown()

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import shutil
-import socket
 import threading
 import time
 from pathlib import Path
@@ -29,12 +28,6 @@ from serve.config import GATEWAY_APP, load_models, parse_model
 
 TEXTS = ["The quick brown fox.", "Zürich café ☕ naïve", "", "日本語のテキスト", "a " * 300]
 ATOL = 2e-5  # other batch shapes than the reference call: float reassociation only
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def models_yaml(path: Path, model_dir: Path, port: int, *, scaled: bool = False) -> Path:
@@ -65,23 +58,14 @@ def models_yaml(path: Path, model_dir: Path, port: int, *, scaled: bool = False)
     return path
 
 
-@pytest.fixture(scope="session")
-def served(model_dir, tmp_path_factory):
-    """Ray + Serve started once; the models of ``models_yaml`` deployed."""
-    import ray
-    from ray import serve
-
+@pytest.fixture(scope="module")
+def served(ray_serve, model_dir, tmp_path_factory):
+    """The models of ``models_yaml`` deployed on the session's Ray Serve."""
     from serve import deploy
     from serve.generate import serve_config
 
-    port, metrics_port = free_port(), free_port()
+    port, metrics_port = ray_serve["port"], ray_serve["metrics_port"]
     path = models_yaml(tmp_path_factory.mktemp("serve") / "models.yaml", model_dir.path, port)
-    ingress = deploy.start_ray(
-        metrics_export_port=metrics_port,
-        num_cpus=2,
-        log_to_driver=False,
-        _system_config={"metrics_report_interval_ms": 1000},
-    )
     models = load_models(path)
     deploy.apply(serve_config(models))
     states = deploy.wait([*models.names(), GATEWAY_APP], timeout_s=300)
@@ -92,13 +76,11 @@ def served(model_dir, tmp_path_factory):
         "yaml": path,
         "model_dir": model_dir.path,
         "states": states,
-        "ingress": ingress,
+        "ingress": ray_serve["ingress"],
     }
-    serve.shutdown()
-    ray.shutdown()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def http(served):
     with httpx.Client(base_url=served["url"], timeout=60) as client:
         yield client

@@ -6,15 +6,13 @@ One deployment of a models.yaml with a classifier (categorium), a PII tagger
 httpx, and the Python handle calls. Results are compared with the engines of
 the same model directories in this process.
 
-Ray Serve's HTTP options cannot change while it runs, so this module starts
-its own Serve (shutting down one left by another module) and shuts it down
-when done; Ray itself stays up for whoever started it.
+Ray and Serve come from the session's ``ray_serve`` fixture (conftest.py);
+this module applies its own models.yaml on the shared HTTP port.
 """
 
 from __future__ import annotations
 
 import asyncio
-import socket
 
 import httpx
 import numpy as np
@@ -30,21 +28,12 @@ TEXTS = ["I live at 1234 Maplewood Avenue, Springfield.", "Zoë Ångström, 東�
 DOCS = ["cats purr on the sofa", "dogs bark at night", "the stock market fell"]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def served(categorium_dir, rampart_dir, cross_encoder_dir, tmp_path_factory):
-    import ray
-    from ray import serve
-
+def served(ray_serve, categorium_dir, rampart_dir, cross_encoder_dir, tmp_path_factory):
     from serve import deploy
     from serve.generate import serve_config
 
-    port = free_port()
+    port = ray_serve["port"]
     lean = {"threads": 1, "ray_actor_options": {"num_cpus": 0}}
     models = [
         {"name": "topics", "model_dir": str(categorium_dir.path), "task": "classification"},
@@ -54,8 +43,6 @@ def served(categorium_dir, rampart_dir, cross_encoder_dir, tmp_path_factory):
     path = tmp_path_factory.mktemp("tasks-serve") / "models.yaml"
     config = {"server": {"port": port}, "models": [m | lean for m in models]}
     path.write_text(yaml.safe_dump(config, sort_keys=False))
-    deploy.start_ray(num_cpus=2, log_to_driver=False)
-    serve.shutdown()  # a Serve left by another module keeps its own HTTP port
     loaded = load_models(path)
     deploy.apply(serve_config(loaded))
     states = deploy.wait([*loaded.names(), GATEWAY_APP], timeout_s=300)
@@ -63,8 +50,6 @@ def served(categorium_dir, rampart_dir, cross_encoder_dir, tmp_path_factory):
         [*loaded.names(), GATEWAY_APP], "RUNNING"
     )
     yield {"port": port, "url": f"http://127.0.0.1:{port}"}
-    serve.shutdown()
-    assert ray.is_initialized()
 
 
 @pytest.fixture(scope="module")

@@ -54,3 +54,15 @@ def build(prepared: Prepared, out_dir: str | os.PathLike, force: bool = False, *
 
     opts.setdefault("safetensors", True)  # keep the weights: the torch backend runs them
     return export(prepared.path, Path(out_dir), task=prepared.task, force=force, **opts)
+
+
+def recipe_main(prepare_fn, doc: str, argv: list[str] | None = None) -> int:
+    """The command line of a recipe module without options of its own:
+    ``python -m models.recipes.<name> -o DIR``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("-o", "--output", type=Path, required=True, help="model directory to write")
+    args = parser.parse_args(argv)
+    build(prepare_fn(), args.output)
+    return 0

@@ -17,7 +17,6 @@ Hugging Face folder exports the same way,
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import sys
 from pathlib import Path
@@ -68,13 +67,9 @@ def prepare(out: Path | None = None) -> Prepared:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("-o", "--output", type=Path, required=True, help="model directory to write")
-    args = parser.parse_args(argv)
-    from models.recipes import build
+    from models.recipes import recipe_main
 
-    build(prepare(), args.output)
-    return 0
+    return recipe_main(prepare, __doc__, argv)
 
 
 if __name__ == "__main__":

@@ -17,9 +17,7 @@ National Design Studio, https://huggingface.co/nationaldesignstudio/rampart.
 
 from __future__ import annotations
 
-import argparse
 import sys
-from pathlib import Path
 
 from models.recipes.common import Prepared, package_dir, package_version
 
@@ -39,13 +37,9 @@ def prepare() -> Prepared:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("-o", "--output", type=Path, required=True, help="model directory to write")
-    args = parser.parse_args(argv)
-    from models.recipes import build
+    from models.recipes import recipe_main
 
-    build(prepare(), args.output)
-    return 0
+    return recipe_main(prepare, __doc__, argv)
 
 
 if __name__ == "__main__":
