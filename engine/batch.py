@@ -18,6 +18,7 @@ class Batch:
     input_ids: np.ndarray  # int64 [rows, width]
     attention_mask: np.ndarray  # int64 [rows, width], 1 for real tokens
     token_type_ids: np.ndarray  # int64 [rows, width]
+    alone: bool = False  # no other batch computes meanwhile: a backend may use every core
 
     @property
     def rows(self) -> int:

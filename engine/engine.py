@@ -192,9 +192,15 @@ class Engine(TaskMethods):
         )
         if batching.workers is None:
             batching = batching.model_copy(update={"workers": default_workers(device)})
+        solo_threads = None
         if threads is None and batching.workers > 1:
-            threads = max(1, physical_cores() // batching.workers)
-        runtime = create_backend(backend, md, device=device, threads=threads)
+            # Each worker's runs get its share of the cores; a lone text, while no
+            # other worker computes, gets them all (see Batch.alone).
+            solo_threads = physical_cores()
+            threads = max(1, solo_threads // batching.workers)
+        runtime = create_backend(
+            backend, md, device=device, threads=threads, solo_threads=solo_threads
+        )
         runtime.load()
         return cls(md, tokenizer, runtime, batching)
 

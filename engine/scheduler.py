@@ -128,6 +128,7 @@ class Scheduler:
         self._ids = itertools.count(1)
         self._closed = False
         self._running = workers  # executors still looping; the last one out fails the rest
+        self._computing = 0  # executors inside a backend run
         self._threads = [
             threading.Thread(
                 target=self._executor, name=f"textfleet-executor-{name}-{i}", daemon=True
@@ -272,9 +273,21 @@ class Scheduler:
             self._fail_all(EngineClosed("the engine is closed"))
 
     def _run_one(self, nb) -> None:
+        # A lone row while no other worker computes (one text at a quiet time):
+        # the backend may run it on all the cores instead of one worker's share.
+        with self._lock:
+            alone = self._computing == 0 and nb.rows == 1
+            self._computing += 1
+        try:
+            self._compute(nb, alone)
+        finally:
+            with self._lock:
+                self._computing -= 1
+
+    def _compute(self, nb, alone: bool) -> None:
         start = time.perf_counter()
         try:
-            out = self._run_batch(Batch(*nb.arrays))
+            out = self._run_batch(Batch(*nb.arrays, alone=alone))
             if len(out) != nb.rows:
                 raise RuntimeError(f"the model returned {len(out)} rows for a batch of {nb.rows}")
         except Exception as exc:

@@ -395,3 +395,65 @@ def test_no_leak_over_100k_short_requests():
         assert grown < 16 * 2**20, f"RSS grew by {grown / 2**20:.1f} MiB"
     finally:
         s.close()
+
+
+def test_workers_compute_side_by_side_and_split_work_that_arrives_idle():
+    gate, seen, lock = threading.Event(), [], threading.Lock()
+
+    def model(batch: Batch):
+        with lock:
+            seen.append((batch.rows, batch.alone))
+        gate.wait()
+        return real_ids(batch)
+
+    s = Scheduler(native(max_batch_size=32), model, list, workers=2)
+    time.sleep(0.2)  # both workers waiting in next_batch()
+    try:
+        # Four texts while both workers idle: two batches of two, computed at once.
+        ticket = s.submit(["aa", "bb", "cc", "dd"])
+        deadline = time.monotonic() + 5
+        while len(seen) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert sorted(seen) == [(2, False), (2, False)]
+        gate.set()
+        assert [r.tolist() for r in ticket.result()] == [
+            byte_ids(t) for t in ["aa", "bb", "cc", "dd"]
+        ]
+        # One text with nothing else computing: alone (the backend may use every core).
+        seen.clear()
+        s.run_sync(["solo"])
+        assert seen == [(1, True)]
+        # One text while another batch computes: not alone.
+        gate.clear()
+        seen.clear()
+        first = s.submit(["long " * 20])
+        while not seen:
+            time.sleep(0.01)
+        second = s.submit(["x"])
+        while len(seen) < 2:
+            time.sleep(0.01)
+        assert seen == [(1, True), (1, False)]
+        gate.set()
+        first.result(), second.result()
+        assert s.alive
+    finally:
+        gate.set()
+        s.close()
+    assert not s.alive
+
+
+def test_drain_with_workers_delivers_batches_still_computing():
+    gate = threading.Event()
+    s = Scheduler(
+        native(max_batch_size=1), lambda b: (gate.wait(), real_ids(b))[1], list, workers=2
+    )
+    tickets = [s.submit([t]) for t in ("one", "two", "three")]
+    time.sleep(0.05)
+    closer = threading.Thread(target=s.close, kwargs={"drain": True})
+    closer.start()
+    time.sleep(0.05)
+    gate.set()
+    closer.join(10)
+    assert [t.result()[0].tolist() for t in tickets] == [
+        byte_ids(x) for x in ("one", "two", "three")
+    ]

@@ -38,7 +38,8 @@ class Backend(Protocol):
         """Build the session / load the weights. Idempotent."""
 
     def run(self, batch: Batch) -> dict[str, np.ndarray]:
-        """Run one padded batch; returns the model outputs by name (float32, rows first)."""
+        """Run one padded batch; returns the model outputs by name (float32, rows first).
+        ``batch.alone`` is a hint that nothing else computes meanwhile."""
 
     def health(self) -> bool:
         """True while loaded and able to run."""
@@ -60,7 +61,11 @@ def physical_cores() -> int:
 
 
 def create_backend(
-    name: str, model_dir: ModelDir, device: str = "cpu", threads: int | None = None
+    name: str,
+    model_dir: ModelDir,
+    device: str = "cpu",
+    threads: int | None = None,
+    solo_threads: int | None = None,
 ) -> Backend:
     """A backend by name, not yet loaded. Errors name the option and the choices."""
     if name not in BACKENDS:
@@ -73,7 +78,10 @@ def create_backend(
         raise ValueError(f"threads must be an int >= 1 or None, got {threads!r}")
     module_name, cls_name = BACKENDS[name].split(":")
     cls = getattr(importlib.import_module(module_name), cls_name)
-    return cls(model_dir, device=device, threads=threads or physical_cores())
+    threads = threads or physical_cores()
+    if solo_threads is not None and solo_threads > threads and device == "cpu":
+        return cls(model_dir, device=device, threads=threads, solo_threads=solo_threads)
+    return cls(model_dir, device=device, threads=threads)
 
 
 def check_outputs(model_dir: ModelDir, available: list[str]) -> None:

@@ -22,11 +22,22 @@ from engine.model_dir import ModelDir
 class OnnxRuntimeBackend:
     name = "onnxruntime"
 
-    def __init__(self, model_dir: ModelDir, device: str = "cpu", threads: int = 1):
+    def __init__(
+        self,
+        model_dir: ModelDir,
+        device: str = "cpu",
+        threads: int = 1,
+        solo_threads: int | None = None,
+    ):
         self.model_dir = model_dir
         self.device = device
         self.threads = threads
+        # A second session on more threads for batches that run alone (``Batch.alone``,
+        # several engine workers on one CPU): a lone text gets every core, at the
+        # memory of a second copy of the weights.
+        self.solo_threads = solo_threads if solo_threads and solo_threads > threads else None
         self._session: ort.InferenceSession | None = None
+        self._solo: ort.InferenceSession | None = None
         self._inputs: list[str] = []
         self._outputs: list[str] = []
 
@@ -41,9 +52,9 @@ class OnnxRuntimeBackend:
             )
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
 
-    def session_options(self) -> ort.SessionOptions:
+    def session_options(self, threads: int | None = None) -> ort.SessionOptions:
         opts = ort.SessionOptions()
-        opts.intra_op_num_threads = self.threads
+        opts.intra_op_num_threads = threads or self.threads
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -69,17 +80,22 @@ class OnnxRuntimeBackend:
             raise ModelDirError(f"{path}: graph inputs {unknown} are not Batch fields")
         outputs = [o.name for o in session.get_outputs()]
         check_outputs(self.model_dir, outputs)
+        if self.solo_threads is not None:
+            self._solo = ort.InferenceSession(
+                str(path), self.session_options(self.solo_threads), providers=providers
+            )
         self._session, self._inputs, self._outputs = session, inputs, outputs
 
     def run(self, batch: Batch) -> dict[str, np.ndarray]:
         if self._session is None:
             raise RuntimeError("onnxruntime backend is not loaded")
         feeds = {name: getattr(batch, name) for name in self._inputs}
-        values = self._session.run(None, feeds)
+        session = self._solo if batch.alone and self._solo is not None else self._session
+        values = session.run(None, feeds)
         return dict(zip(self._outputs, values, strict=True))
 
     def health(self) -> bool:
         return self._session is not None
 
     def unload(self) -> None:
-        self._session = None
+        self._session = self._solo = None

@@ -25,7 +25,13 @@ from engine.model_dir import SAFETENSORS_FILE, ModelDir
 class TorchBackend:
     name = "torch"
 
-    def __init__(self, model_dir: ModelDir, device: str = "cpu", threads: int = 1):
+    def __init__(
+        self,
+        model_dir: ModelDir,
+        device: str = "cpu",
+        threads: int = 1,
+        solo_threads: int | None = None,  # unused: torch's thread count is process-wide
+    ):
         self.model_dir = model_dir
         self.device = device
         self.threads = threads
