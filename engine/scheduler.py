@@ -278,24 +278,24 @@ class Scheduler:
         with self._lock:
             alone = self._computing == 0 and nb.rows == 1
             self._computing += 1
-        try:
-            self._compute(nb, alone)
-        finally:
-            with self._lock:
-                self._computing -= 1
-
-    def _compute(self, nb, alone: bool) -> None:
         start = time.perf_counter()
+        error: Exception | None = None
         try:
             out = self._run_batch(Batch(*nb.arrays, alone=alone))
             if len(out) != nb.rows:
                 raise RuntimeError(f"the model returned {len(out)} rows for a batch of {nb.rows}")
         except Exception as exc:
-            self._native.record_compute(time.perf_counter() - start, True)
-            log.warning("batch %d of %d rows failed: %r", nb.id, nb.rows, exc)
-            self._fail(dict.fromkeys(nb.request_ids, exc))
+            error = exc
+        finally:
+            # Before the results go out: a caller's next request, sent the moment
+            # it has this one's result, must see this worker as free.
+            with self._lock:
+                self._computing -= 1
+        self._native.record_compute(time.perf_counter() - start, error is not None)
+        if error is not None:
+            log.warning("batch %d of %d rows failed: %r", nb.id, nb.rows, error)
+            self._fail(dict.fromkeys(nb.request_ids, error))
             return
-        self._native.record_compute(time.perf_counter() - start, False)
         self._deliver(nb.request_ids, nb.indices, out)
 
     def _deliver(self, rids: list[int], indices: list[int], out) -> None:
