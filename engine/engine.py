@@ -193,7 +193,7 @@ class Engine(TaskMethods):
         if batching.workers is None:
             batching = batching.model_copy(update={"workers": default_workers(device)})
         solo_threads = None
-        if threads is None and batching.workers > 1:
+        if threads is None and batching.workers > 1 and device == "cpu":
             # Each worker's runs get its share of the cores; a lone text, while no
             # other worker computes, gets them all (see Batch.alone).
             solo_threads = physical_cores()

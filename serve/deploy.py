@@ -54,8 +54,8 @@ def resolve_ingress(ingress: str = "auto") -> tuple[str, dict[str, str]]:
     HAProxy on the HTTP port, each application's replicas serve HTTP on their
     own loopback ports (Ray's direct ingress) and Ray keeps HAProxy's routes in
     step with deployments and scaling. It takes Ray's calls off the request
-    path: on 2 cores, 64 clients, MiniLM, 94-96 texts/s vs 72-80 through Ray's
-    Python proxy, and 1-client p50 31 ms vs 47 ms (benchmarks/http_load.py).
+    path: on 2 cores, 64 clients, MiniLM, 91.5 texts/s vs 73.4 through Ray's
+    Python proxy, and 1-client p50 33.5 ms vs 49.0 ms (benchmarks/http_load.py).
     """
     ingress = os.environ.get(INGRESS_ENV) or ingress
     if ingress not in ("auto", "haproxy", "ray-proxy"):

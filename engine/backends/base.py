@@ -67,7 +67,10 @@ def create_backend(
     threads: int | None = None,
     solo_threads: int | None = None,
 ) -> Backend:
-    """A backend by name, not yet loaded. Errors name the option and the choices."""
+    """A backend by name, not yet loaded. Errors name the option and the choices.
+
+    ``solo_threads``: threads for batches that run alone (``Batch.alone``); a
+    backend that can (onnxruntime) keeps a second session with that many."""
     if name not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {name!r}")
     if device not in DEVICES:
@@ -78,10 +81,9 @@ def create_backend(
         raise ValueError(f"threads must be an int >= 1 or None, got {threads!r}")
     module_name, cls_name = BACKENDS[name].split(":")
     cls = getattr(importlib.import_module(module_name), cls_name)
-    threads = threads or physical_cores()
-    if solo_threads is not None and solo_threads > threads and device == "cpu":
-        return cls(model_dir, device=device, threads=threads, solo_threads=solo_threads)
-    return cls(model_dir, device=device, threads=threads)
+    return cls(
+        model_dir, device=device, threads=threads or physical_cores(), solo_threads=solo_threads
+    )
 
 
 def check_outputs(model_dir: ModelDir, available: list[str]) -> None:
