@@ -1,20 +1,37 @@
-"""Builds the native core (csrc/) into the extension module ``engine._native``.
+"""Maps the repository's layers into the one ``textfleet`` namespace and builds the
+native core (csrc/) into the extension module ``textfleet.engine._native``.
 
-Everything else about the distribution lives in pyproject.toml; this file only
-exists because the extension needs pybind11's build helpers.
+Everything else about the distribution lives in pyproject.toml; this file
+exists because the extension needs pybind11's build helpers and because the
+layers keep their top-level folders: ``engine/`` is ``textfleet.engine``,
+``serve/`` is ``textfleet.serve``, ``models/`` is ``textfleet.models``, and
+``textfleet/`` holds the public API and the CLI. Subpackages are found, not
+listed, so a new one ships without an edit here.
 """
 
 from glob import glob
 
 from pybind11.setup_helpers import ParallelCompile, Pybind11Extension, build_ext
-from setuptools import setup
+from setuptools import find_packages, setup
+
+LAYERS = {
+    "textfleet": "textfleet",
+    "textfleet.engine": "engine",
+    "textfleet.models": "models",
+    "textfleet.serve": "serve",
+}
+
+packages = []
+for package, folder in LAYERS.items():
+    packages.append(package)
+    packages += [f"{package}.{sub}" for sub in find_packages(folder)]
 
 # Compile the C++ translation units on all cores; a fresh build is otherwise
 # dominated by the generated Unicode tables.
 ParallelCompile("TEXTFLEET_BUILD_JOBS", default=0).install()
 
 native = Pybind11Extension(
-    "engine._native",
+    "textfleet.engine._native",
     sorted(glob("csrc/*.cc")),
     include_dirs=["csrc"],
     cxx_std=17,
@@ -22,4 +39,9 @@ native = Pybind11Extension(
     extra_link_args=["-pthread"],
 )
 
-setup(ext_modules=[native], cmdclass={"build_ext": build_ext})
+setup(
+    packages=packages,
+    package_dir=LAYERS,
+    ext_modules=[native],
+    cmdclass={"build_ext": build_ext},
+)

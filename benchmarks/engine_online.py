@@ -51,9 +51,9 @@ from benchmarks.common import (  # noqa: E402
     write_results,
 )
 from benchmarks.http_peers import PlainEmbedder  # noqa: E402
-from engine import Engine  # noqa: E402
-from engine.backends.base import physical_cores  # noqa: E402
-from engine.engine import default_workers  # noqa: E402
+from textfleet.engine import Engine  # noqa: E402
+from textfleet.engine.backends.base import physical_cores  # noqa: E402
+from textfleet.engine.engine import default_workers  # noqa: E402
 
 VARIANTS = ("lock", "serve_batch", "textfleet")
 

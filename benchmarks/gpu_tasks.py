@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import load_texts, machine_info, table, write_results  # noqa: E402
 from benchmarks.tasks import RECIPES, call, inputs_for, model_dir  # noqa: E402
-from engine import Engine  # noqa: E402
+from textfleet.engine import Engine  # noqa: E402
 
 
 def outputs(engine: Engine, task: str, texts: list[str]) -> np.ndarray:
@@ -49,7 +49,7 @@ def raw_torch_rate(md: Path, task: str, texts: list[str]) -> float:
     import torch
     import transformers
 
-    from engine.export import TASK_SPECS
+    from textfleet.models.export import TASK_SPECS
 
     engine = Engine.load(md, threads=1)
     seqs = engine.tokenizer.tokenize(*inputs_for(task, texts))

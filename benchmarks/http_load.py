@@ -7,7 +7,7 @@ In one run, on the same exported model and onnxruntime thread count:
 3. ``textfleet``: the V2 infer route of ``serve/``.
 
 Each gets 1, 16 and 64 concurrent clients sending 1-4 texts per request
-drawn from ../shared/bench/texts.jsonl, bounded by ``--max-requests`` and
+drawn from the workload (benchmarks/data/texts.jsonl.gz), bounded by ``--max-requests`` and
 ``--max-seconds`` per level. Also measured: the offline compute limit of the
 same texts (tokenized ahead, length-sorted batches of 32, onnxruntime only),
 the latency of trivial routes (the fixed cost of each HTTP path), and the CPU
@@ -37,7 +37,6 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.common import (  # noqa: E402
     DEFAULT_MODEL_DIR,
     RESULTS,
-    WORKLOAD,
     ensure_model_dir,
     load_texts,
     machine_info,
@@ -164,8 +163,8 @@ def _wait_http(port: int, path: str, timeout_s: float = 120.0) -> None:
 
 
 def textfleet_config(args) -> dict:
-    from serve.config import parse_models
-    from serve.generate import serve_config
+    from textfleet.serve.config import parse_models
+    from textfleet.serve.generate import serve_config
 
     models = parse_models(
         {
@@ -239,8 +238,8 @@ def _measure_ray_system(system: str, args, mix) -> tuple[list, dict, str]:
     import ray
     from ray import serve
 
-    from serve import deploy
-    from serve.config import GATEWAY_APP
+    from textfleet.serve import deploy
+    from textfleet.serve.config import GATEWAY_APP
 
     env = dict(kv.split("=", 1) for kv in args.ray_env)
     if system == "ray-batch":  # the usual way: Ray's defaults
@@ -339,7 +338,7 @@ def engine_latency(args, text: str, n: int = 100) -> float:
     """p50 ms of Engine.embed on one text, in process: the compute floor of one request."""
     import numpy as np
 
-    from engine.engine import Engine
+    from textfleet.engine.engine import Engine
 
     threads = max(1, args.threads // args.workers)
     with Engine.load(args.model_dir, threads=threads, batching={"workers": args.workers}) as engine:
@@ -357,12 +356,9 @@ def engine_latency(args, text: str, n: int = 100) -> float:
 
 def main() -> int:
     args = parse_args()
-    if not WORKLOAD.is_file():
-        print(f"skipped: workload {WORKLOAD} is absent", file=sys.stderr)
-        return 0
     args.model_dir = ensure_model_dir(args.model_dir)
     if args.workers is None:
-        from engine.engine import default_workers
+        from textfleet.engine.engine import default_workers
 
         args.workers = min(default_workers("cpu"), args.threads)
     if args.child:
@@ -403,7 +399,7 @@ def main() -> int:
 
 
 def _lean_env() -> dict:
-    from serve.deploy import LEAN_ENV
+    from textfleet.serve.deploy import LEAN_ENV
 
     return dict(LEAN_ENV)
 

@@ -34,8 +34,8 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import load_texts, machine_info, measure, table, write_results  # noqa: E402
 from benchmarks.engine_offline import raw_session, run_all  # noqa: E402
-from engine import Engine  # noqa: E402
-from engine.backends.base import physical_cores  # noqa: E402
+from textfleet.engine import Engine  # noqa: E402
+from textfleet.engine.backends.base import physical_cores  # noqa: E402
 
 MODELS = ROOT / "artifacts" / "models"
 RECIPES = {
@@ -49,7 +49,7 @@ def model_dir(recipe: str) -> Path:
     """The recipe's model directory under artifacts/models, built once."""
     target = MODELS / recipe
     if not (target / "textfleet.json").is_file():
-        from models.recipes import build, prepare
+        from textfleet.models.recipes import build, prepare
 
         print(f"building {recipe} into {target} (once)", flush=True)
         build(prepare(recipe), target, force=True)

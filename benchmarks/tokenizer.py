@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import Measured, load_texts, machine_info, write_results  # noqa: E402
-from engine.tokenizer import Tokenizer, default_threads  # noqa: E402
+from textfleet.engine.tokenizer import Tokenizer, default_threads  # noqa: E402
 
 
 def default_tokenizer_json() -> Path:

@@ -6,7 +6,7 @@
 // clock from Python (tests/test_batch_former.py) and the scheduler runs the
 // very same code with the steady clock.
 //
-// Policy (DESIGN.md, "Scheduler"):
+// Policy (docs/ARCHITECTURE.md, "Scheduler"):
 // - the oldest waiting sequence is always the first row (no starvation: every
 //   batch removes the oldest, so a sequence waits for at most the sequences
 //   that arrived before it);

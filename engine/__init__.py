@@ -1,13 +1,15 @@
 """textfleet engine: model directories, native tokenization, batching, backends, task heads."""
 
-from engine.batch import Batch
-from engine.engine import Engine
-from engine.errors import EngineError, InputError, ModelDirError, Overloaded, TooLarge
-from engine.model_dir import ModelDir, ModelInfo
-from engine.tokenizer import Encoding, Tokenizer
+from textfleet.engine.batch import Batch
+from textfleet.engine.config import BatchingConfig
+from textfleet.engine.engine import Engine
+from textfleet.engine.errors import EngineError, InputError, ModelDirError, Overloaded, TooLarge
+from textfleet.engine.model_dir import ModelDir, ModelInfo
+from textfleet.engine.tokenizer import Encoding, Tokenizer
 
 __all__ = [
     "Batch",
+    "BatchingConfig",
     "Encoding",
     "Engine",
     "EngineError",
@@ -19,4 +21,3 @@ __all__ = [
     "TooLarge",
     "Tokenizer",
 ]
-__version__ = "0.1.0"

@@ -1,4 +1,4 @@
-"""Type stubs of the compiled extension ``engine._native`` (csrc/bind_*.cc)."""
+"""Type stubs of the compiled extension ``textfleet.engine._native`` (csrc/bind_*.cc)."""
 
 from collections.abc import Sequence
 

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class BatchingConfig(BaseModel):
-    """Dynamic batching knobs of one engine (see the scheduler in DESIGN.md)."""
+    """Dynamic batching knobs of one engine (see the scheduler in docs/ARCHITECTURE.md)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 

@@ -20,16 +20,16 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from engine import _native
-from engine.backends.base import Backend, create_backend, physical_cores
-from engine.batch import Batch
-from engine.config import BatchingConfig
-from engine.errors import EngineError, ModelDirError
-from engine.heads import HEADS
-from engine.model_dir import ModelDir, ModelInfo
-from engine.scheduler import Scheduler
-from engine.tasks.api import TaskMethods, TaskState
-from engine.tokenizer import Tokenizer, check_texts, default_threads
+from textfleet.engine import _native
+from textfleet.engine.backends.base import Backend, create_backend, physical_cores
+from textfleet.engine.batch import Batch
+from textfleet.engine.config import BatchingConfig
+from textfleet.engine.errors import EngineError, ModelDirError
+from textfleet.engine.heads import HEADS
+from textfleet.engine.model_dir import ModelDir, ModelInfo
+from textfleet.engine.scheduler import Scheduler
+from textfleet.engine.tasks.api import TaskMethods, TaskState
+from textfleet.engine.tokenizer import Tokenizer, check_texts, default_threads
 
 # Texts per request when embed() splits a large input, and how many such
 # requests it keeps queued: enough for length-aware batches without filling

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine.batch import Batch
-from engine.model_dir import ModelInfo
-from engine.tasks.heads import TASK_HEADS
+from textfleet.engine.batch import Batch
+from textfleet.engine.model_dir import ModelInfo
+from textfleet.engine.tasks.heads import TASK_HEADS
 
 
 def mean_pool(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:

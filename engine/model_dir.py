@@ -1,6 +1,6 @@
 """A model directory on disk: what ``textfleet export`` writes and ``Engine`` loads.
 
-Layout (DESIGN.md, "Model directory")::
+Layout (docs/ARCHITECTURE.md, "Model directory")::
 
     model.onnx          the graph (opset 17, dynamic batch and sequence axes)
     model.safetensors   optional torch weights (torch backend, parity checks)
@@ -23,8 +23,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from engine.config import BatchingConfig
-from engine.errors import ModelDirError
+from textfleet.engine.config import BatchingConfig
+from textfleet.engine.errors import ModelDirError
 
 INFO_FILE = "textfleet.json"
 ONNX_FILE = "model.onnx"

@@ -1,4 +1,4 @@
-"""The native WordPiece tokenizer: reads ``tokenizer.json``, builds ``engine._native``.
+"""The native WordPiece tokenizer: reads ``tokenizer.json``, builds ``textfleet.engine._native``.
 
 ``unsupported_reason(path)`` says why the native core could not reproduce a
 ``tokenizer.json`` exactly (``None`` when it can): the facade in
@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from engine import _native
-from engine.batch import Batch
+from textfleet.engine import _native
+from textfleet.engine.batch import Batch
 
 TemplatePiece = tuple[str, list[int], int]
 

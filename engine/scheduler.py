@@ -33,9 +33,9 @@ from typing import Any
 
 import numpy as np
 
-from engine import _native
-from engine.batch import Batch
-from engine.errors import EngineError, Overloaded, TooLarge
+from textfleet.engine import _native
+from textfleet.engine.batch import Batch
+from textfleet.engine.errors import EngineError, Overloaded, TooLarge
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.batch import Batch
+from textfleet.engine.batch import Batch
 
 log = logging.getLogger(__name__)
 
@@ -206,7 +206,7 @@ def _load_native(path: Path, max_length: int, num_threads: int):
     """The native implementation, or None (with a warning) if it cannot be exact."""
     # Imported here, not at the top, only to keep engine.tokenizer importable
     # while the extension builds; a missing extension is an error, not a fallback.
-    from engine.native_tokenizer import NativeTokenizer, unsupported_reason
+    from textfleet.engine.native_tokenizer import NativeTokenizer, unsupported_reason
 
     reason = unsupported_reason(path)
     if reason is not None:

@@ -34,7 +34,7 @@ fi
 
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 want=$(inputs_hash)
-if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && "$VENV/bin/python" -c "import engine._native" 2>/dev/null; then
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && "$VENV/bin/python" -c "import textfleet.engine._native" 2>/dev/null; then
   echo "setup: .venv is up to date"
   exit 0
 fi
@@ -54,6 +54,6 @@ pip=("$VENV/bin/python" -m pip install --quiet --disable-pip-version-check)
 [ -f artifacts/downloads/categorium-0.2.2.tar.gz ] ||
   "$VENV/bin/python" -m pip download --quiet --disable-pip-version-check --no-deps \
     --no-binary :all: "categorium==0.2.2" -d artifacts/downloads
-"$VENV/bin/python" -c "import engine._native" # fail here, not later, if the build is broken
+"$VENV/bin/python" -c "import textfleet.engine._native" # fail here, not later, if the build is broken
 echo "$want" > "$STAMP"
 echo "setup: done ($VENV)"

@@ -1,18 +1,18 @@
 """Application builders: the import paths a Ray Serve config file points at.
 
 ``textfleet config`` writes one application per model with
-``import_path: serve.app:build_model_app`` and the model's entry of
-models.yaml as ``args``, plus one ``serve.app:build_gateway_app`` application
+``import_path: textfleet.serve.app:build_model_app`` and the model's entry of
+models.yaml as ``args``, plus one ``textfleet.serve.app:build_gateway_app`` application
 at ``/``. A hand-written Ray Serve config can use the same import paths::
 
     applications:
       - name: minilm
         route_prefix: /v2/models/minilm
-        import_path: serve.app:build_model_app
+        import_path: textfleet.serve.app:build_model_app
         args: {name: minilm, model_dir: /abs/path/all-MiniLM-L6-v2}
       - name: textfleet-gateway
         route_prefix: /
-        import_path: serve.app:build_gateway_app
+        import_path: textfleet.serve.app:build_gateway_app
 
 ``args`` takes every field of a models.yaml model entry (use an absolute
 ``model_dir``); deployment options given under ``deployments:`` in the Ray
@@ -25,9 +25,9 @@ from typing import Any
 
 from ray.serve import Application
 
-from serve.config import GatewayConfig, parse_model
-from serve.gateway import Gateway
-from serve.server import ModelServer
+from textfleet.serve.config import GatewayConfig, parse_model
+from textfleet.serve.gateway import Gateway
+from textfleet.serve.server import ModelServer
 
 # A missing or corrupt model directory fails the same way every time; give up
 # after a few tries instead of Ray's default 20 replica restarts.

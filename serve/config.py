@@ -33,7 +33,7 @@ from pydantic import (
     model_validator,
 )
 
-from engine.config import BatchingConfig
+from textfleet.engine.config import BatchingConfig
 
 GATEWAY_APP = "textfleet-gateway"
 """Ray Serve application name of the server-wide routes; no model may take it."""

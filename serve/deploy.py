@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from pathlib import Path
 from typing import Any
 
 import ray
@@ -43,7 +42,6 @@ DONE = ("RUNNING", "DEPLOY_FAILED", "UNHEALTHY")
 # The folder holding the engine/ and serve/ packages. Ray's build tasks and
 # replicas import ``serve.app`` by name, and a source checkout is not on their
 # path unless we put it there (an installed textfleet is found either way).
-SOURCE_ROOT = str(Path(__file__).resolve().parents[1])
 
 
 def resolve_ingress(ingress: str = "auto") -> tuple[str, dict[str, str]]:
@@ -95,10 +93,6 @@ def start_ray(
         os.environ.setdefault(k, v)
     if ingress == "ray-proxy":  # an inherited HAProxy setting must not win here
         os.environ.pop("RAY_SERVE_ENABLE_HA_PROXY", None)
-    # Ray's processes inherit this environment when ray.init starts them.
-    paths = os.environ.get("PYTHONPATH", "").split(os.pathsep)
-    if SOURCE_ROOT not in paths:
-        os.environ["PYTHONPATH"] = os.pathsep.join(p for p in [SOURCE_ROOT, *paths] if p)
     ray.init(
         include_dashboard=False,
         num_cpus=num_cpus,

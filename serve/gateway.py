@@ -26,10 +26,10 @@ from ray import serve
 from starlette.requests import Request
 from starlette.responses import Response
 
-import engine
-from serve.config import DEPLOYMENT_NAME
-from serve.protocols import openai, rerank, v2
-from serve.protocols.common import (
+import textfleet
+from textfleet.serve.config import DEPLOYMENT_NAME
+from textfleet.serve.protocols import openai, rerank, v2
+from textfleet.serve.protocols.common import (
     MethodNotAllowed,
     NotFound,
     Reply,
@@ -38,7 +38,7 @@ from serve.protocols.common import (
     json_reply,
     loads,
 )
-from serve.server import read_body, to_response
+from textfleet.serve.server import read_body, to_response
 
 _V1_PREDICT = re.compile(r"^/v1/models/([^/:]+):predict$")
 _V1_MODEL = re.compile(r"^/v1/models/([^/:]+)$")
@@ -99,7 +99,7 @@ class ModelDirectory:
 
 @serve.deployment(name="Gateway", max_ongoing_requests=1024, ray_actor_options={"num_cpus": 0})
 class Gateway:
-    def __init__(self, server_version: str = engine.__version__):
+    def __init__(self, server_version: str = textfleet.__version__):
         self.models = ModelDirectory()
         self._metadata = json_reply(v2.server_metadata(server_version))
 

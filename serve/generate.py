@@ -1,7 +1,7 @@
 """models.yaml -> a standard Ray Serve config file (``serve deploy`` / ``serve run``).
 
 One application per model (route prefix ``/v2/models/<name>``) built by
-``serve.app:build_model_app`` with the model's settings as ``args``, and its
+``textfleet.serve.app:build_model_app`` with the model's settings as ``args``, and its
 scaling and resources as the ``ModelServer`` deployment's options: Ray Serve
 compares applications one by one, so changing a model's args rebuilds only
 that model, changing its replicas or resources only updates that deployment,
@@ -15,10 +15,16 @@ from typing import Any
 
 import yaml
 
-from serve.config import DEPLOYMENT_NAME, GATEWAY_APP, ModelConfig, ModelsFile, load_models
+from textfleet.serve.config import (
+    DEPLOYMENT_NAME,
+    GATEWAY_APP,
+    ModelConfig,
+    ModelsFile,
+    load_models,
+)
 
-MODEL_BUILDER = "serve.app:build_model_app"
-GATEWAY_BUILDER = "serve.app:build_gateway_app"
+MODEL_BUILDER = "textfleet.serve.app:build_model_app"
+GATEWAY_BUILDER = "textfleet.serve.app:build_gateway_app"
 
 
 def model_application(m: ModelConfig) -> dict[str, Any]:

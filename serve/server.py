@@ -21,11 +21,11 @@ from ray import serve
 from starlette.requests import Request
 from starlette.responses import Response
 
-from engine.errors import ModelDirError
-from serve.config import DEPLOYMENT_NAME, ModelConfig
-from serve.metrics import EngineStatsExporter, ModelMetrics
-from serve.protocols import openai, v1, v2
-from serve.protocols.common import (
+from textfleet.engine.errors import ModelDirError
+from textfleet.serve.config import DEPLOYMENT_NAME, ModelConfig
+from textfleet.serve.metrics import EngineStatsExporter, ModelMetrics
+from textfleet.serve.protocols import openai, v1, v2
+from textfleet.serve.protocols.common import (
     MethodNotAllowed,
     NotFound,
     Reply,
@@ -33,14 +33,14 @@ from serve.protocols.common import (
     dumps,
     error_reply,
 )
-from serve.tasks import adapter_for
+from textfleet.serve.tasks import adapter_for
 
 log = logging.getLogger(__name__)
 
 
 def load_engine(cfg: ModelConfig):
     """Load the model's engine; any failure names the model and its directory."""
-    from engine.engine import Engine
+    from textfleet.engine.engine import Engine
 
     if not cfg.model_dir.is_dir():
         raise ModelDirError(

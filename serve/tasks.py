@@ -13,10 +13,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from engine.errors import InputError
-from serve.config import ModelConfig
-from serve.protocols import openai, rerank, v1, v2
-from serve.protocols.common import Reply, TensorSpec, check_count, dumps
+from textfleet.engine.errors import InputError
+from textfleet.serve.config import ModelConfig
+from textfleet.serve.protocols import openai, rerank, v1, v2
+from textfleet.serve.protocols.common import Reply, TensorSpec, check_count, dumps
 
 
 class TaskAdapter:

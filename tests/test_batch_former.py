@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine import _native
+from textfleet.engine import _native
 
 Knobs = _native.BatchKnobs
 

@@ -10,11 +10,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine import Engine
-from engine.batch import Batch
-from engine.engine import plan_batches
-from engine.errors import EngineError, ModelDirError
-from engine.heads import EmbeddingHead, l2_normalize, max_pool, mean_pool
+from textfleet.engine import Engine
+from textfleet.engine.batch import Batch
+from textfleet.engine.engine import plan_batches
+from textfleet.engine.errors import EngineError, ModelDirError
+from textfleet.engine.heads import EmbeddingHead, l2_normalize, max_pool, mean_pool
 
 # ---------------------------------------------------------------- reference
 

@@ -15,9 +15,9 @@ import threading
 import numpy as np
 import pytest
 
-from engine import Engine
-from engine.errors import EngineError, Overloaded, TooLarge
-from engine.scheduler import EngineClosed
+from textfleet.engine import Engine
+from textfleet.engine.errors import EngineError, Overloaded, TooLarge
+from textfleet.engine.scheduler import EngineClosed
 
 COSINE = 0.99999
 
@@ -186,9 +186,9 @@ def test_close_fails_waiting_callers(model_dir, texts):
 
 def test_huggingface_tokenizer_fallback_feeds_the_scheduler(model_dir, engine, texts):
     """A tokenizer the native core cannot reproduce is tokenized in Python, then queued."""
-    from engine.backends.base import create_backend
-    from engine.config import BatchingConfig
-    from engine.tokenizer import HFTokenizer, Tokenizer
+    from textfleet.engine.backends.base import create_backend
+    from textfleet.engine.config import BatchingConfig
+    from textfleet.engine.tokenizer import HFTokenizer, Tokenizer
 
     tok = Tokenizer(HFTokenizer(model_dir.tokenizer_path, model_dir.info.max_length, 1))
     backend = create_backend("onnxruntime", model_dir, threads=1)
@@ -211,8 +211,8 @@ def test_batching_knobs_come_from_the_model_dir_and_the_caller(model_dir, tmp_pa
 
     from pydantic import ValidationError
 
-    from engine.config import BatchingConfig
-    from engine.engine import default_workers
+    from textfleet.engine.config import BatchingConfig
+    from textfleet.engine.engine import default_workers
 
     local = tmp_path / "model"
     shutil.copytree(model_dir.path, local)

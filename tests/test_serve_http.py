@@ -23,8 +23,8 @@ import orjson
 import pytest
 import yaml
 
-from engine.errors import InputError, ModelDirError
-from serve.config import GATEWAY_APP, load_models, parse_model
+from textfleet.engine.errors import InputError, ModelDirError
+from textfleet.serve.config import GATEWAY_APP, load_models, parse_model
 
 TEXTS = ["The quick brown fox.", "Zürich café ☕ naïve", "", "日本語のテキスト", "a " * 300]
 ATOL = 2e-5  # other batch shapes than the reference call: float reassociation only
@@ -61,8 +61,8 @@ def models_yaml(path: Path, model_dir: Path, port: int, *, scaled: bool = False)
 @pytest.fixture(scope="module")
 def served(ray_serve, model_dir, tmp_path_factory):
     """The models of ``models_yaml`` deployed on the session's Ray Serve."""
-    from serve import deploy
-    from serve.generate import serve_config
+    from textfleet.serve import deploy
+    from textfleet.serve.generate import serve_config
 
     port, metrics_port = ray_serve["port"], ray_serve["metrics_port"]
     path = models_yaml(tmp_path_factory.mktemp("serve") / "models.yaml", model_dir.path, port)
@@ -130,7 +130,7 @@ def test_missing_model_dir_fails_only_its_application_with_a_clear_message(serve
 
 
 def test_corrupt_model_dir_fails_loading_naming_model_and_path(model_dir, tmp_path):
-    from serve.server import load_engine
+    from textfleet.serve.server import load_engine
 
     corrupt = tmp_path / "corrupt"
     shutil.copytree(model_dir.path, corrupt)
@@ -145,7 +145,7 @@ def test_ingress_is_haproxy_when_installed_unless_asked_otherwise(served):
 
     import psutil
 
-    from serve.deploy import INGRESS_ENV, resolve_ingress
+    from textfleet.serve.deploy import INGRESS_ENV, resolve_ingress
 
     want = os.environ.get(INGRESS_ENV) or resolve_ingress("auto")[0]
     assert served["ingress"] == want
@@ -158,7 +158,7 @@ def test_ingress_is_haproxy_when_installed_unless_asked_otherwise(served):
 
 
 def test_models_yaml_max_length_lowers_the_engine_limit(model_dir):
-    from serve.server import load_engine
+    from textfleet.serve.server import load_engine
 
     cfg = parse_model({"name": "short", "model_dir": str(model_dir.path), "max_length": 32})
     with load_engine(cfg) as engine:
@@ -404,7 +404,7 @@ def test_prometheus_metrics_per_model(served, http, engine):
         "ray_textfleet_engine_batches_total{",
         "ray_textfleet_engine_padding_efficiency{",
     ]
-    from serve.metrics import is_histogram
+    from textfleet.serve.metrics import is_histogram
 
     if is_histogram(engine.stats().get("batch_size")):  # engines with the native scheduler
         wanted.append("ray_textfleet_engine_batch_size_bucket{")
@@ -437,7 +437,7 @@ def test_status_command_shows_the_failure(served):
 
     address = ray.get_runtime_context().gcs_address
     out = subprocess.run(
-        [sys.executable, "-m", "serve.cli", "status", "--address", address],
+        [sys.executable, "-m", "textfleet.cli", "status", "--address", address],
         capture_output=True,
         text=True,
         timeout=120,
@@ -451,8 +451,8 @@ def test_status_command_shows_the_failure(served):
 
 
 def test_adding_and_scaling_models_leaves_the_others_running(served, http):
-    from serve import deploy
-    from serve.generate import serve_config
+    from textfleet.serve import deploy
+    from textfleet.serve.generate import serve_config
 
     before = replica_actors("minilm")
     gateway_before = replica_actors(GATEWAY_APP)

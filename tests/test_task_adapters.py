@@ -16,11 +16,11 @@ import numpy as np
 import orjson
 import pytest
 
-from engine.engine import Engine
-from engine.errors import InputError
-from serve.config import parse_model
-from serve.protocols import v2
-from serve.tasks import adapter_for
+from textfleet.engine.engine import Engine
+from textfleet.engine.errors import InputError
+from textfleet.serve.config import parse_model
+from textfleet.serve.protocols import v2
+from textfleet.serve.tasks import adapter_for
 
 TEXTS = ["I live at 1234 Maplewood Avenue, Springfield.", "Zoë Ångström, 東京 🎉", "flights hotel"]
 

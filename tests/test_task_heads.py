@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.errors import InputError, ModelDirError
-from engine.tasks import classification as cls
-from engine.tasks import scoring
-from engine.tasks.entities import Vocab, group_entities
+from textfleet.engine.errors import InputError, ModelDirError
+from textfleet.engine.tasks import classification as cls
+from textfleet.engine.tasks import scoring
+from textfleet.engine.tasks.entities import Vocab, group_entities
 
 TEXTS = [
     "My name is Jonathan Smithers, email jonathan.smithers@example.com",

@@ -25,9 +25,9 @@ import unicodedata
 import numpy as np
 import pytest
 
-from engine.engine import Engine
-from engine.errors import InputError, ModelDirError
-from engine.tasks.classification import softmax
+from textfleet.engine.engine import Engine
+from textfleet.engine.errors import InputError, ModelDirError
+from textfleet.engine.tasks.classification import softmax
 
 ATOL = 1e-4
 EDGE_TEXTS = [

@@ -20,9 +20,9 @@ import orjson
 import pytest
 import yaml
 
-from engine.engine import Engine
-from engine.errors import InputError
-from serve.config import GATEWAY_APP, load_models
+from textfleet.engine.engine import Engine
+from textfleet.engine.errors import InputError
+from textfleet.serve.config import GATEWAY_APP, load_models
 
 TEXTS = ["I live at 1234 Maplewood Avenue, Springfield.", "Zoë Ångström, 東京 🎉", "flights hotel"]
 DOCS = ["cats purr on the sofa", "dogs bark at night", "the stock market fell"]
@@ -30,8 +30,8 @@ DOCS = ["cats purr on the sofa", "dogs bark at night", "the stock market fell"]
 
 @pytest.fixture(scope="module")
 def served(ray_serve, categorium_dir, rampart_dir, cross_encoder_dir, tmp_path_factory):
-    from serve import deploy
-    from serve.generate import serve_config
+    from textfleet.serve import deploy
+    from textfleet.serve.generate import serve_config
 
     port = ray_serve["port"]
     lean = {"threads": 1, "ray_actor_options": {"num_cpus": 0}}

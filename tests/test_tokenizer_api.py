@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer as HFTokenizer
 
-from engine import _native
-from engine.native_tokenizer import unsupported_reason
-from engine.tokenizer import Tokenizer, default_threads
+from textfleet.engine import _native
+from textfleet.engine.native_tokenizer import unsupported_reason
+from textfleet.engine.tokenizer import Tokenizer, default_threads
 
 TEXTS = ["Hello, world!", "", "A much longer sentence, with punctuation; and [MASK].", "héllo 北京"]
 
@@ -218,7 +218,7 @@ def edited(src, tmp_path, **changes):
 def test_unsupported_falls_back_loudly(minilm_tokenizer_json, tmp_path, caplog, changes, reason):
     path = edited(minilm_tokenizer_json, tmp_path, **changes)
     assert reason in unsupported_reason(path)
-    with caplog.at_level(logging.WARNING, logger="engine.tokenizer"):
+    with caplog.at_level(logging.WARNING, logger="textfleet.engine.tokenizer"):
         tok = Tokenizer.from_file(path, max_length=64)
     assert tok.backend == "huggingface"
     assert "falls back to the tokenizers library" in caplog.text

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from stress_corpus import COMBINING, SPECIAL_TEXTS, build_pairs, build_stress_corpus
 from tokenizers import Tokenizer as HFTokenizer
 
-from engine.tokenizer import Tokenizer
+from textfleet.engine.tokenizer import Tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 MAX_LENGTHS = [8, 128, 512]

@@ -14,15 +14,15 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from engine.batch import Batch
-from engine.errors import ModelDirError
-from engine.model_dir import ModelDir
+from textfleet.engine.batch import Batch
+from textfleet.engine.errors import ModelDirError
+from textfleet.engine.model_dir import ModelDir
 
 DEVICES = ("cpu", "cuda")
 # name -> "module:Class", imported only when chosen so torch stays optional.
 BACKENDS = {
-    "onnxruntime": "engine.backends.onnxruntime:OnnxRuntimeBackend",
-    "torch": "engine.backends.torch:TorchBackend",
+    "onnxruntime": "textfleet.engine.backends.onnxruntime:OnnxRuntimeBackend",
+    "torch": "textfleet.engine.backends.torch:TorchBackend",
 }
 
 

@@ -13,10 +13,10 @@ import numpy as np
 import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as _ort_errors
 
-from engine.backends.base import check_outputs
-from engine.batch import Batch
-from engine.errors import ModelDirError
-from engine.model_dir import ModelDir
+from textfleet.engine.backends.base import check_outputs
+from textfleet.engine.batch import Batch
+from textfleet.engine.errors import ModelDirError
+from textfleet.engine.model_dir import ModelDir
 
 
 class OnnxRuntimeBackend:

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine.batch import Batch
-from engine.errors import ModelDirError
-from engine.model_dir import SAFETENSORS_FILE, ModelDir
+from textfleet.engine.batch import Batch
+from textfleet.engine.errors import ModelDirError
+from textfleet.engine.model_dir import SAFETENSORS_FILE, ModelDir
 
 
 class TorchBackend:
@@ -50,7 +50,7 @@ class TorchBackend:
         import torch
         import transformers
 
-        from engine.export import TASK_SPECS
+        from textfleet.models.export import TASK_SPECS
 
         if self.device == "cuda" and not torch.cuda.is_available():
             raise RuntimeError(

@@ -5,7 +5,7 @@ the engine runs the model and calls them. ``TASKS`` is every task a model
 directory may declare.
 """
 
-from engine.tasks.results import Entity, LabelScore, Ranked
+from textfleet.engine.tasks.results import Entity, LabelScore, Ranked
 
 TASKS = ("embedding", "classification", "token-classification", "pair-scoring")
 

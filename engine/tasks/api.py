@@ -14,11 +14,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine.errors import InputError, ModelDirError
-from engine.model_dir import ModelDir
-from engine.tasks import classification, entities, scoring
-from engine.tasks.results import Entity, LabelScore, Ranked
-from engine.tokenizer import check_texts
+from textfleet.engine.errors import InputError, ModelDirError
+from textfleet.engine.model_dir import ModelDir
+from textfleet.engine.tasks import classification, entities, scoring
+from textfleet.engine.tasks.results import Entity, LabelScore, Ranked
+from textfleet.engine.tokenizer import check_texts
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from engine.errors import InputError, ModelDirError
-from engine.tasks.results import LabelScore
+from textfleet.engine.errors import InputError, ModelDirError
+from textfleet.engine.tasks.results import LabelScore
 
 ACTIVATIONS = ("softmax", "sigmoid", "none")
 

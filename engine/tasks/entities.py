@@ -33,8 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.errors import InputError
-from engine.tasks.results import Entity
+from textfleet.engine.errors import InputError
+from textfleet.engine.tasks.results import Entity
 
 AGGREGATIONS = ("none", "simple", "first", "average", "max")
 

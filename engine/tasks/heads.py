@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine.batch import Batch
-from engine.model_dir import ModelInfo
-from engine.tasks.classification import softmax
+from textfleet.engine.batch import Batch
+from textfleet.engine.model_dir import ModelInfo
+from textfleet.engine.tasks.classification import softmax
 
 
 def _output(outputs: dict[str, np.ndarray], name: str) -> np.ndarray:

@@ -12,9 +12,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from engine.errors import InputError
-from engine.tasks.classification import sigmoid
-from engine.tasks.results import Ranked
+from textfleet.engine.errors import InputError
+from textfleet.engine.tasks.classification import sigmoid
+from textfleet.engine.tasks.results import Ranked
 
 
 def pair_scores(logits: np.ndarray, raw_scores: bool = False) -> np.ndarray:

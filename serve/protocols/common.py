@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from engine.errors import EngineError, InputError, ModelDirError, Overloaded, TooLarge
+from textfleet.engine.errors import EngineError, InputError, ModelDirError, Overloaded, TooLarge
 
 log = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from engine.errors import InputError
-from serve.protocols.common import (
+from textfleet.engine.errors import InputError
+from textfleet.serve.protocols.common import (
     Reply,
     as_mapping,
     check_count,

@@ -22,8 +22,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from engine.errors import InputError
-from serve.protocols.common import Reply, as_mapping, check_count, dumps, type_name
+from textfleet.engine.errors import InputError
+from textfleet.serve.protocols.common import Reply, as_mapping, check_count, dumps, type_name
 
 
 @dataclass(frozen=True)

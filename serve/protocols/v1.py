@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.errors import InputError
-from serve.protocols.common import Reply, as_mapping, check_count, dumps, loads, type_name
+from textfleet.engine.errors import InputError
+from textfleet.serve.protocols.common import Reply, as_mapping, check_count, dumps, loads, type_name
 
 
 def parse_predict(body: bytes) -> list[Any]:

@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from engine.errors import InputError
-from serve.protocols.common import (
+from textfleet.engine.errors import InputError
+from textfleet.serve.protocols.common import (
     NotFound,
     Reply,
     TensorSpec,

@@ -1,11 +1,8 @@
 """``textfleet config``, ``textfleet serve`` and ``textfleet status``.
 
-The ``textfleet`` entry point (engine/cli.py) adds these with one call::
-
-    serve.cli.add_subcommands(subparsers)
-
-Each subcommand sets ``func`` (``args -> exit code``) on its parser. The module
-also runs on its own: ``python -m serve.cli serve models/models.yaml``.
+The ``textfleet`` entry point (textfleet/cli/__init__.py) adds these with one
+call, ``add_subcommands(subparsers)``; each subcommand sets ``func``
+(``args -> exit code``) on its parser.
 """
 
 from __future__ import annotations
@@ -16,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from serve.config import DEPLOYMENT_NAME, GATEWAY_APP, ConfigError, load_models
+from textfleet.serve.config import DEPLOYMENT_NAME, GATEWAY_APP, ConfigError, load_models
 
 DEFAULT_MODELS = "models/models.yaml"
 
@@ -48,7 +45,7 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
-    from serve.generate import dump, missing_model_dirs, serve_config
+    from textfleet.serve.generate import dump, missing_model_dirs, serve_config
 
     try:
         models = load_models(args.models_yaml)
@@ -69,8 +66,8 @@ def cmd_config(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from ray import serve
 
-    from serve import deploy
-    from serve.generate import missing_model_dirs, serve_config
+    from textfleet.serve import deploy
+    from textfleet.serve.generate import missing_model_dirs, serve_config
 
     try:
         models = load_models(args.models_yaml)
@@ -144,19 +141,8 @@ def _print_urls(server, states) -> None:
 def cmd_status(args: argparse.Namespace) -> int:
     import ray
 
-    from serve.deploy import status_text
+    from textfleet.serve.deploy import status_text
 
     ray.init(address=args.address, namespace="serve", log_to_driver=False)
     print(status_text())
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m serve.cli")
-    add_subcommands(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -36,8 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.errors import EngineError, ModelDirError
-from engine.model_dir import (
+from textfleet.engine.errors import EngineError, ModelDirError
+from textfleet.engine.model_dir import (
     CONFIG_FILE,
     INFO_FILE,
     ONNX_FILE,
@@ -48,7 +48,7 @@ from engine.model_dir import (
     Source,
     sha256_file,
 )
-from engine.quantize import check_quantization, quantize_onnx
+from textfleet.models.quantize import check_quantization, quantize_onnx
 
 log = logging.getLogger(__name__)
 
@@ -232,7 +232,7 @@ def task_fields(
             )
         fields = {"dim": 1}
     else:
-        from engine.tasks.classification import labels_from_config
+        from textfleet.engine.tasks.classification import labels_from_config
 
         try:
             fields = {"dim": len(labels_from_config(config, str(where / CONFIG_FILE)))}

@@ -19,15 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.export import (
-    ExportError,
-    _prepare_target,
-    position_limit,
-    read_pooling,
-    task_fields,
-    write_tokenizer,
-)
-from engine.model_dir import (
+from textfleet.engine.model_dir import (
     CONFIG_FILE,
     INFO_FILE,
     ONNX_FILE,
@@ -37,7 +29,15 @@ from engine.model_dir import (
     Source,
     sha256_file,
 )
-from engine.tasks import TASKS
+from textfleet.engine.tasks import TASKS
+from textfleet.models.export import (
+    ExportError,
+    _prepare_target,
+    position_limit,
+    read_pooling,
+    task_fields,
+    write_tokenizer,
+)
 
 log = logging.getLogger(__name__)
 

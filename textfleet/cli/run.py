@@ -1,0 +1,99 @@
+"""``textfleet embed`` and ``textfleet predict``: run a model directory on a few texts.
+
+textfleet embed DIR "text" ["text" ...] [--backend onnxruntime] [--threads N]
+textfleet predict DIR "text" ["text" ...]            classify / entities / embed
+textfleet predict DIR --query "q" "doc" ["doc" ...]  pair scoring: rerank the docs
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+import numpy as np
+
+from textfleet.engine.tasks.entities import AGGREGATIONS
+
+
+def add_embed(sub) -> None:
+    p = sub.add_parser("embed", help="embed texts with a model directory and compare them")
+    p.add_argument("model_dir", help="a directory written by `textfleet export`")
+    p.add_argument("texts", nargs="+", help="texts to embed")
+    p.add_argument("--backend", default="onnxruntime", help="onnxruntime (default) or torch")
+    p.add_argument(
+        "--threads", type=int, default=None, help="compute threads (default: physical cores)"
+    )
+    p.set_defaults(func=cmd_embed)
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    from textfleet.engine.engine import Engine
+
+    with Engine.load(args.model_dir, backend=args.backend, threads=args.threads) as engine:
+        vectors = engine.embed(args.texts)
+        tokens = engine.count_tokens(args.texts)
+        print(f"{engine!r}")
+    print(f"vectors: shape {vectors.shape}, dtype {vectors.dtype}")
+    print(format_similarities(args.texts, vectors, tokens))
+    return 0
+
+
+def format_similarities(texts: Sequence[str], vectors: np.ndarray, tokens: Sequence[int]) -> str:
+    """A numbered list of the texts and their pairwise cosine similarity matrix."""
+    norms = np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    unit = vectors / norms
+    sims = unit @ unit.T
+    lines = [
+        f"[{i}] ({n} tokens) {t if len(t) <= 70 else t[:67] + '...'}"
+        for i, (t, n) in enumerate(zip(texts, tokens, strict=True))
+    ]
+    lines.append("cosine similarity:")
+    lines.append("      " + "".join(f"{f'[{j}]':>8}" for j in range(len(texts))))
+    for i, row in enumerate(sims):
+        lines.append(f"{f'[{i}]':>6}" + "".join(f"{v:8.4f}" for v in row))
+    return "\n".join(lines)
+
+
+def add_predict(sub) -> None:
+    p = sub.add_parser("predict", help="run any model directory on a few texts and print results")
+    p.add_argument("model_dir", help="a directory written by `textfleet export` or import-onnx")
+    p.add_argument("texts", nargs="+", help="texts (documents, with --query)")
+    p.add_argument("--query", default=None, help="pair scoring: rerank TEXTS against this query")
+    p.add_argument("--top-k", type=int, default=3, help="classification: labels per text")
+    p.add_argument("--aggregation", choices=AGGREGATIONS, default=None)
+    p.add_argument("--backend", default="onnxruntime", help="onnxruntime (default) or torch")
+    p.set_defaults(func=cmd_predict)
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from textfleet.engine.engine import Engine
+
+    with Engine.load(args.model_dir, backend=args.backend) as engine:
+        task = engine.info.task
+        print(repr(engine))
+        if task == "pair-scoring":
+            if args.query is None:
+                raise ValueError("--query: a pair-scoring model reranks TEXTS against a query")
+            for r in engine.rerank(args.query, args.texts):
+                print(f"{r.score:8.4f}  [{r.index}] {_short(args.texts[r.index])}")
+            return 0
+        if args.query is not None:
+            raise ValueError(f"--query applies to pair-scoring models, not {task!r}")
+        if task == "embedding":
+            vectors = engine.embed(args.texts)
+            print(f"vectors: shape {vectors.shape} (use `textfleet embed` for similarities)")
+            return 0
+        results = (
+            engine.classify(args.texts, top_k=args.top_k)
+            if task == "classification"
+            else engine.entities(args.texts, aggregation=args.aggregation)
+        )
+        for text, found in zip(args.texts, results, strict=True):
+            print(_short(text))
+            for item in found:
+                print(f"    {item.as_dict()}")
+    return 0
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= 70 else text[:67] + "..."
