@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Sets everything up (scripts/setup.sh) and runs the whole test suite: lint,
-# then pytest (the HTTP tests under both ingresses when HAProxy is installed).
+# then pytest (the HTTP tests under both ingresses when HAProxy is installed),
+# then the wheel check (scripts/wheel_check.sh: the built wheel installed and
+# serving outside the source tree).
 # Extra arguments go to pytest. "No tests ran" is a failure.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -22,4 +24,5 @@ run_pytest "$@" || exit $?
 if command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ]; then
   TEXTFLEET_INGRESS=ray-proxy run_pytest "$@" tests/test_serve_http.py tests/test_tasks_serving.py || exit $?
 fi
+bash scripts/wheel_check.sh || exit 1
 exit 0
