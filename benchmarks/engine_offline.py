@@ -201,7 +201,7 @@ def report(args, texts, threads, batching, runs, padded, stats) -> int:
         "batching": batching.model_dump(),
         "machine": machine_info(),
         "variants": variants,
-        "engine_stats": stats,
+        "engine_stats": stats.as_dict(),
         "target": "engine >= 0.95 x raw sorted x32",
     }
     print(f"wrote {write_results(args.name, payload)}")

@@ -189,9 +189,9 @@ def run_variant(name, engine, embedder, tally, texts, clients) -> dict:
 
         result = asyncio.run(closed_loop(call, texts, clients))
         after = engine.stats()
-        for key, stat in (("real", "real_tokens"), ("padded", "padded_tokens")):
-            result[key] = after[stat] - before[stat]
-        result["batches"] = after["batches"] - before["batches"]
+        result["real"] = after.real_tokens - before.real_tokens
+        result["padded"] = after.padded_tokens - before.padded_tokens
+        result["batches"] = after.batches - before.batches
         return result
     before = (tally.real, tally.padded, tally.batches)
     if name == "lock":

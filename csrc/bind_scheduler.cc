@@ -28,50 +28,6 @@ BatchKnobs make_knobs(uint32_t max_batch_size, uint64_t max_batch_tokens, double
                     max_row_padding, fairness};
 }
 
-py::dict histogram_dict(const Histogram& h) {
-  py::dict d;
-  d["bounds"] = h.bounds;
-  d["counts"] = h.counts;
-  d["sum"] = h.sum;
-  d["count"] = h.count;
-  return d;
-}
-
-py::dict stats_dict(const SchedulerStats& s) {
-  py::dict d;
-#define TF_FIELD(name) d[#name] = s.name
-  TF_FIELD(requests);
-  TF_FIELD(sequences);
-  TF_FIELD(rejected);
-  TF_FIELD(rejected_too_large);
-  TF_FIELD(cancelled_requests);
-  TF_FIELD(expired_requests);
-  TF_FIELD(dropped_sequences);
-  TF_FIELD(tokenize_errors);
-  TF_FIELD(tokenize_s);
-  TF_FIELD(batches);
-  TF_FIELD(batch_sequences);
-  TF_FIELD(real_tokens);
-  TF_FIELD(padded_tokens);
-  TF_FIELD(prefetched_batches);
-  TF_FIELD(failed_batches);
-  TF_FIELD(ok_requests);
-  TF_FIELD(failed_requests);
-  TF_FIELD(timeouts);
-  TF_FIELD(cancellations);
-  TF_FIELD(queue_sequences);
-  TF_FIELD(queue_tokens);
-  TF_FIELD(reserved_tokens);
-  TF_FIELD(prefetched_tokens);
-  TF_FIELD(live_requests);
-  TF_FIELD(tokenize_tasks);
-#undef TF_FIELD
-  d["batch_size"] = histogram_dict(s.batch_size);
-  d["queue_wait_s"] = histogram_dict(s.queue_wait_s);
-  d["compute_s"] = histogram_dict(s.compute_s);
-  return d;
-}
-
 // One int64 [rows, width] plane of a batch; the array keeps the batch alive.
 py::array_t<int64_t> plane(py::object owner, const ReadyBatch& b, size_t k) {
   const size_t cells = size_t{b.rows} * b.width;
@@ -99,6 +55,48 @@ std::vector<TokenSeq> to_seqs(std::vector<std::vector<int32_t>> ids,
 std::shared_ptr<const SequenceEncoder> to_encoder(const py::object& obj) {
   if (py::isinstance<SequenceEncoder>(obj)) return obj.cast<std::shared_ptr<SequenceEncoder>>();
   return std::make_shared<WordPieceEncoder>(tokenizer_from_python(obj));
+}
+
+void bind_stats(py::module_& m) {
+  py::class_<Histogram>(m, "Histogram",
+                        "counts[i]: observations <= bounds[i]; the last count is the overflow.")
+      .def_readonly("bounds", &Histogram::bounds)
+      .def_readonly("counts", &Histogram::counts)
+      .def_readonly("sum", &Histogram::sum)
+      .def_readonly("count", &Histogram::count);
+
+  // A copy of the scheduler's counters (csrc/sched_stats.h); engine.stats() reads it.
+  py::class_<SchedulerStats> stats(m, "SchedulerStats", "The scheduler's counters, copied.");
+#define TF_FIELD(name) stats.def_readonly(#name, &SchedulerStats::name)
+  TF_FIELD(requests);
+  TF_FIELD(sequences);
+  TF_FIELD(rejected);
+  TF_FIELD(rejected_too_large);
+  TF_FIELD(cancelled_requests);
+  TF_FIELD(expired_requests);
+  TF_FIELD(dropped_sequences);
+  TF_FIELD(tokenize_errors);
+  TF_FIELD(tokenize_s);
+  TF_FIELD(batches);
+  TF_FIELD(batch_sequences);
+  TF_FIELD(real_tokens);
+  TF_FIELD(padded_tokens);
+  TF_FIELD(prefetched_batches);
+  TF_FIELD(failed_batches);
+  TF_FIELD(ok_requests);
+  TF_FIELD(failed_requests);
+  TF_FIELD(timeouts);
+  TF_FIELD(cancellations);
+  TF_FIELD(queue_sequences);
+  TF_FIELD(queue_tokens);
+  TF_FIELD(reserved_tokens);
+  TF_FIELD(prefetched_tokens);
+  TF_FIELD(live_requests);
+  TF_FIELD(tokenize_tasks);
+  TF_FIELD(batch_size);
+  TF_FIELD(queue_wait_s);
+  TF_FIELD(compute_s);
+#undef TF_FIELD
 }
 
 void bind_former(py::module_& m) {
@@ -237,7 +235,7 @@ void bind_scheduler(py::module_& m) {
       .def("record_compute", &Scheduler::record_compute, py::arg("seconds"), py::arg("failed"))
       .def("record_outcomes", &Scheduler::record_outcomes, py::arg("ok") = 0,
            py::arg("failed") = 0, py::arg("timeouts") = 0, py::arg("cancellations") = 0)
-      .def("stats", [](const Scheduler& s) { return stats_dict(s.stats()); })
+      .def("stats", &Scheduler::stats, "A copy of the counters (a SchedulerStats).")
       .def_property_readonly("knobs", &Scheduler::knobs);
 
   py::register_exception<QueueFull>(m, "QueueFull");
@@ -247,6 +245,7 @@ void bind_scheduler(py::module_& m) {
 }  // namespace
 
 void register_scheduler(py::module_& m) {
+  bind_stats(m);
   bind_former(m);
   bind_scheduler(m);
 }

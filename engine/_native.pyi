@@ -83,6 +83,46 @@ class QueueFull(Exception):
 class RequestTooLarge(Exception):
     """submit(): the request alone exceeds max_queue_tokens (engine.errors.TooLarge)."""
 
+class Histogram:
+    """counts[i]: observations <= bounds[i]; the last count is the overflow. Read-only."""
+
+    bounds: list[float]
+    counts: list[int]
+    sum: float
+    count: int
+
+class SchedulerStats:
+    """The scheduler's counters, copied (csrc/sched_stats.h). Read-only."""
+
+    requests: int
+    sequences: int
+    rejected: int
+    rejected_too_large: int
+    cancelled_requests: int
+    expired_requests: int
+    dropped_sequences: int
+    tokenize_errors: int
+    tokenize_s: float
+    batches: int
+    batch_sequences: int
+    real_tokens: int
+    padded_tokens: int
+    prefetched_batches: int
+    failed_batches: int
+    ok_requests: int
+    failed_requests: int
+    timeouts: int
+    cancellations: int
+    queue_sequences: int
+    queue_tokens: int
+    reserved_tokens: int
+    prefetched_tokens: int
+    live_requests: int
+    tokenize_tasks: int
+    batch_size: Histogram
+    queue_wait_s: Histogram
+    compute_s: Histogram
+
 class BatchKnobs:
     """Batch former knobs (see engine.config.BatchingConfig)."""
 
@@ -203,6 +243,6 @@ class Scheduler:
     def record_outcomes(
         self, ok: int = 0, failed: int = 0, timeouts: int = 0, cancellations: int = 0
     ) -> None: ...
-    def stats(self) -> dict: ...
+    def stats(self) -> SchedulerStats: ...
     @property
     def knobs(self) -> BatchKnobs: ...

@@ -6,7 +6,26 @@ is an error that names it instead of being ignored.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from textfleet.engine.backends import BACKENDS
+
+BackendName = Literal[tuple(BACKENDS)]  # type: ignore[valid-type]
+
+_DEVICE = re.compile(r"cpu|cuda(?::(\d+))?")
+
+
+def cuda_index(device: str) -> int | None:
+    """The GPU ordinal of a valid device string: None for ``cpu``, 0 for ``cuda``."""
+    match = _DEVICE.fullmatch(device)
+    if match is None:
+        raise ValueError(f"got {device!r}; expected 'cpu', 'cuda' or 'cuda:<index>'")
+    if device == "cpu":
+        return None
+    return int(match.group(1) or 0)
 
 
 class BatchingConfig(BaseModel):
@@ -63,3 +82,35 @@ class BatchingConfig(BaseModel):
                 f"({self.max_batch_tokens}), or no full batch could ever be queued"
             )
         return self
+
+
+class EngineConfig(BaseModel):
+    """How ``Engine.load`` runs a model directory; a models.yaml model entry holds the
+    same fields, so an entry that validates is one the engine loads."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    backend: BackendName = "onnxruntime"
+    """Inference backend (engine/backends): ``onnxruntime`` runs the ONNX graph, ``torch``
+    the safetensors weights (export with --safetensors)."""
+
+    device: str = "cpu"
+    """``cpu``, ``cuda`` (the first visible GPU) or ``cuda:<index>``."""
+
+    threads: int | None = Field(None, ge=1)
+    """Intra-op threads of the backend; None: the physical cores, shared among
+    ``batching.workers`` on a CPU."""
+
+    max_length: int | None = Field(None, ge=4, le=8192)
+    """Truncate inputs to this many tokens (special tokens included); None: the model
+    directory's limit, which this may lower but not raise."""
+
+    batching: BatchingConfig | None = None
+    """Dynamic batching knobs; None: the model directory's defaults (``ModelInfo.batching``),
+    else the global ones. A ``BatchingConfig`` is used as is."""
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, v: str) -> str:
+        cuda_index(v)
+        return v

@@ -23,11 +23,12 @@ import numpy as np
 from textfleet.engine import _native
 from textfleet.engine.backends.base import Backend, create_backend, physical_cores
 from textfleet.engine.batch import Batch
-from textfleet.engine.config import BatchingConfig
+from textfleet.engine.config import BatchingConfig, EngineConfig
 from textfleet.engine.errors import EngineError, ModelDirError
 from textfleet.engine.heads import HEADS
 from textfleet.engine.model_dir import ModelDir, ModelInfo
 from textfleet.engine.scheduler import Scheduler
+from textfleet.engine.stats import EngineStats
 from textfleet.engine.tasks.api import TaskMethods, TaskState
 from textfleet.engine.tokenizer import Tokenizer, check_texts, default_threads
 
@@ -85,8 +86,6 @@ def effective_max_length(model_limit: int, requested: int | None) -> int:
     """
     if requested is None:
         return model_limit
-    if isinstance(requested, bool) or not isinstance(requested, int) or requested < 4:
-        raise ValueError(f"max_length must be an int >= 4, got {requested!r}")
     if requested > model_limit:
         raise ValueError(
             f"max_length {requested} is above the model directory's max_length {model_limit}; "
@@ -109,6 +108,7 @@ class Engine(TaskMethods):
         tokenizer: Tokenizer,
         backend: Backend,
         batching: BatchingConfig,
+        config: EngineConfig | None = None,
     ):
         info = model_dir.info
         if info.task not in HEADS:
@@ -120,6 +120,11 @@ class Engine(TaskMethods):
         self.tokenizer = tokenizer
         self.backend = backend
         self.batching = batching
+        # The settings it runs with; batching as resolved (directory defaults, workers).
+        # Recorded, not validated, when built by hand: a test's backend need not be registered.
+        self.config = config or EngineConfig.model_construct(
+            backend=backend.name, device=backend.device, batching=batching
+        )
         self.head = HEADS[info.task](info)
         self._task = TaskState.from_model_dir(model_dir)  # labels etc.: errors at load
         self._closed = False
@@ -170,39 +175,39 @@ class Engine(TaskMethods):
     def load(
         cls,
         model_dir: str | os.PathLike | ModelDir,
-        backend: str = "onnxruntime",
-        device: str = "cpu",
-        threads: int | None = None,
-        batching: BatchingConfig | dict | None = None,
-        max_length: int | None = None,
+        config: EngineConfig | dict | None = None,
+        **overrides,
     ) -> Engine:
         """Open and validate the model directory, load the tokenizer and the backend.
 
-        ``batching``: a ``BatchingConfig`` (used as is), a dict of knobs (over the
-        model directory's defaults, see ``ModelInfo.batching``) or None (those defaults).
-        ``max_length``: truncate inputs to fewer tokens than the directory's
-        ``max_length`` (cheaper, bounded latency); None keeps the directory's.
+        ``config``: an ``EngineConfig`` (or a dict of its fields); ``overrides``: any of
+        its fields as keywords (``backend=``, ``device=``, ``threads=``, ``max_length=``,
+        ``batching=``), laid over ``config``. Batching knobs given as a dict lay over the
+        model directory's defaults (``ModelInfo.batching``) knob by knob; see
+        ``resolve_config``. A bad setting raises pydantic's ValidationError naming it.
         """
         md = model_dir if isinstance(model_dir, ModelDir) else ModelDir.open(model_dir)
-        batching = resolve_batching(md.info.batching, batching)
+        config = resolve_config(config, overrides, md.info.batching)
+        batching = config.batching
         tokenizer = Tokenizer.from_file(
             md.tokenizer_path,
-            max_length=effective_max_length(md.info.max_length, max_length),
+            max_length=effective_max_length(md.info.max_length, config.max_length),
             num_threads=batching.tokenizer_threads,
         )
         if batching.workers is None:
-            batching = batching.model_copy(update={"workers": default_workers(device)})
-        solo_threads = None
-        if threads is None and batching.workers > 1 and device == "cpu":
+            batching = batching.model_copy(update={"workers": default_workers(config.device)})
+        threads, solo_threads = config.threads, None
+        if threads is None and batching.workers > 1 and config.device == "cpu":
             # Each worker's runs get its share of the cores; a lone text, while no
             # other worker computes, gets them all (see Batch.alone).
             solo_threads = physical_cores()
             threads = max(1, solo_threads // batching.workers)
         runtime = create_backend(
-            backend, md, device=device, threads=threads, solo_threads=solo_threads
+            config.backend, md, device=config.device, threads=threads, solo_threads=solo_threads
         )
         runtime.load()
-        return cls(md, tokenizer, runtime, batching)
+        resolved = config.model_copy(update={"batching": batching})
+        return cls(md, tokenizer, runtime, batching, resolved)
 
     @property
     def info(self) -> ModelInfo:
@@ -216,7 +221,7 @@ class Engine(TaskMethods):
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """float32 [len(texts), dim], row i for texts[i].
 
-        A non-str item raises TypeError naming its index; texts longer than
+        A non-str item raises InputError naming its index; texts longer than
         ``max_length`` tokens are truncated.
         """
         self._require("embedding", "embed")
@@ -271,9 +276,9 @@ class Engine(TaskMethods):
             return []
         return self.tokenizer.tokenize(texts).lengths.tolist()
 
-    def stats(self) -> dict:
-        """Counters since load (see ``scheduler_stats``)."""
-        return scheduler_stats(self._scheduler.stats())
+    def stats(self) -> EngineStats:
+        """Counters since load, gauges of the queue now (see ``EngineStats``)."""
+        return EngineStats.from_native(self._scheduler.stats())
 
     def health(self) -> bool:
         return not self._closed and self._scheduler.alive and self.backend.health()
@@ -303,54 +308,22 @@ class Engine(TaskMethods):
         )
 
 
-def resolve_batching(
-    defaults: BatchingConfig | None, given: BatchingConfig | dict | None
-) -> BatchingConfig:
-    """The knobs to use: a full ``BatchingConfig`` as given; a dict over the model
-    directory's defaults, knob by knob; None: those defaults (or the global ones).
-    An invalid knob raises pydantic's ValidationError naming it."""
-    if isinstance(given, BatchingConfig):
-        return given
-    base = defaults.model_dump(exclude_unset=True) if defaults is not None else {}
-    return BatchingConfig.model_validate({**base, **(given or {})})
+def resolve_config(
+    config: EngineConfig | dict | None, overrides: dict, batching_defaults: BatchingConfig | None
+) -> EngineConfig:
+    """``Engine.load``'s settings: ``overrides`` over ``config``, validated once.
 
-
-def scheduler_stats(s: dict) -> dict:
-    """``engine.stats()``: the native scheduler's counters, plus derived figures.
-
-    Cumulative: requests, sequences, batches, real_tokens, padded_tokens,
-    tokenize_s, compute_s, rejected, timed_out, cancelled, errors (requests that
-    failed), failed_batches, dropped_sequences (never computed: cancelled or
-    expired). Gauges: queue_sequences, queue_tokens, live_requests. Derived:
-    padding_efficiency (real / padded tokens), padding_ratio (1 - efficiency),
-    mean_batch_size. Histograms (``{"bounds", "counts", "sum", "count"}``, the
-    last count is +Inf): batch_size, queue_wait_s (per sequence), compute_time_s
-    (per batch).
+    Batching: a ``BatchingConfig`` is used as is; a dict of knobs lays over the
+    model directory's defaults knob by knob; None takes those defaults (or the
+    global ones). The result always has its batching resolved.
     """
-    real, padded, batches = s["real_tokens"], s["padded_tokens"], s["batches"]
-    efficiency = real / padded if padded else 1.0
-    return {
-        "requests": s["requests"],
-        "sequences": s["sequences"],
-        "batches": batches,
-        "real_tokens": real,
-        "padded_tokens": padded,
-        "padding_efficiency": efficiency,
-        "padding_ratio": 1.0 - efficiency,
-        "mean_batch_size": s["batch_sequences"] / batches if batches else 0.0,
-        "tokenize_s": s["tokenize_s"],
-        "compute_s": s["compute_s"]["sum"],
-        "rejected": s["rejected"] + s["rejected_too_large"],
-        "timed_out": s["timeouts"],
-        "cancelled": s["cancellations"],
-        "errors": s["failed_requests"],
-        "failed_batches": s["failed_batches"],
-        "dropped_sequences": s["dropped_sequences"],
-        "prefetched_batches": s["prefetched_batches"],
-        "queue_sequences": s["queue_sequences"],
-        "queue_tokens": s["queue_tokens"] + s["reserved_tokens"] + s["prefetched_tokens"],
-        "live_requests": s["live_requests"],
-        "batch_size": s["batch_size"],
-        "queue_wait_s": s["queue_wait_s"],
-        "compute_time_s": s["compute_s"],
-    }
+    if isinstance(config, EngineConfig):
+        fields = {name: getattr(config, name) for name in config.model_fields_set}
+    else:
+        fields = dict(config or {})
+    fields.update(overrides)
+    batching = fields.get("batching")
+    if batching is None or isinstance(batching, dict):
+        base = batching_defaults.model_dump(exclude_unset=True) if batching_defaults else {}
+        fields["batching"] = {**base, **(batching or {})}
+    return EngineConfig.model_validate(fields)

@@ -235,8 +235,8 @@ class Scheduler:
     def _retry_after(self) -> float:
         """About how long the queue takes to drain, from the measured compute rate."""
         s = self._native.stats()
-        per_token = s["compute_s"]["sum"] / max(1, s["padded_tokens"])
-        return float(min(30.0, max(0.1, s["queue_tokens"] * per_token)))
+        per_token = s.compute_s.sum / max(1, s.padded_tokens)
+        return float(min(30.0, max(0.1, s.queue_tokens * per_token)))
 
     def _expire_async(self, rid: int, future: asyncio.Future, timeout: float) -> None:
         if not future.done() and self._abandon(rid, timed_out=True):
@@ -364,7 +364,7 @@ class Scheduler:
         with self._lock:
             return len(self._pending)
 
-    def stats(self) -> dict:
+    def stats(self) -> _native.SchedulerStats:
         return self._native.stats()
 
     def close(self, drain: bool = False, timeout: float | None = None) -> None:

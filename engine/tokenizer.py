@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from textfleet.engine.batch import Batch
+from textfleet.engine.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -36,13 +37,15 @@ def default_threads() -> int:
 
 
 def check_texts(texts: Sequence[str], name: str = "texts") -> list[str]:
-    """Validate a batch of texts; a non-str names its index."""
-    if isinstance(texts, str):
-        raise TypeError(f"{name} must be a list of str, not a single str")
+    """A batch of texts as a list; anything else is the caller's InputError (HTTP 400),
+    naming the item: ``texts[1]: expected str, got int``."""
+    if isinstance(texts, str) or not isinstance(texts, Iterable):
+        got = "a single str" if isinstance(texts, str) else type(texts).__name__
+        raise InputError(name, f"expected a list of str, got {got}")
     out = list(texts)
     for i, t in enumerate(out):
         if not isinstance(t, str):
-            raise TypeError(f"{name}[{i}] must be str, got {type(t).__name__}")
+            raise InputError(f"{name}[{i}]", f"expected str, got {type(t).__name__}")
     return out
 
 
@@ -198,7 +201,7 @@ class Tokenizer:
         if pairs is not None:
             pairs = check_texts(pairs, "pairs")
             if len(pairs) != len(texts):
-                raise ValueError(f"pairs has {len(pairs)} items but texts has {len(texts)}")
+                raise InputError("pairs", f"has {len(pairs)} items but texts has {len(texts)}")
         return texts, pairs
 
 

@@ -33,7 +33,7 @@ from pydantic import (
     model_validator,
 )
 
-from textfleet.engine.config import BatchingConfig
+from textfleet.engine.config import EngineConfig
 
 GATEWAY_APP = "textfleet-gateway"
 """Ray Serve application name of the server-wide routes; no model may take it."""
@@ -85,8 +85,13 @@ class RayActorOptions(_Strict):
     """Ray accelerator type constraint, e.g. ``A100``."""
 
 
-class ModelConfig(_Strict):
-    """One served model: one Ray Serve application at ``/v2/models/<name>``."""
+class ModelConfig(EngineConfig):
+    """One served model: one Ray Serve application at ``/v2/models/<name>``.
+
+    The engine's settings (backend, device, threads, max_length, batching) are
+    ``EngineConfig``'s fields, inherited: validated by the schema the engine
+    loads with, so an entry that validates is one a replica can load.
+    """
 
     name: str
     """Model name used in routes, the OpenAI ``model`` field and handle lookups."""
@@ -98,21 +103,6 @@ class ModelConfig(_Strict):
     task: Task | None = None
     """Task of the model; None takes the one recorded in the model directory.
     When set, it must match the directory (checked when the replica loads it)."""
-
-    backend: Literal["onnxruntime", "torch"] = "onnxruntime"
-    """Inference backend."""
-
-    device: str = "cpu"
-    """``cpu``, ``cuda`` or ``cuda:<index>``."""
-
-    threads: int | None = Field(None, ge=1, le=256)
-    """Intra-op threads of the backend per replica; None: the engine's default."""
-
-    max_length: int | None = Field(None, ge=4, le=8192)
-    """Truncate inputs to this many tokens; None: the model directory's limit."""
-
-    batching: BatchingConfig = BatchingConfig()
-    """Dynamic batching knobs of the engine in each replica."""
 
     limits: RequestLimits = RequestLimits()
     """Per-request size limits (413 past them)."""
@@ -158,13 +148,6 @@ class ModelConfig(_Strict):
             v = Path(base) / v
         return Path(v).expanduser().resolve() if v.is_absolute() else v
 
-    @field_validator("device")
-    @classmethod
-    def _check_device(cls, v: str) -> str:
-        if not re.fullmatch(r"cpu|cuda(:\d+)?", v):
-            raise ValueError(f"got {v!r}; expected 'cpu', 'cuda' or 'cuda:<index>'")
-        return v
-
     @field_validator("autoscaling")
     @classmethod
     def _check_autoscaling(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -186,6 +169,10 @@ class ModelConfig(_Strict):
             opts = self.ray_actor_options.model_copy(update={"num_gpus": 1.0})
             object.__setattr__(self, "ray_actor_options", opts)
         return self
+
+    def engine_config(self) -> EngineConfig:
+        """This entry's engine settings, as ``Engine.load`` takes them."""
+        return EngineConfig(**{name: getattr(self, name) for name in EngineConfig.model_fields})
 
     def deployment_options(self) -> dict[str, Any]:
         """Ray Serve deployment options of this model, as a config file spells them.

@@ -97,7 +97,8 @@ class ModelDirectory:
         self._fetched = 0.0
 
 
-@serve.deployment(name="Gateway", max_ongoing_requests=1024, ray_actor_options={"num_cpus": 0})
+# Scaling options come from GatewayConfig when the application is built (serve/app.py).
+@serve.deployment(name="Gateway", ray_actor_options={"num_cpus": 0})
 class Gateway:
     def __init__(self, server_version: str = textfleet.__version__):
         self.models = ModelDirectory()

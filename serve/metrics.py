@@ -6,53 +6,31 @@ metrics every few seconds. Ray adds the application, deployment and replica
 tags; we add ``model``. Ray prefixes every name with ``ray_`` and exports
 counters with a ``_total`` suffix, e.g. ``ray_textfleet_requests_total``.
 
-``engine.stats()`` is read generically so the engine can grow new figures
-without touching this file, all named ``textfleet_engine_<key>``:
+The engine's figures are read from ``EngineStats``'s fields, each named
+``textfleet_engine_<field>`` and described by its help text, so a new field
+there is exported without touching this file. Its metadata says the kind:
 
-- cumulative numbers (the engine's counters in ``CUMULATIVE``, or any key
-  ending in ``_total``) become Prometheus counters, fed by their increase;
-- histograms (``{"bounds", "counts", ...}``, ``counts[i]`` observations in
-  ``(bounds[i-1], bounds[i]]``, the last one above every bound) become
-  Prometheus histograms with the same bounds: each new observation is
-  replayed at its bucket's midpoint, so bucket counts are exact and ``_sum``
-  is an estimate;
-- every other number is a gauge (``padding_efficiency`` and
-  ``mean_batch_size`` are derived from the counters when the engine does not
-  report them).
+- counters (cumulative since load) become Prometheus counters, fed by their increase;
+- gauges become gauges;
+- histograms (``counts[i]`` observations in ``(bounds[i-1], bounds[i]]``, the
+  last one above every bound) become Prometheus histograms with the same
+  bounds: each new observation is replayed at its bucket's midpoint, so bucket
+  counts are exact and ``_sum`` is an estimate.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import re
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
 
 from ray.serve.metrics import Counter, Gauge, Histogram
+
+from textfleet.engine.stats import EngineStats
 
 log = logging.getLogger(__name__)
 
 LATENCY_BOUNDARIES_MS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000]
-_SAFE = re.compile(r"[^a-zA-Z0-9_]")
-
-# engine.stats() figures that only ever grow.
-CUMULATIVE = {
-    "requests",
-    "sequences",
-    "batches",
-    "real_tokens",
-    "padded_tokens",
-    "tokenize_s",
-    "compute_s",
-    "rejected",
-    "timed_out",
-    "cancelled",
-    "errors",
-    "failed_batches",
-    "dropped_sequences",
-    "prefetched_batches",
-}
 
 
 class ModelMetrics:
@@ -98,47 +76,9 @@ class ModelMetrics:
             self.errors.inc(1, {"kind": "client" if status < 500 else "server"})
 
 
-def is_histogram(v: Any) -> bool:
-    return isinstance(v, dict) and "bounds" in v and "counts" in v
-
-
-def flatten_stats(stats: dict[str, Any], prefix: str = "") -> dict[str, float]:
-    """Nested dict of numbers -> ``{"a_b": 1.0}``; histograms and other values are dropped."""
-    flat: dict[str, float] = {}
-    for k, v in stats.items():
-        key = _SAFE.sub("_", f"{prefix}{k}")
-        if is_histogram(v):
-            continue
-        if isinstance(v, dict):
-            flat.update(flatten_stats(v, key + "_"))
-        elif isinstance(v, int | float) and not isinstance(v, bool):
-            flat[key] = float(v)
-    return flat
-
-
-def histograms(stats: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The top-level histograms of ``engine.stats()``."""
-    return {_SAFE.sub("_", k): v for k, v in stats.items() if is_histogram(v)}
-
-
-def is_cumulative(key: str) -> bool:
-    return key.endswith("_total") or key in CUMULATIVE
-
-
-def derived(flat: dict[str, float]) -> dict[str, float]:
-    """Padding efficiency and mean batch size from the engine's counters, if present."""
-    base = {k.removesuffix("_total"): v for k, v in flat.items()}
-    out = {}
-    real, padded = base.get("real_tokens"), base.get("padded_tokens")
-    if real is not None and padded:
-        out["padding_efficiency"] = real / padded
-    seqs, batches = base.get("sequences"), base.get("batches")
-    if seqs is not None and batches:
-        out["mean_batch_size"] = seqs / batches
-    return {k: v for k, v in out.items() if k not in flat}
-
-
-def replay(bounds: list[float], previous: list[int], counts: list[int]) -> list[tuple[float, int]]:
+def replay(
+    bounds: Sequence[float], previous: Sequence[int], counts: Sequence[int]
+) -> list[tuple[float, int]]:
     """(value, times) that reproduce the new observations of a bucketed histogram.
 
     The value is the middle of its bucket (half the first bound for the first,
@@ -162,12 +102,12 @@ def replay(bounds: list[float], previous: list[int], counts: list[int]) -> list[
 class EngineStatsExporter:
     """Polls ``engine.stats()`` and mirrors it into Ray metrics (one per replica)."""
 
-    def __init__(self, model: str, stats: Callable[[], dict[str, Any]], period_s: float = 2.0):
+    def __init__(self, model: str, stats: Callable[[], EngineStats], period_s: float = 2.0):
         self._model = model
         self._stats = stats
         self._period_s = period_s
         self._last: dict[str, float] = {}
-        self._last_counts: dict[str, list[int]] = {}
+        self._last_counts: dict[str, tuple[int, ...]] = {}
         self._metrics: dict[str, Counter | Gauge | Histogram] = {}
         self._task: asyncio.Task | None = None
 
@@ -190,35 +130,32 @@ class EngineStatsExporter:
             await asyncio.sleep(self._period_s)
 
     def export_once(self) -> None:
-        stats = self._stats() or {}
-        flat = flatten_stats(stats)
-        for key, value in flat.items():
-            if is_cumulative(key):
-                delta = value - self._last.get(key, 0.0)
-                if delta > 0:
-                    self._metric(key, Counter).inc(delta)
-                self._last[key] = value
-            else:
-                self._metric(key, Gauge).set(value)
-        for key, value in derived(flat).items():
-            self._metric(key, Gauge).set(value)
-        for key, h in histograms(stats).items():
-            bounds, counts = list(h["bounds"]), list(h["counts"])
-            metric = self._metric(key, Histogram, bounds)
-            for value, times in replay(bounds, self._last_counts.get(key, []), counts):
+        stats = self._stats()
+        for f in EngineStats.fields("counter"):
+            value = float(getattr(stats, f.name))
+            metric = self._metric(f, Counter)  # made at once: a counter at 0 is news too
+            delta = value - self._last.get(f.name, 0.0)
+            if delta > 0:
+                metric.inc(delta)
+            self._last[f.name] = value
+        for f in EngineStats.fields("gauge"):
+            self._metric(f, Gauge).set(float(getattr(stats, f.name)))
+        for f in EngineStats.fields("histogram"):
+            h = getattr(stats, f.name)
+            metric = self._metric(f, Histogram, list(h.bounds))
+            for value, times in replay(h.bounds, self._last_counts.get(f.name, ()), h.counts):
                 for _ in range(times):
                     metric.observe(value)
-            self._last_counts[key] = counts
+            self._last_counts[f.name] = h.counts
 
-    def _metric(self, key: str, kind: type, bounds: list[float] | None = None):
-        m = self._metrics.get(key)
+    def _metric(self, f, kind: type, bounds: list[float] | None = None):
+        m = self._metrics.get(f.name)
         if m is None:
-            name = "textfleet_engine_" + key.removesuffix("_total")
-            desc = f"engine.stats()['{key}']"
+            name, desc = f"textfleet_engine_{f.name}", f.metadata["help"]
             if kind is Histogram:
                 m = Histogram(name, description=desc, boundaries=bounds, tag_keys=("model",))
             else:
                 m = kind(name, description=desc, tag_keys=("model",))
             m.set_default_tags({"model": self._model})
-            self._metrics[key] = m
+            self._metrics[f.name] = m
         return m

@@ -47,16 +47,8 @@ def load_engine(cfg: ModelConfig):
             f"model {cfg.name!r}: model_dir {cfg.model_dir} does not exist; "
             "export it with `textfleet export` or fix model_dir in models.yaml"
         )
-    kwargs: dict[str, Any] = {
-        "backend": cfg.backend,
-        "device": cfg.device,
-        "threads": cfg.threads,
-        "batching": cfg.batching,
-    }
-    if cfg.max_length is not None:
-        kwargs["max_length"] = cfg.max_length
     try:
-        return Engine.load(cfg.model_dir, **kwargs)
+        return Engine.load(cfg.model_dir, cfg.engine_config())
     except Exception as e:
         raise ModelDirError(
             f"model {cfg.name!r}: cannot load {cfg.model_dir}: {type(e).__name__}: {e}"
@@ -87,7 +79,9 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-@serve.deployment(name=DEPLOYMENT_NAME, max_ongoing_requests=256)
+# Options come from the model's entry (ModelConfig.deployment_options) when its
+# application is built; the decorator only names the deployment.
+@serve.deployment(name=DEPLOYMENT_NAME)
 class ModelServer:
     def __init__(self, config: dict[str, Any]):
         self.config = ModelConfig.model_validate(config)

@@ -4,13 +4,16 @@ batching, bad input, pooling heads and the batch planner."""
 from __future__ import annotations
 
 import asyncio
+import json
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
-from textfleet.engine import Engine
+from textfleet.engine import Engine, EngineConfig, InputError
+from textfleet.engine.backends.base import create_backend
 from textfleet.engine.batch import Batch
 from textfleet.engine.engine import plan_batches
 from textfleet.engine.errors import EngineError, ModelDirError
@@ -136,16 +139,21 @@ def test_lower_max_length_at_load_matches_the_reference(model_dir, source_dir, e
 def test_max_length_can_only_be_lowered(model_dir, engine):
     with pytest.raises(ValueError, match=r"max_length 1024 is above .* max_length 256"):
         Engine.load(model_dir, max_length=1024)
-    with pytest.raises(ValueError, match="max_length must be an int >= 4"):
+    with pytest.raises(ValidationError, match=r"max_length\n.*greater than or equal to 4"):
         Engine.load(model_dir, max_length=2)
 
 
 def test_bad_input_names_the_index(engine):
-    with pytest.raises(TypeError, match=r"texts\[1\] must be str, got int"):
+    with pytest.raises(InputError, match=r"texts\[1\]: expected str, got int") as err:
         engine.embed(["fine", 3])
-    with pytest.raises(TypeError, match="not a single str"):
+    assert err.value.field == "texts[1]"  # the protocol layer answers 400 with it
+    with pytest.raises(InputError, match=r"texts\[1\]: expected str, got bytes"):
+        asyncio.run(engine.aembed(["fine", b"raw"]))
+    with pytest.raises(InputError, match="texts: expected a list of str, got a single str"):
         engine.embed("a bare string")
-    with pytest.raises(TypeError, match=r"texts\[0\]"):
+    with pytest.raises(InputError, match="texts: expected a list of str, got int"):
+        engine.embed(3)
+    with pytest.raises(InputError, match=r"texts\[0\]: expected str, got NoneType"):
         engine.count_tokens([None])
 
 
@@ -157,15 +165,18 @@ def test_small_token_budget_gives_same_vectors_within_limits(model_dir, engine):
         stats = small.stats()
     np.testing.assert_allclose(got, engine.embed(texts), atol=1e-5)
     lengths = np.array(engine.count_tokens(texts))
-    assert stats["requests"] > 1 and stats["sequences"] == len(texts)
-    assert stats["real_tokens"] == lengths.sum()
-    sizes = stats["batch_size"]
-    assert sizes["count"] == stats["batches"] and sizes["sum"] == len(texts)
-    assert sum(c for b, c in zip(sizes["bounds"], sizes["counts"], strict=False) if b > 4) == 0
+    assert stats.requests > 1 and stats.sequences == len(texts)
+    assert stats.real_tokens == lengths.sum()
+    sizes = stats.batch_size
+    assert sizes.count == stats.batches and sizes.sum == len(texts)
+    assert sum(c for b, c in zip(sizes.bounds, sizes.counts, strict=False) if b > 4) == 0
     # A batch over 64 padded tokens only when one text alone is longer than that.
-    assert stats["padded_tokens"] <= 64 * stats["batches"] + sum(lengths[lengths > 64])
-    assert stats["compute_s"] > 0 and 0 <= stats["padding_ratio"] < 1
-    assert stats["queue_sequences"] == stats["live_requests"] == 0
+    assert stats.padded_tokens <= 64 * stats.batches + sum(lengths[lengths > 64])
+    assert stats.compute_s > 0 and 0 <= stats.padding_ratio < 1
+    assert stats.queue_sequences == stats.live_requests == 0
+    as_json = json.loads(json.dumps(stats.as_dict()))  # stats in JSON output, histograms too
+    assert as_json["batch_size"]["counts"] == list(sizes.counts)
+    assert as_json["padded_tokens"] == stats.padded_tokens
 
 
 def test_aembed_matches_embed(engine):
@@ -186,12 +197,56 @@ def test_closed_engine_refuses_work(model_dir):
 def test_load_errors_name_the_problem(tmp_path, model_dir):
     with pytest.raises(ModelDirError, match="model directory not found"):
         Engine.load(tmp_path / "nope")
-    with pytest.raises(ValueError, match="backend must be one of onnxruntime, torch, got 'tf'"):
+    with pytest.raises(ValidationError, match=r"backend\n.*'onnxruntime' or 'torch'"):
         Engine.load(model_dir, backend="tf")
-    with pytest.raises(ValueError, match="device must be one of cpu, cuda"):
-        Engine.load(model_dir, device="tpu")
-    with pytest.raises(ValueError, match="threads must be an int >= 1"):
+    with pytest.raises(ValidationError, match=r"threads\n.*greater than or equal to 1"):
         Engine.load(model_dir, threads=0)
+    with pytest.raises(ValidationError, match=r"thread\n.*Extra inputs are not permitted"):
+        Engine.load(model_dir, thread=2)
+
+
+@pytest.mark.parametrize("device", ["tpu", "gpu", "cuda:", "cuda:-1", "cuda1", "CPU"])
+def test_invalid_device_is_rejected_naming_the_field(model_dir, device):
+    message = rf"device\n.*got '{device}'; expected 'cpu', 'cuda' or 'cuda:<index>'"
+    with pytest.raises(ValidationError, match=message):
+        EngineConfig(device=device)
+    with pytest.raises(ValidationError, match=message):
+        Engine.load(model_dir, device=device)  # before anything loads
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
+def test_cuda_index_reaches_the_backend(model_dir, backend):
+    assert EngineConfig(backend=backend, device="cuda:1").device == "cuda:1"
+    runtime = create_backend(backend, model_dir, device="cuda:1")
+    assert runtime.device == "cuda:1"
+    if backend == "onnxruntime":  # the CUDA provider on GPU 1
+        cuda = ("CUDAExecutionProvider", {"device_id": 1})
+        assert runtime.providers() == [cuda, "CPUExecutionProvider"]
+        assert create_backend(backend, model_dir, device="cuda").providers()[0] == (
+            "CUDAExecutionProvider",
+            {"device_id": 0},
+        )
+    else:  # torch takes the device string as is; fp16 on any GPU
+        assert (runtime.gpu, runtime.dtype) == (1, "float16")
+
+
+def test_a_missing_gpu_fails_at_load_naming_the_device(model_dir):
+    """Validated is loadable: cuda:1 reaches the backend, which says what it lacks."""
+    ort = pytest.importorskip("onnxruntime")
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime has the CUDA provider")
+    with pytest.raises(RuntimeError, match="device 'cuda:1' needs onnxruntime with the CUDA"):
+        Engine.load(model_dir, device="cuda:1")
+
+
+def test_config_and_keywords_are_one_schema(model_dir):
+    config = EngineConfig(threads=1, max_length=64, batching={"max_batch_size": 4, "workers": 1})
+    with Engine.load(model_dir, config) as eng:
+        assert eng.config == config
+        assert (eng.backend.threads, eng.max_length, eng.batching.max_batch_size) == (1, 64, 4)
+    # Keywords lay over the config (a dict works too); the rest of it stands.
+    with Engine.load(model_dir, config.model_dump(), max_length=32) as eng:
+        assert eng.config == config.model_copy(update={"max_length": 32})
 
 
 # ---------------------------------------------------------------- heads

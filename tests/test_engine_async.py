@@ -70,8 +70,8 @@ def test_many_threads_and_tasks_get_their_own_vectors(engine, texts, reference):
         t.join()
     assert not mismatches, mismatches[:5]
     stats = engine.stats()
-    assert stats["queue_sequences"] == stats["live_requests"] == 0
-    assert stats["mean_batch_size"] > 1  # concurrent callers were batched together
+    assert stats.queue_sequences == stats.live_requests == 0
+    assert stats.mean_batch_size > 1  # concurrent callers were batched together
 
 
 @pytest.fixture
@@ -103,9 +103,9 @@ def test_timeout_and_cancellation_leave_the_queue(small_engine, texts):
     out = asyncio.run(main())
     assert out.shape == (120, eng.info.dim)
     stats = eng.stats()
-    assert stats["timed_out"] == 1 and stats["cancelled"] == 1
-    assert stats["dropped_sequences"] == 2  # neither was ever computed
-    assert stats["sequences"] - stats["dropped_sequences"] == 120
+    assert stats.timed_out == 1 and stats.cancelled == 1
+    assert stats.dropped_sequences == 2  # neither was ever computed
+    assert stats.sequences - stats.dropped_sequences == 120
 
 
 def test_overload_is_immediate_and_names_the_bound(small_engine, texts):
@@ -122,14 +122,14 @@ def test_overload_is_immediate_and_names_the_bound(small_engine, texts):
         await busy
 
     asyncio.run(main())
-    assert eng.stats()["rejected"] >= 2
+    assert eng.stats().rejected >= 2
     assert eng.embed(["still serving"]).shape == (1, eng.info.dim)
 
 
 def test_large_sync_input_is_chunked_within_the_bound(small_engine, engine, texts):
     got = small_engine.embed(texts)  # admitted against up to ~36k tokens: split in two
     assert cosine(got, engine.embed(texts)).min() >= COSINE
-    assert small_engine.stats()["requests"] > 1
+    assert small_engine.stats().requests > 1
 
 
 class FaultyBackend:
@@ -164,7 +164,7 @@ def test_backend_failure_fails_only_that_batch(model_dir):
         assert errors == ["injected backend failure"] * 2
         assert eng.embed(["the engine keeps serving"]).shape == (1, eng.info.dim)
         stats = eng.stats()
-        assert stats["failed_batches"] == 2 and stats["errors"] == 2
+        assert stats.failed_batches == 2 and stats.errors == 2
     finally:
         eng.close()
 

@@ -7,6 +7,7 @@ by tritonclient's own code, the client our users run.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import struct
 
 import numpy as np
@@ -20,7 +21,8 @@ from tritonclient.http import (
 )
 
 from textfleet.engine.errors import InputError, ModelDirError, Overloaded, TooLarge
-from textfleet.serve.metrics import derived, flatten_stats, is_cumulative
+from textfleet.engine.stats import EngineStats
+from textfleet.serve.metrics import EngineStatsExporter
 from textfleet.serve.protocols import openai, v1, v2
 from textfleet.serve.protocols.common import (
     MethodNotAllowed,
@@ -330,32 +332,18 @@ def test_overloaded_sets_retry_after_in_whole_seconds():
     assert dict(error_reply(Overloaded("full", retry_after_s=2.5)).headers) == {"Retry-After": "3"}
 
 
-def test_engine_stats_flattening_and_derived_gauges():
-    stats = {
-        "queue": {"depth": 3, "tokens": 120},
-        "batches": 4,
-        "sequences_total": 20,
-        "real_tokens": 300,
-        "padded_tokens": 400,
-        "backend": "onnxruntime",
-        "ok": True,
-    }
-    flat = flatten_stats(stats)
-    assert flat == {
-        "queue_depth": 3.0,
-        "queue_tokens": 120.0,
-        "batches": 4.0,
-        "sequences_total": 20.0,
-        "real_tokens": 300.0,
-        "padded_tokens": 400.0,
-    }
-    assert derived(flat) == {"padding_efficiency": 0.75, "mean_batch_size": 5.0}
-    assert [k for k in flat if is_cumulative(k)] == [
-        "batches",
-        "sequences_total",
-        "real_tokens",
-        "padded_tokens",
-    ]
+def test_every_engine_figure_is_exported_as_its_kind(engine):
+    """The exporter reads EngineStats's fields: a new field needs no change in serve/."""
+    engine.embed(["one text", "and another"])
+    exporter = EngineStatsExporter("m", engine.stats)
+    exporter.export_once()
+    exporter.export_once()  # a second poll only adds what is new
+    kinds = {"counter": "Counter", "gauge": "Gauge", "histogram": "Histogram"}
+    exported = {name: type(metric).__name__ for name, metric in exporter._metrics.items()}
+    assert exported == {f.name: kinds[f.metadata["kind"]] for f in dataclasses.fields(EngineStats)}
+    stats = engine.stats()
+    assert exporter._last["sequences"] == stats.sequences
+    assert exporter._last_counts["batch_size"] == stats.batch_size.counts
 
 
 def test_engine_errors_survive_pickling():
@@ -369,10 +357,8 @@ def test_engine_errors_survive_pickling():
 
 
 def test_engine_histograms_are_replayed_into_their_buckets():
-    from textfleet.serve.metrics import histograms, replay
+    from textfleet.serve.metrics import replay
 
-    stats = {"batch_size": {"bounds": [1, 2, 4], "counts": [1, 0, 3, 2], "sum": 30, "count": 6}}
-    assert "batch_size" in histograms(stats) and flatten_stats(stats) == {}
     assert replay([1, 2, 4], [], [1, 0, 3, 2]) == [(0.5, 1), (3.0, 3), (6.0, 2)]
     # Only what is new since the last poll is replayed.
     assert replay([1, 2, 4], [1, 0, 3, 2], [1, 1, 3, 4]) == [(1.5, 1), (6.0, 2)]

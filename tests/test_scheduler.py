@@ -86,7 +86,7 @@ def test_large_request_is_split_across_batches_and_reassembled_in_order():
             assert index not in rows
             rows[index] = ids[r, : mask[r].sum()].tolist()
     assert [rows[i] for i in range(len(texts))] == [byte_ids(t) for t in texts]
-    assert nat.stats()["live_requests"] == 0
+    assert nat.stats().live_requests == 0
 
 
 def test_queue_bound_rejects_at_once():
@@ -99,8 +99,8 @@ def test_queue_bound_rejects_at_once():
     with pytest.raises(_native.RequestTooLarge, match="max_queue_tokens"):
         nat.submit(5, ["x" * 200])
     s = nat.stats()
-    assert (s["rejected"], s["rejected_too_large"]) == (1, 1)
-    assert s["queue_tokens"] + s["prefetched_tokens"] == 100
+    assert (s.rejected, s.rejected_too_large) == (1, 1)
+    assert s.queue_tokens + s.prefetched_tokens == 100
     nat.next_batch()
     nat.submit(6, ["x" * 20])  # room again once a batch left the queue
 
@@ -121,8 +121,8 @@ def test_cancel_removes_queued_sequences():
     b = nat.next_batch()
     assert b.request_ids == [2]
     s = nat.stats()
-    assert s["dropped_sequences"] == 2 and s["cancelled_requests"] == 1
-    assert s["live_requests"] == 0 and s["queue_sequences"] == 0
+    assert s.dropped_sequences == 2 and s.cancelled_requests == 1
+    assert s.live_requests == 0 and s.queue_sequences == 0
 
 
 def test_expired_requests_are_never_computed():
@@ -132,7 +132,7 @@ def test_expired_requests_are_never_computed():
     nat.submit(2, ["on time"], timeout=60)
     assert nat.next_batch().request_ids == [2]
     s = nat.stats()
-    assert s["expired_requests"] == 1 and s["dropped_sequences"] == 1
+    assert s.expired_requests == 1 and s.dropped_sequences == 1
 
 
 def test_full_batch_is_prefetched_and_cancelled_rows_are_dropped_from_it():
@@ -140,18 +140,18 @@ def test_full_batch_is_prefetched_and_cancelled_rows_are_dropped_from_it():
     nat = native(threads=1, max_batch_size=4, fairness=0.0)
     nat.submit(1, ["a"] * 4)
     first = nat.next_batch()  # the executor is now "computing" it
-    before = nat.stats()["prefetched_batches"]  # 0 or 1: the first may have been too
+    before = nat.stats().prefetched_batches  # 0 or 1: the first may have been too
     nat.submit(2, ["b"] * 2)
     nat.submit(3, ["c"] * 2)  # a full batch of 4: a worker collates it ahead
     deadline = time.monotonic() + 10
-    while nat.stats()["queue_sequences"] and time.monotonic() < deadline:
+    while nat.stats().queue_sequences and time.monotonic() < deadline:
         time.sleep(0.001)
-    assert nat.stats()["queue_sequences"] == 0  # taken into the prefetched batch
+    assert nat.stats().queue_sequences == 0  # taken into the prefetched batch
     nat.cancel(2)
     second = nat.next_batch()
     assert first.request_ids == [1] * 4 and second.request_ids == [3, 3]
     s = nat.stats()
-    assert s["prefetched_batches"] == before + 1 and s["dropped_sequences"] == 2
+    assert s.prefetched_batches == before + 1 and s.dropped_sequences == 2
 
 
 def test_shutdown_with_drain_delivers_the_queue_first():
@@ -220,8 +220,8 @@ def test_many_threads_and_tasks_each_get_their_own_results(sched):
         t.join()
     assert not errors
     s = sched.stats()
-    assert sched.pending == 0 and s["live_requests"] == 0 and s["queue_sequences"] == 0
-    assert s["ok_requests"] == s["requests"] == 6 * 30 + 32 * 20
+    assert sched.pending == 0 and s.live_requests == 0 and s.queue_sequences == 0
+    assert s.ok_requests == s.requests == 6 * 30 + 32 * 20
 
 
 def test_a_failing_batch_fails_only_its_requests():
@@ -242,7 +242,7 @@ def test_a_failing_batch_fails_only_its_requests():
         assert [type(r).__name__ for r in results] == ["list", "ValueError"] * 2 + ["list"]
         assert s.run_sync(["still serving"])[0].tolist() == byte_ids("still serving")
         st = s.stats()
-        assert st["failed_batches"] == 2 and st["failed_requests"] == 2
+        assert st.failed_batches == 2 and st.failed_requests == 2
     finally:
         s.close()
 
@@ -265,7 +265,7 @@ def test_failure_cancels_the_rest_of_a_split_request():
         assert s.run_sync(["z"])[0].tolist() == byte_ids("z")  # the executor moved on
         st = s.stats()
         # c, d, e were never computed: the next batch run is z's alone.
-        assert calls == [2, 1] and st["dropped_sequences"] == 3 and st["live_requests"] == 0
+        assert calls == [2, 1] and st.dropped_sequences == 3 and st.live_requests == 0
     finally:
         s.close()
 
@@ -322,8 +322,8 @@ def test_timeouts_and_cancellation_resolve_exactly_once():
             threading.Timer(0.2, gate.set).start()
             s.run_sync(["held"], timeout=0.1)
         st = s.stats()
-        assert st["timeouts"] == 1 + 1 and st["cancellations"] == 1
-        assert st["dropped_sequences"] >= 2  # neither was ever computed
+        assert st.timeouts == 1 + 1 and st.cancellations == 1
+        assert st.dropped_sequences >= 2  # neither was ever computed
     finally:
         gate.set()
         s.close()
@@ -389,9 +389,9 @@ def test_no_leak_over_100k_short_requests():
         grown = proc.memory_info().rss - rss0
         st = s.stats()
         assert s.pending == 0
-        assert (st["live_requests"], st["queue_sequences"], st["queue_tokens"]) == (0, 0, 0)
-        assert (st["reserved_tokens"], st["prefetched_tokens"], st["tokenize_tasks"]) == (0, 0, 0)
-        assert st["requests"] == 110_000
+        assert (st.live_requests, st.queue_sequences, st.queue_tokens) == (0, 0, 0)
+        assert (st.reserved_tokens, st.prefetched_tokens, st.tokenize_tasks) == (0, 0, 0)
+        assert st.requests == 110_000
         assert grown < 16 * 2**20, f"RSS grew by {grown / 2**20:.1f} MiB"
     finally:
         s.close()

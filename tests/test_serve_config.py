@@ -12,7 +12,15 @@ import pytest
 import yaml
 from ray.serve.schema import ServeDeploySchema
 
-from textfleet.serve.config import GATEWAY_APP, ConfigError, load_models, parse_models
+from textfleet.engine import Engine, EngineConfig
+from textfleet.serve.config import (
+    GATEWAY_APP,
+    ConfigError,
+    ModelConfig,
+    load_models,
+    parse_model,
+    parse_models,
+)
 from textfleet.serve.generate import (
     dump,
     missing_model_dirs,
@@ -91,6 +99,39 @@ def test_cuda_device_reserves_a_gpu_unless_told_otherwise():
         }
     ).model("a")
     assert m.ray_actor_options.num_gpus == 0.5
+
+
+def test_a_model_entry_round_trips_to_the_engine_config(model_dir):
+    """The engine settings written in models.yaml are the config the replica loads with."""
+    engine_part = {
+        "backend": "onnxruntime",
+        "device": "cpu",
+        "threads": 1,
+        "max_length": 64,
+        "batching": {"max_batch_size": 4, "max_wait_ms": 1, "workers": 1},
+    }
+    entry = {"name": "a", "model_dir": str(model_dir.path), "num_replicas": 2, **engine_part}
+    wanted = EngineConfig(**engine_part)
+    models = parse_models({"models": [entry]})
+    assert models.model("a").engine_config() == wanted
+    # Through the generated Ray config's args, as a replica validates them.
+    args = serve_config(models)["applications"][0]["args"]
+    replica_config = parse_model(args).engine_config()
+    assert replica_config == wanted
+    with Engine.load(model_dir, replica_config) as engine:
+        assert engine.config == wanted
+        assert (engine.max_length, engine.batching.max_batch_size) == (64, 4)
+
+
+def test_engine_settings_are_validated_by_the_engine_schema():
+    """One schema: the entry's engine fields are EngineConfig's, with its messages."""
+    assert issubclass(ModelConfig, EngineConfig)
+    m = parse_models({"models": [{"name": "a", "model_dir": "/x", "device": "cuda:3"}]})
+    assert m.model("a").engine_config().device == "cuda:3"
+    with pytest.raises(ConfigError, match="model 'a': field 'backend'"):
+        parse_models({"models": [{"name": "a", "model_dir": "/x", "backend": "tf"}]})
+    with pytest.raises(ConfigError, match=r"field 'device': got 'cuda:x'; expected 'cpu', 'cuda'"):
+        parse_models({"models": [{"name": "a", "model_dir": "/x", "device": "cuda:x"}]})
 
 
 def test_deployment_options_stay_out_of_builder_args():

@@ -335,8 +335,6 @@ def test_bad_input_never_takes_a_replica_down(served, http, engine):
 
 def test_overload_is_503_with_retry_after_and_loses_nothing_else(http, served, engine):
     """'second' queues at most 1024 tokens: a burst of long requests overflows it."""
-    if "rejected" not in engine.stats():
-        pytest.skip("this engine has no bounded queue yet (the native scheduler reports rejected)")
     long_texts = ["lorem ipsum dolor sit amet " * 40] * 4
 
     async def burst():
@@ -403,11 +401,8 @@ def test_prometheus_metrics_per_model(served, http, engine):
         "ray_textfleet_texts_total{",
         "ray_textfleet_engine_batches_total{",
         "ray_textfleet_engine_padding_efficiency{",
+        "ray_textfleet_engine_batch_size_bucket{",
     ]
-    from textfleet.serve.metrics import is_histogram
-
-    if is_histogram(engine.stats().get("batch_size")):  # engines with the native scheduler
-        wanted.append("ray_textfleet_engine_batch_size_bucket{")
     deadline = time.monotonic() + 60
     while True:
         text = httpx.get(served["metrics_url"], timeout=10).text

@@ -150,10 +150,10 @@ def test_rerank_orders_by_score_and_counts_both_segments(scorer, workload_texts)
     assert [r.index for r in ranked] == list(np.argsort(-scores, kind="stable")[:5])
     np.testing.assert_allclose([r.score for r in ranked], np.sort(scores)[::-1][:5], atol=1e-6)
     assert len(scorer.rerank(query, docs)) == 20
-    before = scorer.stats()["real_tokens"]
+    before = scorer.stats().real_tokens
     scorer.score([(query, docs[0])])
     one = scorer.tokenizer.encode(query, docs[0])
-    assert scorer.stats()["real_tokens"] - before == len(one.ids)  # query + document tokens
+    assert scorer.stats().real_tokens - before == len(one.ids)  # query + document tokens
 
 
 def test_pair_scoring_on_torch_backend_matches_onnxruntime(
@@ -323,8 +323,10 @@ def test_bad_requests_name_the_field(classifier, scorer, tagger):
         classifier.classify(["x"], top_k=0)
     with pytest.raises(InputError, match="aggregation"):
         tagger.entities(["x"], aggregation="mean")
-    with pytest.raises(TypeError, match=r"texts\[1\]"):
+    with pytest.raises(InputError, match=r"texts\[1\]: expected str, got int"):
         classifier.classify(["ok", 3])
+    with pytest.raises(InputError, match=r"texts\[0\]: expected str, got float"):
+        tagger.entities([1.5])
     with pytest.raises(InputError, match="task: model 'categorium' serves task 'classification'"):
         classifier.score([("q", "d")])
     with pytest.raises(InputError, match=r"embed\(\) needs a model of task 'embedding'"):

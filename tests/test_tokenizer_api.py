@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer as HFTokenizer
 
-from textfleet.engine import _native
+from textfleet.engine import InputError, _native
 from textfleet.engine.native_tokenizer import unsupported_reason
 from textfleet.engine.tokenizer import Tokenizer, default_threads
 
@@ -78,11 +78,11 @@ def test_empty_list(tok):
 
 @pytest.mark.parametrize("call", ["encode_batch", "tokenize", "pad_batch"])
 def test_non_str_names_the_index(tok, call):
-    with pytest.raises(TypeError, match=r"texts\[2\]"):
+    with pytest.raises(InputError, match=r"texts\[2\]: expected str, got int"):
         getattr(tok, call)(["a", "b", 3])
-    with pytest.raises(TypeError, match=r"pairs\[1\]"):
+    with pytest.raises(InputError, match=r"pairs\[1\]: expected str, got NoneType"):
         getattr(tok, call)(["a", "b"], ["x", None])
-    with pytest.raises(TypeError, match="single str"):
+    with pytest.raises(InputError, match="texts: expected a list of str, got a single str"):
         getattr(tok, call)("not a list")
 
 
@@ -102,7 +102,7 @@ def test_lone_surrogate_is_rejected(tok):
 
 
 def test_pairs_length_mismatch(tok):
-    with pytest.raises(ValueError, match="pairs has 1 items but texts has 2"):
+    with pytest.raises(InputError, match="pairs: has 1 items but texts has 2"):
         tok.encode_batch(["a", "b"], ["x"])
 
 

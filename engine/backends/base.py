@@ -14,16 +14,11 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from textfleet.engine.backends import BACKENDS
 from textfleet.engine.batch import Batch
+from textfleet.engine.config import EngineConfig
 from textfleet.engine.errors import ModelDirError
 from textfleet.engine.model_dir import ModelDir
-
-DEVICES = ("cpu", "cuda")
-# name -> "module:Class", imported only when chosen so torch stays optional.
-BACKENDS = {
-    "onnxruntime": "textfleet.engine.backends.onnxruntime:OnnxRuntimeBackend",
-    "torch": "textfleet.engine.backends.torch:TorchBackend",
-}
 
 
 @runtime_checkable
@@ -67,18 +62,12 @@ def create_backend(
     threads: int | None = None,
     solo_threads: int | None = None,
 ) -> Backend:
-    """A backend by name, not yet loaded. Errors name the option and the choices.
+    """A backend by name, not yet loaded. The arguments are checked by ``EngineConfig``'s
+    schema (pydantic's ValidationError names the field and the choices).
 
     ``solo_threads``: threads for batches that run alone (``Batch.alone``); a
     backend that can (onnxruntime) keeps a second session with that many."""
-    if name not in BACKENDS:
-        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {name!r}")
-    if device not in DEVICES:
-        raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
-    if threads is not None and (
-        isinstance(threads, bool) or not isinstance(threads, int) or threads < 1
-    ):
-        raise ValueError(f"threads must be an int >= 1 or None, got {threads!r}")
+    EngineConfig(backend=name, device=device, threads=threads)
     module_name, cls_name = BACKENDS[name].split(":")
     cls = getattr(importlib.import_module(module_name), cls_name)
     return cls(

@@ -1,4 +1,4 @@
-"""onnxruntime backend: CPU, or the CUDA execution provider when installed and asked for.
+"""onnxruntime backend: CPU, or the CUDA execution provider (``cuda:N``) when installed.
 
 Threads: ``intra_op`` = ``threads`` (the engine defaults it to the physical
 cores), ``inter_op`` 1 and sequential execution: a BERT graph is one chain of
@@ -15,6 +15,7 @@ from onnxruntime.capi import onnxruntime_pybind11_state as _ort_errors
 
 from textfleet.engine.backends.base import check_outputs
 from textfleet.engine.batch import Batch
+from textfleet.engine.config import cuda_index
 from textfleet.engine.errors import ModelDirError
 from textfleet.engine.model_dir import ModelDir
 
@@ -41,16 +42,23 @@ class OnnxRuntimeBackend:
         self._inputs: list[str] = []
         self._outputs: list[str] = []
 
-    def _providers(self) -> list:
-        if self.device == "cpu":
+    def providers(self) -> list:
+        """onnxruntime's execution providers for ``device``; ``cuda:N`` is the CUDA
+        provider on GPU N, with the CPU provider for the ops it lacks."""
+        index = cuda_index(self.device)
+        if index is None:
             return ["CPUExecutionProvider"]
-        if "CUDAExecutionProvider" not in ort.get_available_providers():
+        return [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
+
+    def _check_providers(self) -> None:
+        if cuda_index(self.device) is not None and (
+            "CUDAExecutionProvider" not in ort.get_available_providers()
+        ):
             raise RuntimeError(
-                "device 'cuda' needs onnxruntime with the CUDA execution provider "
+                f"device {self.device!r} needs onnxruntime with the CUDA execution provider "
                 "(pip install 'textfleet[gpu]'); this onnxruntime has "
                 f"{ort.get_available_providers()}"
             )
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
 
     def session_options(self, threads: int | None = None) -> ort.SessionOptions:
         opts = ort.SessionOptions()
@@ -69,7 +77,8 @@ class OnnxRuntimeBackend:
         if self._session is not None:
             return
         path = self.model_dir.onnx_path
-        providers = self._providers()
+        self._check_providers()
+        providers = self.providers()
         try:
             session = ort.InferenceSession(str(path), self.session_options(), providers=providers)
         except (_ort_errors.Fail, _ort_errors.InvalidGraph, _ort_errors.InvalidProtobuf) as e:

@@ -5,7 +5,7 @@ the GPU path when onnxruntime's CUDA provider is not installed. It needs the
 model directory to keep its weights (``textfleet export --safetensors``).
 
 - ``cpu``: float32; ``torch.set_num_threads(threads)``, which is process-wide.
-- ``cuda``: float16 weights and activations (half the memory, tensor cores),
+- ``cuda`` / ``cuda:N``: float16 weights and activations (half the memory, tensor cores),
   inputs copied to the GPU per batch and outputs returned as float32 numpy.
   Outputs then differ from the float32 graph by fp16 rounding (about 1e-3
   relative on logits), which is the tolerance the GPU check uses.
@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from textfleet.engine.batch import Batch
+from textfleet.engine.config import cuda_index
 from textfleet.engine.errors import ModelDirError
 from textfleet.engine.model_dir import SAFETENSORS_FILE, ModelDir
 
@@ -35,7 +36,8 @@ class TorchBackend:
         self.model_dir = model_dir
         self.device = device
         self.threads = threads
-        self.dtype = "float16" if device == "cuda" else "float32"
+        self.gpu = cuda_index(device)  # None on the CPU
+        self.dtype = "float32" if self.gpu is None else "float16"
         self._model = None
         self._inputs: list[str] = list(model_dir.info.inputs)
 
@@ -52,12 +54,12 @@ class TorchBackend:
 
         from textfleet.models.export import TASK_SPECS
 
-        if self.device == "cuda" and not torch.cuda.is_available():
+        if self.gpu is not None and self.gpu >= torch.cuda.device_count():
             raise RuntimeError(
-                "device 'cuda' needs a CUDA build of torch and a visible GPU; "
-                f"this torch ({torch.__version__}) sees none"
+                f"device {self.device!r} needs a CUDA build of torch and GPU {self.gpu} visible; "
+                f"this torch ({torch.__version__}) sees {torch.cuda.device_count()} GPU(s)"
             )
-        if self.device == "cpu":
+        if self.gpu is None:
             torch.set_num_threads(self.threads)
         transformers.utils.logging.disable_progress_bar()
         auto = getattr(transformers, TASK_SPECS[self.model_dir.info.task].auto_class)
@@ -83,7 +85,7 @@ class TorchBackend:
 
     def unload(self) -> None:
         self._model = None
-        if self.device == "cuda":
+        if self.gpu is not None:
             import torch
 
             torch.cuda.empty_cache()

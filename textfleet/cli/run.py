@@ -1,6 +1,6 @@
 """``textfleet embed`` and ``textfleet predict``: run a model directory on a few texts.
 
-textfleet embed DIR "text" ["text" ...] [--backend onnxruntime] [--threads N]
+textfleet embed DIR "text" ["text" ...] [--backend onnxruntime] [--device cpu] [--threads N]
 textfleet predict DIR "text" ["text" ...]            classify / entities / embed
 textfleet predict DIR --query "q" "doc" ["doc" ...]  pair scoring: rerank the docs
 """
@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from textfleet.engine.backends import BACKENDS
 from textfleet.engine.tasks.entities import AGGREGATIONS
 
 
@@ -19,17 +20,28 @@ def add_embed(sub) -> None:
     p = sub.add_parser("embed", help="embed texts with a model directory and compare them")
     p.add_argument("model_dir", help="a directory written by `textfleet export`")
     p.add_argument("texts", nargs="+", help="texts to embed")
-    p.add_argument("--backend", default="onnxruntime", help="onnxruntime (default) or torch")
+    add_engine_options(p)
+    p.set_defaults(func=cmd_embed)
+
+
+def add_engine_options(p) -> None:
+    """Engine settings (``EngineConfig``'s fields); unset ones keep the engine's defaults."""
+    p.add_argument("--backend", choices=list(BACKENDS), default=None, help="default onnxruntime")
+    p.add_argument("--device", default=None, help="cpu (default), cuda or cuda:<index>")
     p.add_argument(
         "--threads", type=int, default=None, help="compute threads (default: physical cores)"
     )
-    p.set_defaults(func=cmd_embed)
+
+
+def engine_options(args: argparse.Namespace) -> dict:
+    names = ("backend", "device", "threads")
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
     from textfleet.engine.engine import Engine
 
-    with Engine.load(args.model_dir, backend=args.backend, threads=args.threads) as engine:
+    with Engine.load(args.model_dir, **engine_options(args)) as engine:
         vectors = engine.embed(args.texts)
         tokens = engine.count_tokens(args.texts)
         print(f"{engine!r}")
@@ -61,14 +73,14 @@ def add_predict(sub) -> None:
     p.add_argument("--query", default=None, help="pair scoring: rerank TEXTS against this query")
     p.add_argument("--top-k", type=int, default=3, help="classification: labels per text")
     p.add_argument("--aggregation", choices=AGGREGATIONS, default=None)
-    p.add_argument("--backend", default="onnxruntime", help="onnxruntime (default) or torch")
+    add_engine_options(p)
     p.set_defaults(func=cmd_predict)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from textfleet.engine.engine import Engine
 
-    with Engine.load(args.model_dir, backend=args.backend) as engine:
+    with Engine.load(args.model_dir, **engine_options(args)) as engine:
         task = engine.info.task
         print(repr(engine))
         if task == "pair-scoring":
