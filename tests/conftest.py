@@ -14,8 +14,9 @@ import socket
 from pathlib import Path
 
 import pytest
+from model_cache import cached_export
 
-from textfleet.models.export import ExportError, cached_export, resolve_source
+from textfleet.models.export import ExportError, resolve_source
 
 REPO = Path(__file__).resolve().parents[1]
 WORKLOAD = REPO / "benchmarks" / "data" / "texts.jsonl.gz"  # committed: see its README
