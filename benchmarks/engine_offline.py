@@ -15,7 +15,7 @@ variant got: well below 1 means other processes competed and the timing is noisy
 On a shared machine, ``--chunks K`` times engine and limit alternately on K
 slices of the texts (each slice sorted within itself) so noise hits both alike.
 
-    python benchmarks/engine_offline.py [--limit N] [--repeat R] [--chunks K] [--threads T]
+    python -m benchmarks.engine_offline [--limit N] [--repeat R] [--chunks K] [--threads T]
 
 Writes benchmarks/results/engine_offline.json (``--name`` to change).
 """
@@ -30,10 +30,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from benchmarks.common import (  # noqa: E402
+from benchmarks.common import (
     Measured,
     ensure_model_dir,
     load_texts,
@@ -42,9 +39,9 @@ from benchmarks.common import (  # noqa: E402
     table,
     write_results,
 )
-from textfleet.engine import Engine  # noqa: E402
-from textfleet.engine.backends.base import physical_cores  # noqa: E402
-from textfleet.engine.config import BatchingConfig  # noqa: E402
+from textfleet.engine import Engine
+from textfleet.engine.backends.base import physical_cores
+from textfleet.engine.config import BatchingConfig
 
 LIMIT_VARIANT = "raw sorted x32"
 
