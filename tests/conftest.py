@@ -70,7 +70,7 @@ def minilm_tokenizer_json(minilm_dir) -> Path:
     return path
 
 
-# ---------------------------------------------------------------- task models (issue 4)
+# ---------------------------------------------------------------- task models
 # Built from packages by models/recipes (see models/recipes/__init__.py), exported
 # with the same cache as the default model. Skips name what setup.sh provides.
 
