@@ -46,7 +46,7 @@ def raw_torch_rate(md: Path, task: str, texts: list[str]) -> float:
     import torch
     import transformers
 
-    from textfleet.models.export import TASK_SPECS
+    from textfleet.engine.tasks import TASK_SPECS
 
     engine = Engine.load(md, threads=1)
     seqs = engine.tokenizer.tokenize(*inputs_for(task, texts))

@@ -30,7 +30,6 @@ import logging
 import os
 import shutil
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +46,7 @@ from textfleet.engine.model_dir import (
     Source,
     sha256_file,
 )
+from textfleet.engine.tasks import TASK_SPECS
 from textfleet.models.quantize import check_quantization, quantize_onnx
 
 log = logging.getLogger(__name__)
@@ -58,23 +58,6 @@ _OFFSET_POSITIONS = {"roberta", "xlm-roberta", "camembert", "longformer"}
 
 class ExportError(EngineError):
     """The source cannot be exported; the message names the file or option."""
-
-
-@dataclass(frozen=True)
-class TaskSpec:
-    """How one task is exported: the transformers class and the graph output."""
-
-    auto_class: str
-    output: str
-
-
-TASK_SPECS: dict[str, TaskSpec] = {
-    "embedding": TaskSpec(auto_class="AutoModel", output="last_hidden_state"),
-    "classification": TaskSpec("AutoModelForSequenceClassification", "logits"),
-    "token-classification": TaskSpec("AutoModelForTokenClassification", "logits"),
-    # A cross-encoder is a sequence classifier with one label, fed (query, document).
-    "pair-scoring": TaskSpec("AutoModelForSequenceClassification", "logits"),
-}
 
 
 # ---------------------------------------------------------------- source

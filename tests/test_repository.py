@@ -73,6 +73,28 @@ def test_no_tracked_file_talks_about_how_the_work_was_organised():
     assert matches(tracked_texts(), ORGANISATION) == []
 
 
+# folder -> the textfleet subpackages its modules must not import (docs/ARCHITECTURE.md)
+LAYERS = {
+    "engine": ("serve", "models", "cli"),
+    "models": ("serve", "cli"),
+    "serve": ("models", "cli"),
+}
+
+
+def test_layers_import_only_downwards():
+    found = []
+    for folder, banned in LAYERS.items():
+        pattern = re.compile(
+            r"^\s*(?:from|import) textfleet\.(?:" + "|".join(banned) + r")\b", re.M
+        )
+        for path in sorted((REPO / folder).rglob("*.py")):
+            text = path.read_text(encoding="utf-8")
+            found += [
+                f"{path.relative_to(REPO)}: {m.group(0).strip()}" for m in pattern.finditer(text)
+            ]
+    assert found == []
+
+
 def test_the_patterns_catch_what_they_are_for():
     bad = {
         "a.py": 'ROOT.parent / "' + SHARED + '" / "DESIGN.md"',

@@ -20,6 +20,7 @@ import numpy as np
 from textfleet.engine.batch import Batch
 from textfleet.engine.errors import ModelDirError
 from textfleet.engine.model_dir import SAFETENSORS_FILE, ModelDir
+from textfleet.engine.tasks import TASK_SPECS
 
 
 class TorchBackend:
@@ -49,8 +50,6 @@ class TorchBackend:
             )
         import torch
         import transformers
-
-        from textfleet.models.export import TASK_SPECS
 
         if self.device == "cuda" and not torch.cuda.is_available():
             raise RuntimeError(
