@@ -4,9 +4,9 @@ Every call goes through one native scheduler (csrc/scheduler.h, driven by
 engine/scheduler.py): texts are tokenized natively with the GIL released,
 queued, and batched across all concurrent callers by the batch former
 (oldest first, then similar lengths, under a padded token budget: padded cost
-= rows x longest row, the work the model really does). One executor thread
-runs the backend and the task head on each batch and hands every row back
-to its request. ``embed`` (sync) and ``aembed`` (asyncio) share it, so the
+= rows x longest row, the work the model really does). Executor threads
+(``BatchingConfig.workers``) run the backend and the task head on each batch
+and hand every row back to its request. ``embed`` (sync) and ``aembed`` (asyncio) share it, so the
 engine is safe to call from many threads and tasks at once.
 """
 
