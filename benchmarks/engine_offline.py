@@ -2,7 +2,7 @@
 
 Variants, in one run, same model file, same onnxruntime settings and threads:
 
-- ``engine``: ``Engine.embed(texts)`` end to end (tokenize, plan length-sorted
+- ``engine``: ``Engine.embed(texts)`` end to end (tokenize, the batch former's length-aware
   batches under the token budget, collate, run, pool, normalise, reorder);
 - ``raw one-at-a-time``: session.run on each text alone;
 - ``raw arrival x32``: fixed batches of 32 in arrival order, padded to the longest;
@@ -15,7 +15,7 @@ variant got: well below 1 means other processes competed and the timing is noisy
 On a shared machine, ``--chunks K`` times engine and limit alternately on K
 slices of the texts (each slice sorted within itself) so noise hits both alike.
 
-    python benchmarks/engine_offline.py [--limit N] [--repeat R] [--chunks K] [--threads T]
+    python -m benchmarks.engine_offline [--limit N] [--repeat R] [--chunks K] [--threads T]
 
 Writes benchmarks/results/engine_offline.json (``--name`` to change).
 """
@@ -30,10 +30,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from benchmarks.common import (  # noqa: E402
+from benchmarks.common import (
     Measured,
     ensure_model_dir,
     load_texts,
@@ -42,10 +39,9 @@ from benchmarks.common import (  # noqa: E402
     table,
     write_results,
 )
-from textfleet.engine import Engine  # noqa: E402
-from textfleet.engine.backends.base import physical_cores  # noqa: E402
-from textfleet.engine.config import BatchingConfig  # noqa: E402
-from textfleet.engine.engine import plan_batches  # noqa: E402
+from textfleet.engine import Engine
+from textfleet.engine.backends.base import physical_cores
+from textfleet.engine.config import BatchingConfig
 
 LIMIT_VARIANT = "raw sorted x32"
 
@@ -158,6 +154,7 @@ def main(argv=None) -> int:
     )
     engine.embed(texts[:64])  # warm-up: first runs allocate the arena
     run_all(session, limit_feeds[0][:2])
+    warm_padded = engine.stats()["padded_tokens"]
     runs = time_engine_vs_limit(engine, session, texts, limit_feeds, bounds, args.repeat, threads)
     for name in plans:
         runs[name] = [measure(lambda name=name: run_all(session, feeds[name]), threads)]
@@ -165,11 +162,8 @@ def main(argv=None) -> int:
     engine.close()
     padded = {name: padded_tokens(f) for name, f in feeds.items()}
     padded[LIMIT_VARIANT] = sum(padded_tokens(f) for f in limit_feeds)
-    padded["engine"] = sum(
-        int(len(b) * seqs.lengths[s:e][b].max())
-        for s, e in bounds
-        for b in plan_batches(seqs.lengths[s:e], batching.max_batch_size, batching.max_batch_tokens)
-    )
+    # What the engine's batches really padded, per timed run (as its batch former formed them).
+    padded["engine"] = (stats["padded_tokens"] - warm_padded) // args.repeat
     return report(args, texts, threads, batching, runs, padded, stats)
 
 

@@ -21,7 +21,7 @@ a noisy spell on a shared machine hits all of them alike. Reported per
 variant: texts/s, ratio to the limit, p50 / p99 latency, padding efficiency
 (real / padded tokens) and mean batch size.
 
-    python benchmarks/engine_online.py [--requests N] [--clients 1 8 64] [--int8 DIR]
+    python -m benchmarks.engine_online [--requests N] [--clients 1 8 64] [--int8 DIR]
 
 Writes benchmarks/results/engine_online.{json,md,png} (``--name`` changes the stem).
 ``--peers-no-spin`` gives the peers textfleet's onnxruntime thread setting, so that
@@ -32,17 +32,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from benchmarks.common import (  # noqa: E402
+from benchmarks.common import (
     RESULTS,
     ensure_model_dir,
     load_texts,
@@ -50,10 +46,10 @@ from benchmarks.common import (  # noqa: E402
     table,
     write_results,
 )
-from benchmarks.http_peers import PlainEmbedder  # noqa: E402
-from textfleet.engine import Engine  # noqa: E402
-from textfleet.engine.backends.base import physical_cores  # noqa: E402
-from textfleet.engine.engine import default_workers  # noqa: E402
+from benchmarks.http_peers import PlainEmbedder
+from textfleet.engine import Engine
+from textfleet.engine.backends.base import physical_cores
+from textfleet.engine.engine import default_workers
 
 VARIANTS = ("lock", "serve_batch", "textfleet")
 

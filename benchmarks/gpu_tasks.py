@@ -3,7 +3,7 @@
 Run on a machine with a CUDA GPU, after the model directories exist
 (``textfleet export categorium|rampart|minilm-cross-encoder -o artifacts/models/NAME``):
 
-    python benchmarks/gpu_tasks.py [--limit 4000]
+    python -m benchmarks.gpu_tasks [--limit 4000]
 
 For each model with torch weights: outputs of the torch backend on ``cuda``
 (float16) against onnxruntime on CPU (float32) over 256 texts (max abs error
@@ -25,12 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from benchmarks.common import load_texts, machine_info, table, write_results  # noqa: E402
-from benchmarks.tasks import RECIPES, call, inputs_for, model_dir  # noqa: E402
-from textfleet.engine import Engine  # noqa: E402
+from benchmarks.common import load_texts, machine_info, table, write_results
+from benchmarks.tasks import RECIPES, call, inputs_for, model_dir
+from textfleet.engine import Engine
 
 
 def outputs(engine: Engine, task: str, texts: list[str]) -> np.ndarray:
@@ -49,7 +46,7 @@ def raw_torch_rate(md: Path, task: str, texts: list[str]) -> float:
     import torch
     import transformers
 
-    from textfleet.models.export import TASK_SPECS
+    from textfleet.engine.tasks import TASK_SPECS
 
     engine = Engine.load(md, threads=1)
     seqs = engine.tokenizer.tokenize(*inputs_for(task, texts))

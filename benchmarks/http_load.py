@@ -15,7 +15,7 @@ each process spends per request (where the time goes).
 
 Writes benchmarks/results/http_load.{json,md,png}.
 
-    python benchmarks/http_load.py [--model-dir artifacts/models/all-MiniLM-L6-v2]
+    python -m benchmarks.http_load [--model-dir artifacts/models/all-MiniLM-L6-v2]
 """
 
 from __future__ import annotations
@@ -31,17 +31,15 @@ from pathlib import Path
 
 import orjson
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from benchmarks.common import (  # noqa: E402
+from benchmarks.common import (
     DEFAULT_MODEL_DIR,
     RESULTS,
+    ROOT,
     ensure_model_dir,
     load_texts,
     machine_info,
 )
-from benchmarks.loadgen import (  # noqa: E402
+from benchmarks.loadgen import (
     Request,
     cpu_by_role,
     cpu_snapshot,
@@ -214,7 +212,7 @@ def run_ray_system(system: str, args) -> dict:
 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"
-        argv = [sys.executable, str(Path(__file__).resolve()), "--child", system]
+        argv = [sys.executable, "-m", "benchmarks.http_load", "--child", system]
         argv += ["--child-out", str(out), *sys.argv[1:]]
         env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_SERVE_")}
         subprocess.run(argv, cwd=ROOT, env=env, check=True)

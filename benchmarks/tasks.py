@@ -15,7 +15,7 @@ classification = rampart (6-layer BERT, 4-bit ONNX, no torch weights: its
 torch row is n/a), pair scoring = the MiniLM cross-encoder on pairs
 (text i, text i+1), both segments in one sequence.
 
-    python benchmarks/tasks.py [--limit 2000] [--torch-limit 300] [--threads T]
+    python -m benchmarks.tasks [--limit 2000] [--torch-limit 300] [--threads T]
 
 Writes benchmarks/results/tasks.json.
 """
@@ -29,13 +29,10 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from benchmarks.common import load_texts, machine_info, measure, table, write_results  # noqa: E402
-from benchmarks.engine_offline import raw_session, run_all  # noqa: E402
-from textfleet.engine import Engine  # noqa: E402
-from textfleet.engine.backends.base import physical_cores  # noqa: E402
+from benchmarks.common import ROOT, load_texts, machine_info, measure, table, write_results
+from benchmarks.engine_offline import raw_session, run_all
+from textfleet.engine import Engine
+from textfleet.engine.backends.base import physical_cores
 
 MODELS = ROOT / "artifacts" / "models"
 RECIPES = {

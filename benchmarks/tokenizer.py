@@ -10,7 +10,7 @@ Measured in one process, alternating the two sides, best of --repeats:
 - encode: one ``encode`` call per text, over the whole workload.
 - threads: native pad_batch with 1 vs 2 threads.
 
-Usage: python benchmarks/tokenizer.py [--batch-size 64] [--repeats 3]
+Usage: python -m benchmarks.tokenizer [--batch-size 64] [--repeats 3]
 Writes benchmarks/results/tokenizer.json. Nothing here asserts on time.
 """
 
@@ -24,11 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from benchmarks.common import Measured, load_texts, machine_info, write_results  # noqa: E402
-from textfleet.engine.tokenizer import Tokenizer, default_threads  # noqa: E402
+from benchmarks.common import ROOT, Measured, load_texts, machine_info, write_results
+from textfleet.engine.tokenizer import Tokenizer, default_threads
 
 
 def default_tokenizer_json() -> Path:

@@ -16,6 +16,12 @@ struct PaddedBuffers {
   size_t width;  // every row is padded (right side) to this many tokens
 };
 
+// Writes one sequence of len tokens into line `line` of out: its ids and type
+// ids, mask 1, then pad_id / 0 / 0 up to out.width (len <= out.width). The
+// one padding routine: collate() below and the scheduler's batches use it.
+void pad_line(const int32_t* ids, const uint32_t* type_ids, size_t len, size_t line,
+              int64_t pad_id, const PaddedBuffers& out);
+
 // Writes row rows[j] of batch into line j of out, for j in [0, n_rows);
 // rows == nullptr means rows 0..n_rows-1. Rows must be valid indices and no
 // longer than out.width. pool may be null.

@@ -5,6 +5,8 @@
 #include <cstdlib>
 #include <new>
 
+#include "collate.h"
+
 namespace textfleet {
 
 int64_t steady_now_ns() {
@@ -460,23 +462,11 @@ std::unique_ptr<ReadyBatch> Scheduler::collate(const Taken& rows) const {
   if (!mem) throw std::bad_alloc();
   out->data.reset(static_cast<int64_t*>(mem));
   int64_t* ids = out->data.get();
-  int64_t* mask = ids + cells;
-  int64_t* types = mask + cells;
+  const PaddedBuffers buffers{ids, ids + cells, ids + 2 * cells, w};
   const int64_t pad = encoder_->pad_id();
   for (size_t r = 0; r < n; ++r) {
     const TokenSeq& s = rows.seqs[r];
-    const size_t len = s.ids.size();
-    int64_t* row_ids = ids + r * w;
-    int64_t* row_mask = mask + r * w;
-    int64_t* row_types = types + r * w;
-    for (size_t j = 0; j < len; ++j) {
-      row_ids[j] = s.ids[j];
-      row_types[j] = s.type_ids[j];
-    }
-    std::fill(row_ids + len, row_ids + w, pad);
-    std::fill(row_mask, row_mask + len, 1);
-    std::fill(row_mask + len, row_mask + w, 0);
-    std::fill(row_types + len, row_types + w, 0);
+    pad_line(s.ids.data(), s.type_ids.data(), s.ids.size(), r, pad, buffers);
   }
   out->rows = static_cast<uint32_t>(n);
   out->width = static_cast<uint32_t>(w);

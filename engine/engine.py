@@ -4,13 +4,10 @@ Every call goes through one native scheduler (csrc/scheduler.h, driven by
 engine/scheduler.py): texts are tokenized natively with the GIL released,
 queued, and batched across all concurrent callers by the batch former
 (oldest first, then similar lengths, under a padded token budget: padded cost
-= rows x longest row, the work the model really does). One executor thread
-runs the backend and the task head on each batch and hands every row back
-to its request. ``embed`` (sync) and ``aembed`` (asyncio) share it, so the
+= rows x longest row, the work the model really does). Executor threads
+(``BatchingConfig.workers``) run the backend and the task head on each batch
+and hand every row back to its request. ``embed`` (sync) and ``aembed`` (asyncio) share it, so the
 engine is safe to call from many threads and tasks at once.
-
-``plan_batches`` is the offline planner (all lengths known up front, sorted);
-benchmarks use it as the compute limit to compare the scheduler against.
 """
 
 from __future__ import annotations
@@ -37,38 +34,6 @@ from textfleet.engine.tokenizer import Tokenizer, check_texts, default_threads
 # the queue other callers share.
 EMBED_CHUNK = 1024
 EMBED_WINDOW = 2
-
-
-def plan_batches(
-    lengths: np.ndarray, max_batch_size: int, max_batch_tokens: int
-) -> list[np.ndarray]:
-    """Split sequence indices into length-sorted batches, returned longest first.
-
-    Batches are filled from the shortest sequence up: a batch closes before the
-    next (longer) sequence would make ``rows x longest`` exceed
-    ``max_batch_tokens`` or rows exceed ``max_batch_size``. Filling from the
-    short end leaves the odd-sized batch at the long end, so a few outliers
-    (long texts in a mostly short request) are padded among themselves rather
-    than widening a full batch of short ones. A sequence longer than the budget
-    gets a batch of one (it must run somewhere). Every index appears exactly once.
-    """
-    lengths = np.asarray(lengths, dtype=np.int64)
-    order = np.argsort(lengths, kind="stable")
-    ascending = lengths[order].tolist()  # Python ints: the loop below is scalar work
-    batches: list[np.ndarray] = []
-    start, n = 0, len(order)
-    while start < n:
-        end = start + 1
-        while (
-            end < n
-            and end - start < max_batch_size
-            and (end - start + 1) * ascending[end] <= max_batch_tokens
-        ):
-            end += 1
-        batches.append(order[start:end])
-        start = end
-    batches.reverse()  # the widest batch first: a memory problem shows at once
-    return batches
 
 
 def default_workers(device: str) -> int:

@@ -22,7 +22,6 @@ torch and transformers (the ``torch`` extra) are imported only when exporting.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import importlib.util
 import inspect
@@ -31,7 +30,6 @@ import logging
 import os
 import shutil
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +46,7 @@ from textfleet.engine.model_dir import (
     Source,
     sha256_file,
 )
+from textfleet.engine.tasks import TASK_SPECS
 from textfleet.models.quantize import check_quantization, quantize_onnx
 
 log = logging.getLogger(__name__)
@@ -59,23 +58,6 @@ _OFFSET_POSITIONS = {"roberta", "xlm-roberta", "camembert", "longformer"}
 
 class ExportError(EngineError):
     """The source cannot be exported; the message names the file or option."""
-
-
-@dataclass(frozen=True)
-class TaskSpec:
-    """How one task is exported: the transformers class and the graph output."""
-
-    auto_class: str
-    output: str
-
-
-TASK_SPECS: dict[str, TaskSpec] = {
-    "embedding": TaskSpec(auto_class="AutoModel", output="last_hidden_state"),
-    "classification": TaskSpec("AutoModelForSequenceClassification", "logits"),
-    "token-classification": TaskSpec("AutoModelForTokenClassification", "logits"),
-    # A cross-encoder is a sequence classifier with one label, fed (query, document).
-    "pair-scoring": TaskSpec("AutoModelForSequenceClassification", "logits"),
-}
 
 
 # ---------------------------------------------------------------- source
@@ -457,39 +439,3 @@ def export(
         raise
     log.info("exported %s (%s) to %s", src.name, task, out_dir)
     return ModelDir.open(out_dir)
-
-
-def source_digest(folder: Path) -> str:
-    """sha256 over every file's relative path and contents: a cache key for an export."""
-    h = hashlib.sha256()
-    for p in sorted(folder.rglob("*")):
-        if p.is_file() and "__pycache__" not in p.parts:
-            h.update(str(p.relative_to(folder)).encode())
-            h.update(sha256_file(p).encode())
-    return h.hexdigest()
-
-
-def cached_export(source: str | os.PathLike, cache_root: str | os.PathLike, **options) -> ModelDir:
-    """Export once per (source contents, options, exporter code) under ``cache_root``.
-
-    Tests and benchmarks call this so a run does not re-export a model whose
-    files have not changed; the key includes this file so exporter changes
-    invalidate old exports.
-    """
-    folder, src = resolve_source(source)
-    h = hashlib.sha256(source_digest(folder).encode())
-    h.update(json.dumps(options, sort_keys=True).encode())
-    h.update(Path(__file__).read_bytes())
-    target = Path(cache_root) / f"{Path(src.name).name}-{h.hexdigest()[:16]}"
-    if (target / INFO_FILE).is_file():
-        try:
-            return ModelDir.open(target)
-        except ModelDirError as e:
-            log.warning("cached export %s is unusable (%s); exporting again", target, e)
-            shutil.rmtree(target)
-    try:
-        return export(source, target, **options)
-    except (ExportError, OSError):
-        if (target / INFO_FILE).is_file():  # another process finished the same export first
-            return ModelDir.open(target)
-        raise

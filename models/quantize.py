@@ -7,7 +7,7 @@ needed. On CPUs with VNNI / AVX-512 the int8 matmuls run faster; elsewhere the
 gain is mostly the 4x smaller file. Accuracy is measured, not assumed: see
 tests/test_quantize.py (cosine of int8 vs fp32 embeddings on the workload).
 
-Used by ``textfleet export --quantize int8`` (engine/export.py calls
+Used by ``textfleet export --quantize int8`` (models/export.py calls
 ``quantize_onnx`` on the freshly exported graph before checksums are taken).
 """
 

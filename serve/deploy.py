@@ -39,10 +39,6 @@ INGRESS_ENV = "TEXTFLEET_INGRESS"
 
 DONE = ("RUNNING", "DEPLOY_FAILED", "UNHEALTHY")
 
-# The folder holding the engine/ and serve/ packages. Ray's build tasks and
-# replicas import ``serve.app`` by name, and a source checkout is not on their
-# path unless we put it there (an installed textfleet is found either way).
-
 
 def resolve_ingress(ingress: str = "auto") -> tuple[str, dict[str, str]]:
     """``(ingress, environment for Ray)``: "haproxy" or "ray-proxy" (see

@@ -14,8 +14,9 @@ import socket
 from pathlib import Path
 
 import pytest
+from model_cache import cached_export
 
-from textfleet.models.export import ExportError, cached_export, resolve_source
+from textfleet.models.export import ExportError, resolve_source
 
 REPO = Path(__file__).resolve().parents[1]
 WORKLOAD = REPO / "benchmarks" / "data" / "texts.jsonl.gz"  # committed: see its README
@@ -69,7 +70,7 @@ def minilm_tokenizer_json(minilm_dir) -> Path:
     return path
 
 
-# ---------------------------------------------------------------- task models (issue 4)
+# ---------------------------------------------------------------- task models
 # Built from packages by models/recipes (see models/recipes/__init__.py), exported
 # with the same cache as the default model. Skips name what setup.sh provides.
 

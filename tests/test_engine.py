@@ -1,5 +1,5 @@
 """Engine: parity with the torch + sentence-transformers reference, order, truncation,
-batching, bad input, pooling heads and the batch planner."""
+batching, bad input and pooling heads."""
 
 from __future__ import annotations
 
@@ -8,14 +8,11 @@ import json
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from textfleet.engine import Engine, EngineConfig, InputError
 from textfleet.engine.backends.base import create_backend
 from textfleet.engine.batch import Batch
-from textfleet.engine.engine import plan_batches
 from textfleet.engine.errors import EngineError, ModelDirError
 from textfleet.engine.heads import EmbeddingHead, l2_normalize, max_pool, mean_pool
 
@@ -283,35 +280,3 @@ def test_embedding_head_modes_and_normalisation():
         EmbeddingHead("mean", False, "h")({"h": hidden[:, :3]}, batch)
     with pytest.raises(ValueError, match="pooling must be one of"):
         EmbeddingHead("sum", False, "h")
-
-
-# ---------------------------------------------------------------- batch planner
-
-
-@settings(max_examples=200, deadline=None)
-@given(
-    lengths=st.lists(st.integers(1, 600), max_size=300),
-    max_batch_size=st.integers(1, 64),
-    max_batch_tokens=st.integers(1, 10_000),
-)
-def test_plan_batches_covers_each_index_once_within_limits(
-    lengths, max_batch_size, max_batch_tokens
-):
-    lengths = np.array(lengths, dtype=np.int64)
-    plan = plan_batches(lengths, max_batch_size, max_batch_tokens)
-    flat = np.concatenate(plan) if plan else np.array([], dtype=np.int64)
-    assert sorted(flat.tolist()) == list(range(len(lengths)))
-    previous = None
-    for b in plan:
-        cost = len(b) * lengths[b].max()
-        assert len(b) <= max_batch_size
-        assert cost <= max_batch_tokens or len(b) == 1
-        if previous is not None:  # longest first: batches never get longer
-            assert lengths[b].max() <= previous
-        previous = lengths[b].min()
-
-
-def test_plan_batches_packs_short_sequences_by_padded_cost():
-    lengths = np.array([10] * 100)
-    plan = plan_batches(lengths, max_batch_size=64, max_batch_tokens=200)
-    assert [len(b) for b in plan] == [20] * 5

@@ -13,13 +13,13 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from model_cache import cached_export
 
 from textfleet.cli import main
 from textfleet.engine.errors import ModelDirError
 from textfleet.engine.model_dir import ModelDir, sha256_file
 from textfleet.models.export import (
     ExportError,
-    cached_export,
     read_max_length,
     read_pooling,
     write_tokenizer,

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from model_cache import cached_export
 
 from textfleet.engine import Engine
 from textfleet.engine.model_dir import ONNX_FILE
@@ -19,8 +20,6 @@ CACHE = Path(__file__).resolve().parents[1] / "artifacts" / "test-models"
 
 @pytest.fixture(scope="module")
 def int8_dir(source_dir):
-    from textfleet.models.export import cached_export
-
     return cached_export(DEFAULT_PACKAGE, CACHE, task="embedding", quantize="int8")
 
 

@@ -21,6 +21,7 @@ from textfleet.engine.batch import Batch
 from textfleet.engine.config import cuda_index
 from textfleet.engine.errors import ModelDirError
 from textfleet.engine.model_dir import SAFETENSORS_FILE, ModelDir
+from textfleet.engine.tasks import TASK_SPECS
 
 
 class TorchBackend:
@@ -51,8 +52,6 @@ class TorchBackend:
             )
         import torch
         import transformers
-
-        from textfleet.models.export import TASK_SPECS
 
         if self.gpu is not None and self.gpu >= torch.cuda.device_count():
             raise RuntimeError(

@@ -17,7 +17,7 @@ from textfleet.engine.tasks.entities import AGGREGATIONS
 
 
 def add_export(sub) -> None:
-    from textfleet.models.export import TASK_SPECS
+    from textfleet.engine.tasks import TASK_SPECS
 
     p = sub.add_parser(
         "export", help="export a Hugging Face folder, package or recipe to a model directory"
