@@ -46,13 +46,11 @@ def raw_torch_rate(md: Path, task: str, texts: list[str]) -> float:
     import torch
     import transformers
 
-    from textfleet.engine.tasks import TASK_SPECS
-
     engine = Engine.load(md, threads=1)
     seqs = engine.tokenizer.tokenize(*inputs_for(task, texts))
     order = np.argsort(seqs.lengths, kind="stable")
     batches = [seqs.collate(order[s : s + 32]) for s in range(0, len(order), 32)]
-    auto = getattr(transformers, TASK_SPECS[task].auto_class)
+    auto = getattr(transformers, engine.task.auto_class)
     model = auto.from_pretrained(str(md), dtype=torch.float16).to("cuda").eval()
     names = engine.info.inputs
     feeds = [{n: torch.from_numpy(getattr(b, n)).to("cuda") for n in names} for b in batches]

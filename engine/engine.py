@@ -21,12 +21,12 @@ from textfleet.engine import _native
 from textfleet.engine.backends.base import Backend, create_backend, physical_cores
 from textfleet.engine.batch import Batch
 from textfleet.engine.config import BatchingConfig, EngineConfig
-from textfleet.engine.errors import EngineError, ModelDirError
-from textfleet.engine.heads import HEADS
+from textfleet.engine.errors import EngineError
 from textfleet.engine.model_dir import ModelDir, ModelInfo
 from textfleet.engine.scheduler import Scheduler
 from textfleet.engine.stats import EngineStats
-from textfleet.engine.tasks.api import TaskMethods, TaskState
+from textfleet.engine.tasks.api import TaskMethods
+from textfleet.engine.tasks.registry import get_task
 from textfleet.engine.tokenizer import Tokenizer, check_texts, default_threads
 
 # Texts per request when embed() splits a large input, and how many such
@@ -75,12 +75,7 @@ class Engine(TaskMethods):
         batching: BatchingConfig,
         config: EngineConfig | None = None,
     ):
-        info = model_dir.info
-        if info.task not in HEADS:
-            raise ModelDirError(
-                f"{model_dir.path}: task {info.task!r} has no head in this engine "
-                f"(supported: {', '.join(HEADS)})"
-            )
+        task = get_task(model_dir.info.task)  # ModelInfo validated the name
         self.model_dir = model_dir
         self.tokenizer = tokenizer
         self.backend = backend
@@ -90,8 +85,9 @@ class Engine(TaskMethods):
         self.config = config or EngineConfig.model_construct(
             backend=backend.name, device=backend.device, batching=batching
         )
-        self.head = HEADS[info.task](info)
-        self._task = TaskState.from_model_dir(model_dir)  # labels etc.: errors at load
+        self.task = task
+        self.head = task.head(model_dir.info)
+        self._task = task.load_state(model_dir)  # TaskState: labels etc., errors at load
         self._closed = False
         self._scheduler = self._start_scheduler()
 
@@ -114,8 +110,7 @@ class Engine(TaskMethods):
             max_queue_tokens=cfg.max_queue_tokens,
             tokenizer_threads=cfg.tokenizer_threads or default_threads(),
         )
-        # Token classification rows are ragged ([tokens, labels] per text): keep a list.
-        finalize = list if self.info.task == "token-classification" else np.stack
+        finalize = list if self.task.ragged else np.stack  # ragged: [tokens, labels] per text
         return Scheduler(
             native,
             self._run_batch,
@@ -189,7 +184,7 @@ class Engine(TaskMethods):
         A non-str item raises InputError naming its index; texts longer than
         ``max_length`` tokens are truncated.
         """
-        self._require("embedding", "embed")
+        self._require("embed")
         texts = check_texts(texts, "texts")
         if not texts:
             return np.empty((0, self.info.dim), dtype=np.float32)
@@ -201,7 +196,7 @@ class Engine(TaskMethods):
         ``timeout`` (seconds): past it the caller gets TimeoutError and the request's
         sequences not yet computed leave the queue. Overloaded when the queue is full.
         """
-        self._require("embedding", "aembed")
+        self._require("aembed")
         texts = check_texts(texts, "texts")
         if not texts:
             return np.empty((0, self.info.dim), dtype=np.float32)

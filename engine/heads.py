@@ -1,4 +1,4 @@
-"""Task heads: model outputs of one batch -> one result row per sequence.
+"""The embedding head: model outputs of one batch -> one pooled vector per sequence.
 
 The graph of an embedding model returns the last hidden state, so pooling is
 here and one ONNX file serves any pooling. Everything is vectorised numpy in
@@ -7,17 +7,19 @@ The numerics follow sentence-transformers: the mean divides by the token
 count clamped at 1e-9, max pooling fills padding with -1e9, and L2
 normalisation divides by the norm clamped at 1e-12 (torch's F.normalize).
 
-A head is a small class built from the model directory's ``ModelInfo``; other
-tasks (labels, entity spans, scores) add their own classes to ``HEADS``.
+A head is a small class built from the model directory's ``ModelInfo``; each
+task's ``TaskSpec.head`` names its factory (engine/tasks/).
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
-from textfleet.engine.batch import Batch
-from textfleet.engine.model_dir import ModelInfo
-from textfleet.engine.tasks.heads import TASK_HEADS
+if TYPE_CHECKING:
+    from textfleet.engine.batch import Batch
+    from textfleet.engine.model_dir import ModelInfo
 
 
 def mean_pool(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -75,7 +77,3 @@ class EmbeddingHead:
         if self.normalize:
             pooled = l2_normalize(pooled)
         return np.ascontiguousarray(pooled, dtype=np.float32)
-
-
-# task -> head factory; the engine looks the model directory's task up here.
-HEADS = {"embedding": EmbeddingHead.from_info, **TASK_HEADS}

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from textfleet.engine.config import BatchingConfig
 from textfleet.engine.errors import ModelDirError
+from textfleet.engine.tasks.registry import TASKS, TaskName, get_task
 
 INFO_FILE = "textfleet.json"
 ONNX_FILE = "model.onnx"
@@ -33,7 +34,6 @@ TOKENIZER_FILE = "tokenizer.json"
 CONFIG_FILE = "config.json"
 FORMAT_VERSION = 1
 
-Task = Literal["embedding", "classification", "token-classification", "pair-scoring"]
 Pooling = Literal["mean", "cls", "max"]
 Aggregation = Literal["none", "simple", "first", "average", "max"]
 
@@ -59,7 +59,7 @@ class ModelInfo(BaseModel):
     """Version of this schema."""
     name: str = Field(min_length=1)
     """Model name, used in logs and as the default served name."""
-    task: Task
+    task: TaskName
     architecture: str
     """Hugging Face architecture the graph was exported from (e.g. BertModel)."""
     dim: int = Field(ge=1)
@@ -89,12 +89,15 @@ class ModelInfo(BaseModel):
 
     @model_validator(mode="after")
     def _task_fields(self) -> ModelInfo:
-        if self.task == "embedding" and self.pooling is None:
-            raise ValueError("pooling is required for task 'embedding' (mean, cls or max)")
-        if self.task != "token-classification" and (self.aggregation or self.merge_gaps):
-            raise ValueError("aggregation and merge_gaps apply to task 'token-classification' only")
-        if self.task == "pair-scoring" and self.dim != 1:
-            raise ValueError(f"a pair-scoring model outputs one logit (dim 1), got dim {self.dim}")
+        task = get_task(self.task)
+        for other in TASKS.values():
+            used = [f for f in other.options if other is not task and getattr(self, f)]
+            if used:
+                verb = "applies" if len(used) == 1 else "apply"
+                raise ValueError(f"{' and '.join(used)} {verb} to task {other.name!r} only")
+        problem = task.check_info(self)
+        if problem:
+            raise ValueError(problem)
         unknown = set(self.inputs) - {"input_ids", "attention_mask", "token_type_ids"}
         if unknown:
             raise ValueError(

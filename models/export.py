@@ -46,7 +46,8 @@ from textfleet.engine.model_dir import (
     Source,
     sha256_file,
 )
-from textfleet.engine.tasks import TASK_SPECS
+from textfleet.engine.tasks.registry import DEFAULT_TASK, TASKS
+from textfleet.engine.tasks.spec import TaskSpec
 from textfleet.models.quantize import check_quantization, quantize_onnx
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,13 @@ _OFFSET_POSITIONS = {"roberta", "xlm-roberta", "camembert", "longformer"}
 
 class ExportError(EngineError):
     """The source cannot be exported; the message names the file or option."""
+
+
+def lookup_task(task: str, command: str) -> TaskSpec:
+    """The registered task, or an error naming what ``command`` supports."""
+    if task not in TASKS:
+        raise ExportError(f"unknown task {task!r}; {command} supports: {', '.join(TASKS)}")
+    return TASKS[task]
 
 
 # ---------------------------------------------------------------- source
@@ -203,27 +211,18 @@ def task_fields(
     Classifiers must name their labels (``id2label`` without gaps) and a
     pair scorer must have exactly one: checked here, before any export work.
     """
-    if task == "embedding":
-        fields: dict = {"dim": int(config["hidden_size"])}
-    elif task == "pair-scoring":
-        n = len(config.get("id2label") or {}) or int(config.get("num_labels", 2))
-        if n != 1:
-            raise ExportError(
-                f"{where / CONFIG_FILE}: a pair-scoring (cross-encoder) model has one label, "
-                f"this one has {n}; export it with --task classification"
-            )
-        fields = {"dim": 1}
-    else:
-        from textfleet.engine.tasks.classification import labels_from_config
-
-        try:
-            fields = {"dim": len(labels_from_config(config, str(where / CONFIG_FILE)))}
-        except ModelDirError as e:
-            raise ExportError(str(e)) from None
-    if task == "token-classification":
+    spec = TASKS[task]
+    try:
+        fields: dict = {"dim": spec.output_width(config, str(where / CONFIG_FILE))}
+    except ModelDirError as e:
+        raise ExportError(str(e)) from None
+    if "aggregation" in spec.options:
         fields |= {"aggregation": aggregation or "simple", "merge_gaps": merge_gaps}
     elif aggregation is not None or merge_gaps:
-        raise ExportError("--aggregation and --merge-gaps apply to --task token-classification")
+        owners = [t.name for t in TASKS.values() if "aggregation" in t.options]
+        raise ExportError(f"--aggregation and --merge-gaps apply to --task {', '.join(owners)}")
+    if "pooling" in spec.options:
+        fields["pooling"], fields["normalize"] = read_pooling(where)
     return fields
 
 
@@ -301,7 +300,7 @@ def export_onnx(folder: Path, out: Path, task: str, config: dict, max_length: in
         raise ExportError(
             f"export needs the torch extra (pip install 'textfleet[torch]'): {e}"
         ) from None
-    spec = TASK_SPECS[task]
+    spec = TASKS[task]
     transformers.utils.logging.disable_progress_bar()
     auto = getattr(transformers, spec.auto_class)
     try:
@@ -310,12 +309,12 @@ def export_onnx(folder: Path, out: Path, task: str, config: dict, max_length: in
         raise ExportError(f"{folder}: transformers cannot load the model ({e})") from None
     params = inspect.signature(model.forward).parameters
     names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in params]
-    wrapper = _wrapper(torch, model, names, spec.output)
+    wrapper = _wrapper(torch, model, names, spec.onnx_output)
     trace = _sample_inputs(config, names, rows=2, width=16)
     check = _sample_inputs(config, names, rows=3, width=max_length)
     with torch.inference_mode():
         expected = wrapper(*(torch.from_numpy(check[n]) for n in names)).numpy()
-    axes = {n: {0: "batch", 1: "sequence"} for n in [*names, spec.output]}
+    axes = {n: {0: "batch", 1: "sequence"} for n in [*names, spec.onnx_output]}
     # The tracer warns about Python branches it freezes (mask shapes); the graph is
     # checked against torch below on another shape instead of trusting the warnings.
     with warnings.catch_warnings(), torch.no_grad():
@@ -325,7 +324,7 @@ def export_onnx(folder: Path, out: Path, task: str, config: dict, max_length: in
             tuple(torch.from_numpy(trace[n]) for n in names),
             str(out),
             input_names=names,
-            output_names=[spec.output],
+            output_names=[spec.onnx_output],
             dynamic_axes=axes,
             opset_version=OPSET,
             do_constant_folding=True,
@@ -375,7 +374,7 @@ def _prepare_target(out_dir: Path, force: bool) -> None:
 def export(
     source: str | os.PathLike,
     out_dir: str | os.PathLike,
-    task: str = "embedding",
+    task: str = DEFAULT_TASK,
     max_length: int | None = None,
     safetensors: bool = False,
     force: bool = False,
@@ -391,14 +390,12 @@ def export(
     (a recipe records the package its files came from). ``quantize="int8"``
     stores a dynamically quantized graph (engine/quantize.py).
     """
-    if task not in TASK_SPECS:
-        raise ExportError(f"unknown task {task!r}; export supports: {', '.join(TASK_SPECS)}")
+    spec = lookup_task(task, "export")
     check_quantization(quantize)
     folder, src = resolve_source(source)
     config = check_source(folder)
     per_task = task_fields(task, config, folder, aggregation, merge_gaps)
     length = read_max_length(folder, config, max_length)
-    pooling, normalize = read_pooling(folder) if task == "embedding" else (None, False)
     out_dir = Path(out_dir).expanduser().resolve()
     _prepare_target(out_dir, force)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -424,10 +421,8 @@ def export(
             architecture=(config.get("architectures") or [config.get("model_type", "unknown")])[0],
             **per_task,
             max_length=length,
-            pooling=pooling,
-            normalize=normalize,
             inputs=tuple(inputs),
-            outputs=(TASK_SPECS[task].output,),
+            outputs=(spec.onnx_output,),
             opset=OPSET,
             checksums={f: sha256_file(tmp / f) for f in written},
             source=provenance or src,

@@ -29,12 +29,12 @@ from textfleet.engine.model_dir import (
     Source,
     sha256_file,
 )
-from textfleet.engine.tasks import TASKS
+from textfleet.engine.tasks.spec import TaskSpec
 from textfleet.models.export import (
     ExportError,
     _prepare_target,
+    lookup_task,
     position_limit,
-    read_pooling,
     task_fields,
     write_tokenizer,
 )
@@ -42,8 +42,6 @@ from textfleet.models.export import (
 log = logging.getLogger(__name__)
 
 BATCH_FIELDS = ("input_ids", "attention_mask", "token_type_ids")
-# Output rank each task's head reads: [rows, labels] or [rows, tokens, labels|dim].
-OUTPUT_RANK = {"embedding": 3, "classification": 2, "token-classification": 3, "pair-scoring": 2}
 
 
 def find_onnx(folder: Path, onnx_file: str | None) -> Path:
@@ -88,16 +86,17 @@ def probe_graph(path: Path, config: dict) -> tuple[list[str], str, tuple[int, ..
     return inputs, output, tuple(int(x) for x in shape)
 
 
-def check_output(task: str, shape: tuple[int, ...], dim: int, where: Path) -> None:
+def check_output(task: TaskSpec, shape: tuple[int, ...], dim: int, where: Path) -> None:
     """The graph's first output must have the task's rank and the config's width."""
-    rank = OUTPUT_RANK[task]
-    if len(shape) != rank:
+    if len(shape) != task.output_rank:
         raise ExportError(
-            f"{where}: first output has shape {list(shape)}; task {task!r} needs rank {rank}"
+            f"{where}: first output has shape {list(shape)}; "
+            f"task {task.name!r} needs rank {task.output_rank}"
         )
-    if task != "embedding" and shape[-1] != dim:
-        what = "1 logit" if task == "pair-scoring" else f"{dim} labels (config.json id2label)"
-        raise ExportError(f"{where}: the graph outputs {shape[-1]} values per row, expected {what}")
+    if task.width_of is not None and shape[-1] != dim:
+        raise ExportError(
+            f"{where}: the graph outputs {shape[-1]} values per row, expected {dim} {task.width_of}"
+        )
 
 
 def import_onnx(
@@ -114,8 +113,7 @@ def import_onnx(
 ) -> ModelDir:
     """Copy an ONNX folder into the model directory ``out_dir`` and return it, opened."""
     folder = Path(folder).expanduser().resolve()
-    if task not in TASKS:
-        raise ExportError(f"unknown task {task!r}; import-onnx supports: {', '.join(TASKS)}")
+    spec = lookup_task(task, "import-onnx")
     if not folder.is_dir():
         raise ExportError(f"source folder not found: {folder}")
     for needed in (TOKENIZER_FILE, CONFIG_FILE):
@@ -127,11 +125,10 @@ def import_onnx(
     limit = position_limit(config)
     if max_length is not None and not 4 <= max_length <= limit:
         raise ExportError(f"--max-length must be between 4 and {limit}, got {max_length}")
-    pooling, normalize = read_pooling(folder) if task == "embedding" else (None, False)
     info = dict(
         name=name or folder.name, task=task, max_length=max_length or limit,
         architecture=(config.get("architectures") or [config.get("model_type", "unknown")])[0],
-        pooling=pooling, normalize=normalize, **per_task,
+        **per_task,
         source=provenance or Source(kind="folder", name=str(folder)),
     )  # fmt: skip
     out_dir = Path(out_dir).expanduser().resolve()
@@ -145,9 +142,9 @@ def import_onnx(
         # Probe the copy, not the source: a graph whose weights live in external
         # data files that were not copied fails here, not when served.
         inputs, output, shape = probe_graph(tmp / ONNX_FILE, config)
-        if task == "embedding":
+        if spec.width_of is None:  # a free width: the graph's
             info["dim"] = shape[-1]
-        check_output(task, shape, info["dim"], folder / graph.name)
+        check_output(spec, shape, info["dim"], folder / graph.name)
         write_tokenizer(folder / TOKENIZER_FILE, tmp / TOKENIZER_FILE)
         shutil.copyfile(folder / CONFIG_FILE, tmp / CONFIG_FILE)
         sums = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}

@@ -34,14 +34,13 @@ from pydantic import (
 )
 
 from textfleet.engine.config import EngineConfig
+from textfleet.engine.tasks.registry import TaskName
 
 GATEWAY_APP = "textfleet-gateway"
 """Ray Serve application name of the server-wide routes; no model may take it."""
 
 DEPLOYMENT_NAME = "ModelServer"
 """Name of the one deployment inside every model's application."""
-
-Task = Literal["embedding", "classification", "token-classification", "pair-scoring"]
 
 # URL-safe and unambiguous in every route: no "/" (path segments) and no ":"
 # (KServe V1 puts ":predict" right after the name).
@@ -100,7 +99,7 @@ class ModelConfig(EngineConfig):
     """Directory written by ``textfleet export``; relative paths are resolved
     against the folder holding the models.yaml."""
 
-    task: Task | None = None
+    task: TaskName | None = None
     """Task of the model; None takes the one recorded in the model directory.
     When set, it must match the directory (checked when the replica loads it)."""
 

@@ -1,10 +1,12 @@
-"""Per-task adapters: what a task's tensors are called and which engine call serves them.
+"""Per-task adapters: how a task's wire requests become engine calls.
 
-The protocol modules know wire formats, the engine knows models; an adapter
-says, for one task, which V2 inputs and outputs it has, how a V1 instance or
-an OpenAI request becomes an engine call, and what comes back. ``ModelServer``
-only ever talks to an adapter, so a new task (classification, token
-classification, pair scoring) is one more class in ``TASKS``, nothing else.
+The protocol modules know wire formats, the engine knows models, the task
+registry (engine/tasks/registry.py) knows tasks: their V2 tensors and which
+engine methods serve them. An adapter says, for one task, how a V2 or V1
+request or an OpenAI / rerank body becomes an engine call and what comes
+back. ``ModelServer`` only ever talks to an adapter. An adapter class names
+its task's ``TaskSpec`` and is registered in ``ADAPTERS`` by defining it;
+a task whose requests the existing adapters speak needs no new class.
 """
 
 from __future__ import annotations
@@ -14,23 +16,36 @@ from typing import Any, ClassVar
 import numpy as np
 
 from textfleet.engine.errors import InputError
+from textfleet.engine.tasks import classification, embedding, pair_scoring, token_classification
+from textfleet.engine.tasks.registry import task_serving
+from textfleet.engine.tasks.spec import TaskSpec
 from textfleet.serve.config import ModelConfig
 from textfleet.serve.protocols import openai, rerank, v1, v2
-from textfleet.serve.protocols.common import Reply, TensorSpec, check_count, dumps
+from textfleet.serve.protocols.common import Reply, check_count, dumps
+
+ADAPTERS: dict[str, type[TaskAdapter]] = {}
+"""Task name -> its adapter class; filled by defining a ``TaskAdapter`` subclass."""
 
 
 class TaskAdapter:
     """Base: the protocol surface every task has, and clear errors for the rest."""
 
-    task: ClassVar[str] = ""
-    inputs: tuple[TensorSpec, ...] = ()
-    outputs: tuple[TensorSpec, ...] = ()
+    spec: ClassVar[TaskSpec]
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.spec.name in ADAPTERS:
+            raise TypeError(f"task {cls.spec.name!r} already has an adapter")
+        ADAPTERS[cls.spec.name] = cls
 
     def __init__(self, engine: Any, config: ModelConfig):
         self.engine = engine
         self.config = config
         self.name = config.name
+        self.task = self.spec.name
         self.max_texts = config.limits.max_texts
+        self.inputs = self.spec.v2_inputs
+        self.outputs = tuple(t.sized(int(engine.info.dim)) for t in self.spec.v2_outputs)
 
     def timeout(self, requested: float | None) -> float | None:
         return requested if requested is not None else self.config.request_timeout_s
@@ -44,29 +59,31 @@ class TaskAdapter:
         raise NotImplementedError
 
     async def openai_embeddings(self, obj: dict[str, Any]) -> Reply:
-        raise self._wrong_task("/v1/embeddings", "embedding")
+        raise self._wrong_task("/v1/embeddings", "embed")
 
     async def embed(self, texts: list[str], timeout: float | None = None) -> np.ndarray:
-        raise self._wrong_task("embed", "embedding")
+        raise self._wrong_task("embed")
 
     async def classify(self, texts: list[str], top_k: int | None = 1, timeout=None):
-        raise self._wrong_task("classify", "classification")
+        raise self._wrong_task("classify")
 
     async def entities(self, texts: list[str], aggregation: str | None = None, timeout=None):
-        raise self._wrong_task("entities", "token-classification")
+        raise self._wrong_task("entities")
 
     async def score(self, pairs: list, raw_scores: bool = False, timeout=None):
-        raise self._wrong_task("score", "pair-scoring")
+        raise self._wrong_task("score")
 
     async def rerank(
         self, query: str, documents: list[str], top_k=None, raw_scores=False, timeout=None
     ):
-        raise self._wrong_task("rerank", "pair-scoring")
+        raise self._wrong_task("rerank")
 
     async def rerank_http(self, obj: dict[str, Any]) -> Reply:
-        raise self._wrong_task("/v1/rerank", "pair-scoring")
+        raise self._wrong_task("/v1/rerank", "rerank")
 
-    def _wrong_task(self, what: str, needs: str) -> InputError:
+    def _wrong_task(self, what: str, method: str | None = None) -> InputError:
+        """``what`` (a call or a route) is served through the engine's ``method``."""
+        needs = task_serving(method or what).name
         return InputError(
             "model",
             f"model {self.name!r} is a {self.task} model; {what} needs a model of task {needs!r}",
@@ -76,13 +93,11 @@ class TaskAdapter:
 class EmbeddingTask(TaskAdapter):
     """Sentence embeddings: texts in, one float32 vector per text out."""
 
-    task = "embedding"
+    spec = embedding.TASK
 
     def __init__(self, engine: Any, config: ModelConfig):
         super().__init__(engine, config)
         self.dim = int(engine.info.dim)
-        self.inputs = (TensorSpec("text", "BYTES", (-1,)),)
-        self.outputs = (TensorSpec("embedding", "FP32", (-1, self.dim)),)
 
     async def embed(self, texts: list[str], timeout: float | None = None) -> np.ndarray:
         """The Python handle call: a list of str -> float32 [n, dim]."""
@@ -141,9 +156,7 @@ class ClassificationTask(TaskAdapter):
     [n, k], best first). V1: ``{"label", "score"}`` per instance (the best one).
     """
 
-    task = "classification"
-    inputs = (TensorSpec("text", "BYTES", (-1,)),)
-    outputs = (TensorSpec("label", "BYTES", (-1,)), TensorSpec("score", "FP32", (-1,)))
+    spec = classification.TASK
 
     async def classify(self, texts: list[str], top_k: int | None = 1, timeout=None):
         """The Python handle call: per text a list of LabelScore, best first."""
@@ -177,9 +190,7 @@ class TokenClassificationTask(TaskAdapter):
     same arrays as ``predictions``.
     """
 
-    task = "token-classification"
-    inputs = (TensorSpec("text", "BYTES", (-1,)),)
-    outputs = (TensorSpec("entities", "BYTES", (-1,)),)
+    spec = token_classification.TASK
 
     async def entities(self, texts: list[str], aggregation: str | None = None, timeout=None):
         """The Python handle call: per text a list of Entity."""
@@ -212,9 +223,7 @@ class PairScoringTask(TaskAdapter):
     ``POST /v1/rerank`` (Cohere / TEI bodies) comes through ``rerank_http``.
     """
 
-    task = "pair-scoring"
-    inputs = (TensorSpec("query", "BYTES", (-1,)), TensorSpec("document", "BYTES", (-1,)))
-    outputs = (TensorSpec("score", "FP32", (-1,)),)
+    spec = pair_scoring.TASK
 
     async def score(self, pairs: list, raw_scores: bool = False, timeout=None) -> np.ndarray:
         """The Python handle call: float32 [n] for n (query, document) pairs."""
@@ -271,14 +280,6 @@ def _pair(inst: Any, i: int) -> tuple[str, str]:
     return inst[0], inst[1]
 
 
-TASKS: dict[str, type[TaskAdapter]] = {
-    "embedding": EmbeddingTask,
-    "classification": ClassificationTask,
-    "token-classification": TokenClassificationTask,
-    "pair-scoring": PairScoringTask,
-}
-
-
 def adapter_for(engine: Any, config: ModelConfig) -> TaskAdapter:
     """The adapter of the engine's task; a task mismatch with the config is an error."""
     task = engine.info.task
@@ -288,10 +289,10 @@ def adapter_for(engine: Any, config: ModelConfig) -> TaskAdapter:
             f"{config.model_dir} holds a {task!r} model"
         )
     try:
-        cls = TASKS[task]
+        cls = ADAPTERS[task]
     except KeyError:
         raise ValueError(
             f"model {config.name!r}: task {task!r} cannot be served yet; served tasks: "
-            f"{', '.join(TASKS)}"
+            f"{', '.join(ADAPTERS)}"
         ) from None
     return cls(engine, config)

@@ -21,7 +21,7 @@ from textfleet.engine.batch import Batch
 from textfleet.engine.config import cuda_index
 from textfleet.engine.errors import ModelDirError
 from textfleet.engine.model_dir import SAFETENSORS_FILE, ModelDir
-from textfleet.engine.tasks import TASK_SPECS
+from textfleet.engine.tasks.registry import get_task
 
 
 class TorchBackend:
@@ -61,7 +61,7 @@ class TorchBackend:
         if self.gpu is None:
             torch.set_num_threads(self.threads)
         transformers.utils.logging.disable_progress_bar()
-        auto = getattr(transformers, TASK_SPECS[self.model_dir.info.task].auto_class)
+        auto = getattr(transformers, get_task(self.model_dir.info.task).auto_class)
         model = auto.from_pretrained(
             str(self.model_dir.path), use_safetensors=True, dtype=getattr(torch, self.dtype)
         )

@@ -10,51 +10,26 @@ checking the request and turning rows into results with the pure heads.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
-from textfleet.engine.errors import InputError, ModelDirError
-from textfleet.engine.model_dir import ModelDir
+from textfleet.engine.errors import InputError
 from textfleet.engine.tasks import classification, entities, scoring
+from textfleet.engine.tasks.registry import task_serving
 from textfleet.engine.tasks.results import Entity, LabelScore, Ranked
 from textfleet.engine.tokenizer import check_texts
-
-
-@dataclass(frozen=True)
-class TaskState:
-    """What a task needs from the model directory, read once at load (errors then, not later)."""
-
-    labels: list[str]
-    activation: str
-    vocab: entities.Vocab | None
-
-    @classmethod
-    def from_model_dir(cls, md: ModelDir) -> TaskState:
-        task = md.info.task
-        if task not in ("classification", "token-classification"):
-            return cls([], "sigmoid" if task == "pair-scoring" else "none", None)
-        config = md.config()
-        labels = classification.labels_from_config(config, str(md.config_path))
-        if len(labels) != md.info.dim:
-            raise ModelDirError(
-                f"{md.config_path}: names {len(labels)} labels but the model outputs {md.info.dim}"
-            )
-        vocab = None
-        if task == "token-classification":
-            vocab = entities.Vocab.from_tokenizer_json(md.tokenizer_path)
-        return cls(labels, classification.activation_for(config), vocab)
 
 
 class TaskMethods:
     """Mixed into Engine, which provides ``info``, ``tokenizer``, ``_task`` and ``_forward``."""
 
-    def _require(self, task: str, method: str) -> None:
-        if self.info.task != task:
+    def _require(self, method: str) -> None:
+        needed = task_serving(method)
+        if self.info.task != needed.name:
             raise InputError(
                 "task",
                 f"model {self.info.name!r} serves task {self.info.task!r}; "
-                f"{method}() needs a model of task {task!r}",
+                f"{method}() needs a model of task {needed.name!r}",
             )
 
     def classify(self, texts: Sequence[str], top_k: int | None = 1) -> list[list[LabelScore]]:
@@ -67,7 +42,7 @@ class TaskMethods:
         return self._classify_rows(self._forward(texts), top_k)
 
     def _classify_args(self, texts, top_k):
-        self._require("classification", "classify")
+        self._require("classify")
         return check_texts(texts, "texts"), classification.check_top_k(top_k)
 
     def _classify_rows(self, rows, top_k):
@@ -86,7 +61,7 @@ class TaskMethods:
         return self._entities_rows(texts, self._forward(texts), aggregation)
 
     def _entities_args(self, texts, aggregation):
-        self._require("token-classification", "entities")
+        self._require("entities")
         aggregation = entities.check_aggregation(aggregation or self.info.aggregation or "simple")
         return check_texts(texts, "texts"), aggregation
 
@@ -114,7 +89,7 @@ class TaskMethods:
 
     def score(self, pairs: Sequence[Sequence[str]], raw_scores: bool = False) -> np.ndarray:
         """float32 [n]: one relevance per (query, document) pair; sigmoid(logit) unless raw."""
-        self._require("pair-scoring", "score")
+        self._require("score")
         firsts, seconds = scoring.check_pairs(pairs)
         return self._pair_scores(self._forward(firsts, seconds), raw_scores)
 
@@ -131,7 +106,7 @@ class TaskMethods:
         return scoring.rank(self._pair_scores(rows, raw_scores), top_k)
 
     def _rerank_args(self, query, documents, top_k):
-        self._require("pair-scoring", "rerank")
+        self._require("rerank")
         documents = scoring.check_rerank(query, documents)
         if top_k is not None:
             scoring.rank(np.zeros(1, np.float32), top_k)  # validate before computing
@@ -160,7 +135,7 @@ class TaskMethods:
         return self._entities_rows(texts, rows, aggregation)
 
     async def ascore(self, pairs, raw_scores: bool = False, timeout: float | None = None):
-        self._require("pair-scoring", "score")
+        self._require("score")
         firsts, seconds = scoring.check_pairs(pairs)
         return self._pair_scores(await self._aforward(firsts, seconds, timeout), raw_scores)
 

@@ -1,6 +1,6 @@
-"""Sequence classification head: logits -> probabilities -> top-k labels.
+"""Sequence classification: logits -> probabilities -> top-k labels.
 
-Pure numpy. The activation is chosen from the model's config exactly as
+Pure numpy, and the task's ``TaskSpec``. The activation is chosen from the model's config exactly as
 transformers' text-classification pipeline chooses it, so a model gives the
 same scores here as there: ``regression`` -> none, multi-label or a single
 logit -> sigmoid, otherwise softmax.
@@ -9,11 +9,17 @@ logit -> sigmoid, otherwise softmax.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from textfleet.engine.errors import InputError, ModelDirError
 from textfleet.engine.tasks.results import LabelScore
+from textfleet.engine.tasks.spec import TaskSpec, TaskState, TensorSpec, per_text_lines
+
+if TYPE_CHECKING:
+    from textfleet.engine.batch import Batch
+    from textfleet.engine.model_dir import ModelDir, ModelInfo
 
 ACTIVATIONS = ("softmax", "sigmoid", "none")
 
@@ -112,3 +118,62 @@ def top_k_labels(
         ]
         for row_ids, row_s in zip(order, picked, strict=True)
     ]
+
+
+def label_count(config: Mapping, where: str) -> int:
+    return len(labels_from_config(config, where))
+
+
+def load_labels(md: ModelDir) -> TaskState:
+    """The label names and activation; the labels must match the model's output width."""
+    config = md.config()
+    labels = labels_from_config(config, str(md.config_path))
+    if len(labels) != md.info.dim:
+        raise ModelDirError(
+            f"{md.config_path}: names {len(labels)} labels but the model outputs {md.info.dim}"
+        )
+    return TaskState(labels, activation_for(config))
+
+
+class OutputHead:
+    """A head reading the graph's first output, ``labels`` values per row (or token)."""
+
+    def __init__(self, output: str, labels: int):
+        self.output = output
+        self.labels = labels
+
+    @classmethod
+    def from_info(cls, info: ModelInfo):
+        return cls(info.outputs[0], info.dim)
+
+
+class LogitsHead(OutputHead):
+    """Sequence classification and pair scoring: logits float32 [rows, labels]."""
+
+    def __call__(self, outputs: dict[str, np.ndarray], batch: Batch) -> np.ndarray:
+        logits = np.asarray(outputs[self.output], dtype=np.float32)
+        if logits.shape != (batch.rows, self.labels):
+            raise ValueError(
+                f"output {self.output!r} has shape {list(logits.shape)}; expected "
+                f"[{batch.rows}, {self.labels}] for this batch"
+            )
+        return logits
+
+
+def predict(engine, texts, top_k: int | None = 3, **options) -> list[str]:
+    return per_text_lines(texts, engine.classify(texts, top_k=top_k))
+
+
+TASK = TaskSpec(
+    name="classification",
+    auto_class="AutoModelForSequenceClassification",
+    onnx_output="logits",
+    output_rank=2,
+    output_width=label_count,
+    width_of="labels (config.json id2label)",
+    head=LogitsHead.from_info,
+    methods=("classify", "aclassify"),
+    v2_outputs=(TensorSpec("label", "BYTES", (-1,)), TensorSpec("score", "FP32", (-1,))),
+    predict=predict,
+    load_state=load_labels,
+)

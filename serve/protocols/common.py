@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 
 from textfleet.engine.errors import EngineError, InputError, ModelDirError, Overloaded, TooLarge
+from textfleet.engine.tasks.spec import TensorSpec as TensorSpec  # declared by the tasks
 
 log = logging.getLogger(__name__)
 
@@ -36,18 +37,6 @@ class Reply:
     body: bytes
     headers: tuple[tuple[str, str], ...] = ()
     media_type: str = JSON
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """One named tensor of a model's V2 metadata; -1 marks a variable dimension."""
-
-    name: str
-    datatype: str
-    shape: tuple[int, ...]
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
 
 
 def dumps(obj: Any) -> bytes:

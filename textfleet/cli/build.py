@@ -12,13 +12,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from textfleet.engine.tasks import TASKS
 from textfleet.engine.tasks.entities import AGGREGATIONS
+from textfleet.engine.tasks.registry import DEFAULT_TASK, TASKS, get_task
 
 
 def add_export(sub) -> None:
-    from textfleet.engine.tasks import TASK_SPECS
-
     p = sub.add_parser(
         "export", help="export a Hugging Face folder, package or recipe to a model directory"
     )
@@ -29,7 +27,7 @@ def add_export(sub) -> None:
     )
     p.add_argument("-o", "--output", required=True, help="model directory to write")
     p.add_argument(
-        "--task", default=None, help=f"one of: {', '.join(TASK_SPECS)} (default: embedding)"
+        "--task", default=None, help=f"one of: {', '.join(TASKS)} (default: {DEFAULT_TASK})"
     )
     p.add_argument(
         "--max-length", type=int, default=None, help="tokens per sequence (default: the model's)"
@@ -72,7 +70,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     else:
         from textfleet.models.export import export
 
-        task = args.task or "embedding"
+        task = args.task or DEFAULT_TASK
         md = export(args.source, args.output, task=task, safetensors=args.safetensors, **options)
     print(describe(md, "exported"))
     return 0
@@ -80,10 +78,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def describe(md, verb: str) -> str:
     info = md.info
-    extra = {
-        "embedding": f"pooling {info.pooling}, normalize {info.normalize}",
-        "token-classification": f"aggregation {info.aggregation}, merge_gaps {info.merge_gaps}",
-    }.get(info.task, f"{info.dim} outputs")
+    options = get_task(info.task).options
+    extra = ", ".join(f"{o} {getattr(info, o)}" for o in options) or f"{info.dim} outputs"
     return (
         f"{verb} {info.name} -> {md.path}\n"
         f"  task {info.task}, dim {info.dim}, max_length {info.max_length}, {extra}, "

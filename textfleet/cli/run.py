@@ -14,6 +14,7 @@ import numpy as np
 
 from textfleet.engine.backends import BACKENDS
 from textfleet.engine.tasks.entities import AGGREGATIONS
+from textfleet.engine.tasks.registry import TASKS
 
 
 def add_embed(sub) -> None:
@@ -81,31 +82,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from textfleet.engine.engine import Engine
 
     with Engine.load(args.model_dir, **engine_options(args)) as engine:
-        task = engine.info.task
         print(repr(engine))
-        if task == "pair-scoring":
-            if args.query is None:
-                raise ValueError("--query: a pair-scoring model reranks TEXTS against a query")
-            for r in engine.rerank(args.query, args.texts):
-                print(f"{r.score:8.4f}  [{r.index}] {_short(args.texts[r.index])}")
-            return 0
-        if args.query is not None:
-            raise ValueError(f"--query applies to pair-scoring models, not {task!r}")
-        if task == "embedding":
-            vectors = engine.embed(args.texts)
-            print(f"vectors: shape {vectors.shape} (use `textfleet embed` for similarities)")
-            return 0
-        results = (
-            engine.classify(args.texts, top_k=args.top_k)
-            if task == "classification"
-            else engine.entities(args.texts, aggregation=args.aggregation)
-        )
-        for text, found in zip(args.texts, results, strict=True):
-            print(_short(text))
-            for item in found:
-                print(f"    {item.as_dict()}")
+        if args.query is not None and not engine.task.pairs:
+            pairs = ", ".join(t.name for t in TASKS.values() if t.pairs)
+            raise ValueError(f"--query applies to {pairs} models, not {engine.info.task!r}")
+        options = {"query": args.query, "top_k": args.top_k, "aggregation": args.aggregation}
+        for line in engine.task.predict(engine, args.texts, **options):
+            print(line)
     return 0
-
-
-def _short(text: str) -> str:
-    return text if len(text) <= 70 else text[:67] + "..."
