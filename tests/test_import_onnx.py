@@ -13,8 +13,8 @@ import pytest
 
 from textfleet.cli import main
 from textfleet.engine.model_dir import ModelDir
-from textfleet.models.export import ExportError
 from textfleet.models.import_onnx import import_onnx
+from textfleet.models.source import ExportError
 
 
 def test_rampart_recipe_writes_a_checked_model_directory(rampart_dir):

@@ -16,7 +16,7 @@ from textfleet.cli import build_parser
 from textfleet.engine.engine import Engine
 from textfleet.engine.model_dir import ModelInfo
 from textfleet.engine.tasks.registry import TASKS, UnknownTask, get_task, task_serving
-from textfleet.models.export import ExportError, lookup_task
+from textfleet.models.source import ExportError, lookup_task
 from textfleet.serve.config import ConfigError, parse_model
 from textfleet.serve.tasks import ADAPTERS, adapter_for
 

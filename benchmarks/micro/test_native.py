@@ -18,7 +18,7 @@ import pytest
 from benchmarks.common import DEFAULT_PACKAGE, load_texts
 from textfleet.engine import _native
 from textfleet.engine.tokenizer import Tokenizer
-from textfleet.models.export import resolve_source
+from textfleet.models.source import resolve_source
 
 TEXTS = 512
 BATCH = 64
