@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from textfleet.serve.auth import KEYS_ARG, key_digests
 from textfleet.serve.config import (
     DEPLOYMENT_NAME,
     GATEWAY_APP,
@@ -27,37 +28,51 @@ MODEL_BUILDER = "textfleet.serve.app:build_model_app"
 GATEWAY_BUILDER = "textfleet.serve.app:build_gateway_app"
 
 
-def model_application(m: ModelConfig) -> dict[str, Any]:
+def model_application(m: ModelConfig, digests: list[str] | None = None) -> dict[str, Any]:
+    args = m.builder_args()
+    if digests:
+        args[KEYS_ARG] = list(digests)
     return {
         "name": m.name,
         "route_prefix": f"/v2/models/{m.name}",
         "import_path": MODEL_BUILDER,
-        "args": m.builder_args(),
+        "args": args,
         "deployments": [{"name": DEPLOYMENT_NAME, **m.deployment_options()}],
     }
 
 
-def gateway_application(models: ModelsFile) -> dict[str, Any]:
-    gw = models.server.gateway
+def gateway_application(models: ModelsFile, digests: list[str] | None = None) -> dict[str, Any]:
+    """The gateway's args: its scaling, the largest body any model takes (its own
+    cap: it never reads more than some model would accept) and the key digests.
+    No model list: adding a model within the largest limit leaves it untouched."""
+    args = models.server.gateway.model_dump(mode="json")
+    args["max_request_bytes"] = max(m.limits.max_request_bytes for m in models.models)
+    if digests:
+        args[KEYS_ARG] = list(digests)
     return {
         "name": GATEWAY_APP,
         "route_prefix": "/",
         "import_path": GATEWAY_BUILDER,
-        "args": gw.model_dump(mode="json"),
+        "args": args,
     }
 
 
 def serve_config(models: ModelsFile) -> dict[str, Any]:
-    """The Ray Serve config (a ``ServeDeploySchema`` mapping) for these models."""
+    """The Ray Serve config (a ``ServeDeploySchema`` mapping) for these models.
+
+    Reads the API keys ``server.api_keys`` names (a ConfigError if they are
+    missing); only their SHA-256 digests go into the applications' args.
+    """
     server = models.server
+    digests = key_digests(server.api_keys)
     return {
         "http_options": {"host": server.host, "port": server.port},
         "logging_config": {
             "log_level": server.log_level,
             "enable_access_log": server.access_log,
         },
-        "applications": [model_application(m) for m in models.models]
-        + [gateway_application(models)],
+        "applications": [model_application(m, digests) for m in models.models]
+        + [gateway_application(models, digests)],
     }
 
 
