@@ -100,8 +100,7 @@ def infer_request_from_dict(obj: dict[str, Any], binary: memoryview | None = Non
     req_id = obj.get("id")
     if req_id is not None and not isinstance(req_id, str):
         raise InputError("id", f"expected a string, got {type_name(req_id)}")
-    params = obj.get("parameters") or {}
-    as_mapping(params, "parameters")
+    params = _parameters(obj, "parameters")
     raw_inputs = obj.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:
         raise InputError("inputs", "expected a non-empty array of input tensors")
@@ -119,6 +118,12 @@ def infer_request_from_dict(obj: dict[str, Any], binary: memoryview | None = Non
         timeout_s=_timeout(params.get("timeout")),
         parameters={k: v for k, v in params.items() if k not in _RESERVED},
     )
+
+
+def _parameters(obj: dict[str, Any], field: str) -> dict[str, Any]:
+    """A ``parameters`` object; absent or null is empty, any other non-object a 400."""
+    params = obj.get("parameters")
+    return {} if params is None else as_mapping(params, field)
 
 
 def _header_length(value: int | str, body_len: int) -> int:
@@ -153,8 +158,7 @@ def _parse_input(i: int, raw: Any, binary: memoryview | None, offset: int):
             f"{where}.shape",
             f"expected an array of non-negative integers, got {_shape_text(shape)}",
         )
-    params = raw.get("parameters") or {}
-    size = as_mapping(params, f"{where}.parameters").get("binary_data_size")
+    size = _parameters(raw, f"{where}.parameters").get("binary_data_size")
     if size is None:
         if "data" not in raw:
             raise InputError(f"{where}.data", "missing (and no binary_data_size parameter)")
@@ -194,7 +198,7 @@ def _parse_outputs(raw: Any) -> tuple[RequestedOutput, ...] | None:
         o = as_mapping(o, f"outputs[{i}]")
         if not isinstance(o.get("name"), str):
             raise InputError(f"outputs[{i}].name", "missing or not a string")
-        params = as_mapping(o.get("parameters") or {}, f"outputs[{i}].parameters")
+        params = _parameters(o, f"outputs[{i}].parameters")
         b = params.get("binary_data")
         out.append(RequestedOutput(o["name"], None if b is None else bool(b)))
     return tuple(out)
