@@ -25,8 +25,7 @@ from typing import Any
 
 from ray.serve import Application
 
-from textfleet.serve import auth
-from textfleet.serve.config import ConfigError, GatewayConfig, RequestLimits, parse_model
+from textfleet.serve.config import GatewayConfig, parse_model
 from textfleet.serve.gateway import Gateway
 from textfleet.serve.server import ModelServer
 
@@ -36,29 +35,17 @@ CONSTRUCTOR_RETRIES = 3
 
 
 def build_model_app(args: dict[str, Any]) -> Application:
-    """One model's application: a ``ModelServer`` deployment configured by ``args``
-    (a models.yaml entry, plus ``api_key_sha256`` when keys are asked)."""
-    args, digests = auth.split_args(args)
+    """One model's application: a ``ModelServer`` deployment configured by ``args``."""
     cfg = parse_model(args)
     opts = cfg.deployment_options()
     return ModelServer.options(**opts, max_constructor_retry_count=CONSTRUCTOR_RETRIES).bind(
-        cfg.model_dump(mode="json"), digests
+        cfg.model_dump(mode="json")
     )
 
 
 def build_gateway_app(args: dict[str, Any] | None = None) -> Application:
-    """The server-wide routes (health, server metadata, /v1/embeddings, KServe V1).
-
-    ``args``: ``server.gateway`` of models.yaml, plus ``max_request_bytes`` (the
-    largest model's limit; RequestLimits' default when absent) and
-    ``api_key_sha256``."""
-    args, digests = auth.split_args(args)
-    max_bytes = args.pop("max_request_bytes", None)
-    if max_bytes is None:
-        max_bytes = RequestLimits().max_request_bytes
-    if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1:
-        raise ConfigError("gateway args: max_request_bytes must be a positive integer")
-    cfg = GatewayConfig.model_validate(args)
+    """The server-wide routes (health, server metadata, /v1/embeddings, KServe V1)."""
+    cfg = GatewayConfig.model_validate(args or {})
     return Gateway.options(
         num_replicas=cfg.num_replicas, max_ongoing_requests=cfg.max_ongoing_requests
-    ).bind(max_request_bytes=max_bytes, api_key_sha256=digests)
+    ).bind()

@@ -2,10 +2,11 @@
 
 ``server.api_keys`` names a source (``{env: NAME}`` or ``{file: path}``,
 ``serve/config.py``). The driver reads the keys when it builds the Ray Serve
-config and hands every application only their SHA-256 digests (the builder
-argument ``api_key_sha256``): the generated config file and the replicas'
-arguments never hold a key in clear, and a replica on another machine needs
-neither the variable nor the file.
+config and hands every deployment only their SHA-256 digests, in its
+``user_config`` (``{"api_key_sha256": [...]}``): the generated config file
+never holds a key in clear, a replica on another machine needs neither the
+variable nor the file, and changing the keys is Ray Serve's light update
+(``reconfigure`` on the running replicas), not a restart.
 
 A request presents a key as ``Authorization: Bearer <key>`` (OpenAI style) or
 ``x-api-key: <key>``. Its digest is compared with every known digest by
@@ -29,7 +30,7 @@ from textfleet.serve.config import ApiKeysConfig, ConfigError
 from textfleet.serve.protocols.common import Unauthorized
 
 KEYS_ARG = "api_key_sha256"
-"""The builder argument carrying the digests (hex) to every application."""
+"""The ``user_config`` field carrying the digests (hex) to every deployment."""
 
 OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready"})
 """Gateway paths answered without a key (probes)."""
@@ -83,14 +84,17 @@ def key_digests(source: ApiKeysConfig | None) -> list[str]:
     return sorted({digest(k) for k in read_keys(source)})
 
 
-def split_args(args: dict[str, Any] | None) -> tuple[dict[str, Any], list[str]]:
-    """An application's builder args without the digests, and the digests (checked)."""
-    rest = dict(args or {})
-    digests = rest.pop(KEYS_ARG, None) or []
+def from_user_config(user_config: Any, others: tuple[str, ...] = ()) -> KeyCheck:
+    """The check a deployment's ``user_config`` asks for; ``others``: its other fields."""
+    if not isinstance(user_config, dict):
+        raise ConfigError(f"user_config: expected a mapping, got {type(user_config).__name__}")
+    unknown = sorted(set(user_config) - {KEYS_ARG, *others})
+    if unknown:
+        raise ConfigError(f"user_config: unknown field(s) {', '.join(map(str, unknown))}")
+    digests = user_config.get(KEYS_ARG) or []
     if not isinstance(digests, list | tuple):
-        raise ConfigError(f"{KEYS_ARG}: expected a list of hex SHA-256 digests")
-    KeyCheck(digests)  # raises naming a malformed entry
-    return rest, list(digests)
+        raise ConfigError(f"user_config.{KEYS_ARG}: expected a list of hex SHA-256 digests")
+    return KeyCheck(digests)
 
 
 class KeyCheck:

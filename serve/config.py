@@ -42,6 +42,9 @@ GATEWAY_APP = "textfleet-gateway"
 DEPLOYMENT_NAME = "ModelServer"
 """Name of the one deployment inside every model's application."""
 
+GATEWAY_DEPLOYMENT = "Gateway"
+"""Name of the one deployment inside the gateway application."""
+
 # URL-safe and unambiguous in every route: no "/" (path segments) and no ":"
 # (KServe V1 puts ":predict" right after the name).
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")

@@ -28,7 +28,7 @@ from starlette.responses import Response
 
 import textfleet
 from textfleet.serve import auth
-from textfleet.serve.config import DEPLOYMENT_NAME, RequestLimits
+from textfleet.serve.config import DEPLOYMENT_NAME, GATEWAY_DEPLOYMENT, RequestLimits
 from textfleet.serve.protocols import openai, rerank, v2
 from textfleet.serve.protocols.body import read_request_body
 from textfleet.serve.protocols.common import (
@@ -97,20 +97,24 @@ class ModelDirectory:
 
 
 # Scaling options come from GatewayConfig when the application is built (serve/app.py).
-@serve.deployment(name="Gateway", ray_actor_options={"num_cpus": 0})
+@serve.deployment(name=GATEWAY_DEPLOYMENT, ray_actor_options={"num_cpus": 0})
 class Gateway:
-    def __init__(
-        self,
-        server_version: str = textfleet.__version__,
-        max_request_bytes: int = RequestLimits().max_request_bytes,
-        api_key_sha256: list[str] | None = None,
-    ):
+    def __init__(self, server_version: str = textfleet.__version__):
         self.models = ModelDirectory()
         self._metadata = json_reply(v2.server_metadata(server_version))
-        # The largest model's limit (serve/generate.py): the gateway never reads
-        # more than some model accepts; the model's replica checks its own.
-        self.max_request_bytes = max_request_bytes
-        self.keys = auth.KeyCheck(api_key_sha256 or ())
+        self.max_request_bytes = RequestLimits().max_request_bytes
+        self.keys = auth.KeyCheck()
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Ray Serve's light update (``user_config``, serve/generate.py): the API key
+        digests and ``max_request_bytes``, the largest model's limit: the gateway
+        never reads more of a body than some model accepts (each model's replica
+        checks its own), and a change needs no restart."""
+        self.keys = auth.from_user_config(user_config, others=("max_request_bytes",))
+        limit = user_config.get("max_request_bytes", RequestLimits().max_request_bytes)
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ValueError("user_config.max_request_bytes: expected a positive integer")
+        self.max_request_bytes = limit
 
     async def __call__(self, request: Request) -> Response:
         try:

@@ -19,6 +19,7 @@ from textfleet.serve.auth import KEYS_ARG, key_digests
 from textfleet.serve.config import (
     DEPLOYMENT_NAME,
     GATEWAY_APP,
+    GATEWAY_DEPLOYMENT,
     ModelConfig,
     ModelsFile,
     load_models,
@@ -28,32 +29,39 @@ MODEL_BUILDER = "textfleet.serve.app:build_model_app"
 GATEWAY_BUILDER = "textfleet.serve.app:build_gateway_app"
 
 
+# The API key digests and the gateway's body cap travel as each deployment's
+# user_config: Ray Serve applies a change by calling ``reconfigure`` on the
+# running replicas (no restart, no model reload); always written, so that
+# removing the keys reaches the replicas too.
+
+
 def model_application(m: ModelConfig, digests: list[str] | None = None) -> dict[str, Any]:
-    args = m.builder_args()
-    if digests:
-        args[KEYS_ARG] = list(digests)
+    user_config = {KEYS_ARG: list(digests or [])}
     return {
         "name": m.name,
         "route_prefix": f"/v2/models/{m.name}",
         "import_path": MODEL_BUILDER,
-        "args": args,
-        "deployments": [{"name": DEPLOYMENT_NAME, **m.deployment_options()}],
+        "args": m.builder_args(),
+        "deployments": [
+            {"name": DEPLOYMENT_NAME, **m.deployment_options(), "user_config": user_config}
+        ],
     }
 
 
 def gateway_application(models: ModelsFile, digests: list[str] | None = None) -> dict[str, Any]:
-    """The gateway's args: its scaling, the largest body any model takes (its own
-    cap: it never reads more than some model would accept) and the key digests.
-    No model list: adding a model within the largest limit leaves it untouched."""
-    args = models.server.gateway.model_dump(mode="json")
-    args["max_request_bytes"] = max(m.limits.max_request_bytes for m in models.models)
-    if digests:
-        args[KEYS_ARG] = list(digests)
+    """The gateway: its scaling as args; as user_config the key digests and the
+    largest body any model takes (the most it reads). No model list: adding a
+    model within the largest limit leaves it untouched."""
+    user_config = {
+        "max_request_bytes": max(m.limits.max_request_bytes for m in models.models),
+        KEYS_ARG: list(digests or []),
+    }
     return {
         "name": GATEWAY_APP,
         "route_prefix": "/",
         "import_path": GATEWAY_BUILDER,
-        "args": args,
+        "args": models.server.gateway.model_dump(mode="json"),
+        "deployments": [{"name": GATEWAY_DEPLOYMENT, "user_config": user_config}],
     }
 
 
@@ -61,7 +69,7 @@ def serve_config(models: ModelsFile) -> dict[str, Any]:
     """The Ray Serve config (a ``ServeDeploySchema`` mapping) for these models.
 
     Reads the API keys ``server.api_keys`` names (a ConfigError if they are
-    missing); only their SHA-256 digests go into the applications' args.
+    missing); only their SHA-256 digests go into the deployments' user_config.
     """
     server = models.server
     digests = key_digests(server.api_keys)

@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from textfleet.engine.errors import ModelDirError
-from textfleet.serve.auth import KeyCheck
+from textfleet.serve import auth
 from textfleet.serve.config import DEPLOYMENT_NAME, ModelConfig
 from textfleet.serve.metrics import EngineStatsExporter, ModelMetrics
 from textfleet.serve.protocols import openai, v1, v2
@@ -73,9 +73,9 @@ def subpath(scope: dict[str, Any]) -> str:
 # application is built; the decorator only names the deployment.
 @serve.deployment(name=DEPLOYMENT_NAME)
 class ModelServer:
-    def __init__(self, config: dict[str, Any], api_key_sha256: list[str] | None = None):
+    def __init__(self, config: dict[str, Any]):
         self.config = ModelConfig.model_validate(config)
-        self.keys = KeyCheck(api_key_sha256 or ())
+        self.keys = auth.KeyCheck()  # no keys unless user_config names some
         self.name = self.config.name
         self.version = self.config.version
         self.engine = load_engine(self.config)
@@ -93,6 +93,10 @@ class ModelServer:
         self._metadata_reply = Reply(200, dumps(self._metadata))
         self._ready_reply = Reply(200, dumps({"name": self.name, "ready": True}))
         log.info("model %r loaded from %s", self.name, self.config.model_dir)
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Ray Serve's light update (``user_config``): the API key digests, serve/auth.py."""
+        self.keys = auth.from_user_config(user_config)
 
     # ------------------------------------------------------------ HTTP
 

@@ -731,4 +731,4 @@ def test_keys_reach_the_replicas_as_digests_only(served):
 
     digest = hashlib.sha256(KEY.encode()).hexdigest()
     for app in served["config"]["applications"]:
-        assert digest in app["args"]["api_key_sha256"]
+        assert digest in app["deployments"][0]["user_config"]["api_key_sha256"]

@@ -82,27 +82,29 @@ def test_the_generated_config_holds_digests_and_the_gateway_cap(monkeypatch):
     text = yaml.safe_dump(config)
     assert KEY not in text and OTHER not in text
     want = sorted(hashlib.sha256(k.encode()).hexdigest() for k in (KEY, OTHER))
-    assert all(app["args"][auth.KEYS_ARG] == want for app in config["applications"])
-    gateway = config["applications"][-1]["args"]
-    assert gateway["max_request_bytes"] == 65536  # the largest model's limit, not more
-    # Without keys the args carry none (and stay what they were).
+    user_configs = [app["deployments"][0]["user_config"] for app in config["applications"]]
+    assert all(u[auth.KEYS_ARG] == want for u in user_configs)
+    # The gateway reads at most the largest model's limit.
+    assert user_configs[-1]["max_request_bytes"] == 65536
+    # The keys are a light update: the builders' args do not change with them.
     plain = serve_config(parse_models({"models": [{"name": "a", "model_dir": "/x"}]}))
-    assert all(auth.KEYS_ARG not in app["args"] for app in plain["applications"])
+    assert all(
+        app["deployments"][0]["user_config"][auth.KEYS_ARG] == []
+        and auth.KEYS_ARG not in app["args"]
+        for app in plain["applications"]
+    )
 
 
-def test_builders_take_the_digests_out_of_the_args():
-    from textfleet.serve.app import build_gateway_app, build_model_app
-
+def test_user_config_is_checked():
     digest = hashlib.sha256(KEY.encode()).hexdigest()
-    app = build_model_app({"name": "a", "model_dir": "/x", auth.KEYS_ARG: [digest]})
-    assert app._bound_deployment.init_args[1] == [digest]
-    gateway = build_gateway_app({"max_request_bytes": 8192, auth.KEYS_ARG: [digest]})
-    assert gateway._bound_deployment.init_kwargs == {
-        "max_request_bytes": 8192,
-        "api_key_sha256": [digest],
-    }
+    check = auth.from_user_config({auth.KEYS_ARG: [digest]})
+    check.check({"x-api-key": KEY})
+    assert not auth.from_user_config({auth.KEYS_ARG: []}).enabled
     with pytest.raises(ConfigError, match="entry 0 is not a hex SHA-256 digest"):
-        build_model_app({"name": "a", "model_dir": "/x", auth.KEYS_ARG: [KEY]})
+        auth.from_user_config({auth.KEYS_ARG: [KEY]})
+    with pytest.raises(ConfigError, match="unknown field"):
+        auth.from_user_config({"max_request_bytes": 1})
+    auth.from_user_config({"max_request_bytes": 1}, others=("max_request_bytes",))
 
 
 # ---------------------------------------------------------------- the check
