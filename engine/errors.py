@@ -5,6 +5,8 @@ Every message names the field and the limit so a caller can fix the request.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class EngineError(Exception):
     """Base of the errors below."""
@@ -41,3 +43,23 @@ class Overloaded(EngineError):
 
 class ModelDirError(EngineError):
     """A model directory is missing, incomplete or corrupt."""
+
+
+def short_repr(value: Any, limit: int = 40) -> str:
+    """A caller's value for an error message, at most about ``limit`` characters.
+
+    Scalars are shown (strings cut), containers only by kind and size: a
+    message never grows with the request nor recurses into its nesting.
+    """
+    if isinstance(value, str):
+        return repr(value[:limit]) + ("..." if len(value) > limit else "")
+    if isinstance(value, bytes | bytearray | memoryview):
+        return f"{len(value)} bytes"
+    if isinstance(value, bool | int | float) or value is None:
+        text = repr(value)
+        return text if len(text) <= limit else text[:limit] + "..."
+    if isinstance(value, list | tuple):
+        return f"an array of {len(value)}"
+    if isinstance(value, dict):
+        return f"an object of {len(value)} keys"
+    return type(value).__name__

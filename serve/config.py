@@ -42,9 +42,13 @@ GATEWAY_APP = "textfleet-gateway"
 DEPLOYMENT_NAME = "ModelServer"
 """Name of the one deployment inside every model's application."""
 
+GATEWAY_DEPLOYMENT = "Gateway"
+"""Name of the one deployment inside the gateway application."""
+
 # URL-safe and unambiguous in every route: no "/" (path segments) and no ":"
 # (KServe V1 puts ":predict" right after the name).
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 
 
 class ConfigError(ValueError):
@@ -198,6 +202,54 @@ class ModelConfig(EngineConfig):
         return args
 
 
+class ApiKeysConfig(_Strict):
+    """Where the API keys come from; never the keys themselves.
+
+    Exactly one of ``env`` (a variable holding comma-separated keys) or
+    ``file`` (one key per line; blank lines and ``#`` comments skipped). The
+    keys are read when the config is applied or generated (``textfleet
+    serve`` / ``textfleet config``) and reach the replicas as SHA-256 digests
+    only. A client sends one as ``Authorization: Bearer <key>`` or
+    ``x-api-key: <key>``.
+    """
+
+    env: str | None = None
+    """Environment variable holding the keys, comma-separated (e.g. ``TEXTFLEET_API_KEYS``)."""
+
+    file: Path | None = None
+    """File holding the keys, one per line; relative paths resolve against the yaml's folder."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_inline_keys(cls, v: Any) -> Any:
+        # Checked before pydantic sees the values, so that no message echoes a key.
+        if not isinstance(v, dict) or set(v) - {"env", "file"}:
+            raise ValueError(
+                "keys are never written in models.yaml; name where they come from: "
+                "{env: TEXTFLEET_API_KEYS} (comma-separated) or {file: path} (one per line)"
+            )
+        env = v.get("env")
+        if env is not None and not (isinstance(env, str) and _ENV_NAME_RE.match(env)):
+            raise ValueError(
+                "env must name an environment variable (letters, digits and '_'), not hold the keys"
+            )
+        return v
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ApiKeysConfig:
+        if (self.env is None) == (self.file is None):
+            raise ValueError("set exactly one of env or file")
+        return self
+
+    @field_validator("file")
+    @classmethod
+    def _resolve_file(cls, v: Path | None, info: ValidationInfo) -> Path | None:
+        base = (info.context or {}).get("base_dir")
+        if v is not None and not v.is_absolute() and base is not None:
+            v = Path(base) / v
+        return v
+
+
 class GatewayConfig(_Strict):
     """The small application serving server-wide routes (health, /v1/embeddings)."""
 
@@ -232,6 +284,11 @@ class ServerConfig(_Strict):
     when the ``haproxy`` binary is on PATH, else ray-proxy."""
 
     gateway: GatewayConfig = GatewayConfig()
+
+    api_keys: ApiKeysConfig | None = None
+    """Where the API keys come from (``{env: NAME}`` or ``{file: path}``); None: no keys
+    asked. With keys, every route but ``/v2/health/live`` and ``/v2/health/ready``
+    answers 401 without one of them."""
 
 
 class ModelsFile(_Strict):

@@ -27,8 +27,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 import textfleet
-from textfleet.serve.config import DEPLOYMENT_NAME
+from textfleet.serve import auth
+from textfleet.serve.config import DEPLOYMENT_NAME, GATEWAY_DEPLOYMENT, RequestLimits
 from textfleet.serve.protocols import openai, rerank, v2
+from textfleet.serve.protocols.body import read_request_body
 from textfleet.serve.protocols.common import (
     MethodNotAllowed,
     NotFound,
@@ -37,16 +39,13 @@ from textfleet.serve.protocols.common import (
     error_reply,
     json_reply,
     loads,
+    short_repr,
 )
-from textfleet.serve.server import read_body, to_response
+from textfleet.serve.server import to_response
 
 _V1_PREDICT = re.compile(r"^/v1/models/([^/:]+):predict$")
 _V1_MODEL = re.compile(r"^/v1/models/([^/:]+)$")
 _V2_MODEL = re.compile(r"^/v2/models/([^/]+)")
-
-# The gateway cannot know each model's limits without being redeployed with
-# them; it only caps bodies, and the model's replica checks its own limits.
-MAX_BODY_BYTES = 64 * 1024 * 1024
 
 
 class ModelDirectory:
@@ -84,7 +83,7 @@ class ModelDirectory:
         app = apps.get(name)
         if app is None:
             served = ", ".join(sorted(apps)) or "none"
-            raise NotFound(f"unknown model {name!r}; served models: {served}")
+            raise NotFound(f"unknown model {short_repr(name)}; served models: {served}")
         if str(app.status.value) != "RUNNING":
             detail = f": {app.message}" if app.message else ""
             raise Unavailable(f"model {name!r} is {app.status.value}{detail}")
@@ -98,11 +97,24 @@ class ModelDirectory:
 
 
 # Scaling options come from GatewayConfig when the application is built (serve/app.py).
-@serve.deployment(name="Gateway", ray_actor_options={"num_cpus": 0})
+@serve.deployment(name=GATEWAY_DEPLOYMENT, ray_actor_options={"num_cpus": 0})
 class Gateway:
     def __init__(self, server_version: str = textfleet.__version__):
         self.models = ModelDirectory()
         self._metadata = json_reply(v2.server_metadata(server_version))
+        self.max_request_bytes = RequestLimits().max_request_bytes
+        self.keys = auth.KeyCheck()
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Ray Serve's light update (``user_config``, serve/generate.py): the API key
+        digests and ``max_request_bytes``, the largest model's limit: the gateway
+        never reads more of a body than some model accepts (each model's replica
+        checks its own), and a change needs no restart."""
+        self.keys = auth.from_user_config(user_config, others=("max_request_bytes",))
+        limit = user_config.get("max_request_bytes", RequestLimits().max_request_bytes)
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ValueError("user_config.max_request_bytes: expected a positive integer")
+        self.max_request_bytes = limit
 
     async def __call__(self, request: Request) -> Response:
         try:
@@ -113,16 +125,18 @@ class Gateway:
 
     async def _route(self, request: Request) -> Reply:
         path, method = request.scope["path"].rstrip("/") or "/", request.method
+        if path not in auth.OPEN_PATHS:
+            self.keys.check(request.headers)
         if path == "/v1/embeddings":
             _expect(method, "POST", path)
             return await self._openai(request)
         if path == "/v1/rerank":
             _expect(method, "POST", path)
-            obj = loads(await read_body(request, MAX_BODY_BYTES))
-            return await self._call(rerank.model_of(obj), "rerank_http", obj)
+            body = await read_request_body(request, self.max_request_bytes)
+            return await self._call(rerank.model_of(loads(body)), "rerank_http", body)
         if m := _V1_PREDICT.match(path):
             _expect(method, "POST", path)
-            body = await read_body(request, MAX_BODY_BYTES)
+            body = await read_request_body(request, self.max_request_bytes)
             return await self._call(m.group(1), "v1_predict", body)
         if m := _V1_MODEL.match(path):
             _expect(method, "GET", path)
@@ -131,27 +145,29 @@ class Gateway:
         if path == "/v2/health/live":
             return json_reply({"live": True})
         if path == "/v2/health/ready":
-            return await self._ready()
+            return await self._ready(detail=self.keys.allows(request.headers))
         if path == "/v2":
             return self._metadata
         if m := _V2_MODEL.match(path):
             # A model's own application did not claim this path: unknown or not up.
             await self.models.handle(m.group(1))
-            raise Unavailable(f"model {m.group(1)!r} is starting; retry shortly")
-        raise NotFound(f"no route {method} {path}")
+            raise Unavailable(f"model {short_repr(m.group(1))} is starting; retry shortly")
+        raise NotFound(f"no route {method[:16]} {path[:120]}")
 
-    async def _ready(self) -> Reply:
+    async def _ready(self, detail: bool) -> Reply:
+        """Ready when every model is RUNNING; which models and their states only
+        to a caller with a key (or when no keys are asked): probes run without."""
         apps = await self.models.statuses()
         states = {name: str(app.status.value) for name, app in apps.items()}
         ready = bool(states) and all(s == "RUNNING" for s in states.values())
-        return json_reply({"ready": ready, "models": states}, status=200 if ready else 503)
+        body = {"ready": ready, "models": states} if detail else {"ready": ready}
+        return json_reply(body, status=200 if ready else 503)
 
     async def _openai(self, request: Request) -> Reply:
         try:
-            body = await read_body(request, MAX_BODY_BYTES)
-            obj = loads(body)
-            name = openai.model_of(obj)
-            return await self._call(name, "openai_embeddings", obj)
+            body = await read_request_body(request, self.max_request_bytes)
+            name = openai.model_of(loads(body))
+            return await self._call(name, "openai_embeddings", body)
         except Exception as e:
             return openai.error_reply(e)
 
@@ -168,4 +184,4 @@ class Gateway:
 
 def _expect(method: str, allowed: str, path: str) -> None:
     if method != allowed:
-        raise MethodNotAllowed(f"{path} takes {allowed}, not {method}")
+        raise MethodNotAllowed(f"{path} takes {allowed}, not {method[:16]}")

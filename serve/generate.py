@@ -15,9 +15,11 @@ from typing import Any
 
 import yaml
 
+from textfleet.serve.auth import KEYS_ARG, key_digests
 from textfleet.serve.config import (
     DEPLOYMENT_NAME,
     GATEWAY_APP,
+    GATEWAY_DEPLOYMENT,
     ModelConfig,
     ModelsFile,
     load_models,
@@ -27,37 +29,58 @@ MODEL_BUILDER = "textfleet.serve.app:build_model_app"
 GATEWAY_BUILDER = "textfleet.serve.app:build_gateway_app"
 
 
-def model_application(m: ModelConfig) -> dict[str, Any]:
+# The API key digests and the gateway's body cap travel as each deployment's
+# user_config: Ray Serve applies a change by calling ``reconfigure`` on the
+# running replicas (no restart, no model reload); always written, so that
+# removing the keys reaches the replicas too.
+
+
+def model_application(m: ModelConfig, digests: list[str] | None = None) -> dict[str, Any]:
+    user_config = {KEYS_ARG: list(digests or [])}
     return {
         "name": m.name,
         "route_prefix": f"/v2/models/{m.name}",
         "import_path": MODEL_BUILDER,
         "args": m.builder_args(),
-        "deployments": [{"name": DEPLOYMENT_NAME, **m.deployment_options()}],
+        "deployments": [
+            {"name": DEPLOYMENT_NAME, **m.deployment_options(), "user_config": user_config}
+        ],
     }
 
 
-def gateway_application(models: ModelsFile) -> dict[str, Any]:
-    gw = models.server.gateway
+def gateway_application(models: ModelsFile, digests: list[str] | None = None) -> dict[str, Any]:
+    """The gateway: its scaling as args; as user_config the key digests and the
+    largest body any model takes (the most it reads). No model list: adding a
+    model within the largest limit leaves it untouched."""
+    user_config = {
+        "max_request_bytes": max(m.limits.max_request_bytes for m in models.models),
+        KEYS_ARG: list(digests or []),
+    }
     return {
         "name": GATEWAY_APP,
         "route_prefix": "/",
         "import_path": GATEWAY_BUILDER,
-        "args": gw.model_dump(mode="json"),
+        "args": models.server.gateway.model_dump(mode="json"),
+        "deployments": [{"name": GATEWAY_DEPLOYMENT, "user_config": user_config}],
     }
 
 
 def serve_config(models: ModelsFile) -> dict[str, Any]:
-    """The Ray Serve config (a ``ServeDeploySchema`` mapping) for these models."""
+    """The Ray Serve config (a ``ServeDeploySchema`` mapping) for these models.
+
+    Reads the API keys ``server.api_keys`` names (a ConfigError if they are
+    missing); only their SHA-256 digests go into the deployments' user_config.
+    """
     server = models.server
+    digests = key_digests(server.api_keys)
     return {
         "http_options": {"host": server.host, "port": server.port},
         "logging_config": {
             "log_level": server.log_level,
             "enable_access_log": server.access_log,
         },
-        "applications": [model_application(m) for m in models.models]
-        + [gateway_application(models)],
+        "applications": [model_application(m, digests) for m in models.models]
+        + [gateway_application(models, digests)],
     }
 
 

@@ -22,9 +22,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from textfleet.engine.errors import ModelDirError
+from textfleet.serve import auth
 from textfleet.serve.config import DEPLOYMENT_NAME, ModelConfig
 from textfleet.serve.metrics import EngineStatsExporter, ModelMetrics
 from textfleet.serve.protocols import openai, v1, v2
+from textfleet.serve.protocols.body import read_request_body
 from textfleet.serve.protocols.common import (
     MethodNotAllowed,
     NotFound,
@@ -32,6 +34,7 @@ from textfleet.serve.protocols.common import (
     check_body_size,
     dumps,
     error_reply,
+    loads,
 )
 from textfleet.serve.tasks import adapter_for
 
@@ -66,25 +69,13 @@ def subpath(scope: dict[str, Any]) -> str:
     return path[len(root) :] if root and path.startswith(root) else path
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The body, refused with 413 as soon as it passes ``limit`` bytes."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit():
-        check_body_size(int(declared), limit)
-    chunks, total = [], 0
-    async for chunk in request.stream():
-        total += len(chunk)
-        check_body_size(total, limit)
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 # Options come from the model's entry (ModelConfig.deployment_options) when its
 # application is built; the decorator only names the deployment.
 @serve.deployment(name=DEPLOYMENT_NAME)
 class ModelServer:
     def __init__(self, config: dict[str, Any]):
         self.config = ModelConfig.model_validate(config)
+        self.keys = auth.KeyCheck()  # no keys unless user_config names some
         self.name = self.config.name
         self.version = self.config.version
         self.engine = load_engine(self.config)
@@ -103,6 +94,10 @@ class ModelServer:
         self._ready_reply = Reply(200, dumps({"name": self.name, "ready": True}))
         log.info("model %r loaded from %s", self.name, self.config.model_dir)
 
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Ray Serve's light update (``user_config``): the API key digests, serve/auth.py."""
+        self.keys = auth.from_user_config(user_config)
+
     # ------------------------------------------------------------ HTTP
 
     async def __call__(self, request: Request) -> Response:
@@ -117,11 +112,13 @@ class ModelServer:
         return to_response(reply)
 
     async def _route(self, request: Request) -> tuple[Reply, int]:
+        self.keys.check(request.headers)  # every route of a model needs a key, when asked
         sub = v2.split_version(subpath(request.scope), self.version, self.name)
         method = request.method
         if sub == "/infer":
             _expect(method, "POST", sub)
-            body = await read_body(request, self.config.limits.max_request_bytes)
+            limit = self.config.limits.max_request_bytes
+            body = await read_request_body(request, limit, binary_ok=True)
             req = v2.parse_infer_request(body, request.headers.get(v2.HEADER_LENGTH))
             outputs = await self.task.infer(req)
             return v2.infer_response(self.name, self.version, req, outputs), _rows(outputs)
@@ -131,7 +128,8 @@ class ModelServer:
         if sub == "/ready":
             _expect(method, "GET", sub)
             return self._ready_reply, 0
-        raise NotFound(f"no route {method} {request.scope['path']} for model {self.name!r}")
+        where = f"{method[:16]} {request.scope['path'][:120]}"
+        raise NotFound(f"no route {where} for model {self.name!r}")
 
     # ------------------------------------------------------------ gateway calls
 
@@ -148,21 +146,27 @@ class ModelServer:
         self.metrics.record("v1", reply.status, time.perf_counter() - start, n)
         return reply
 
-    async def openai_embeddings(self, obj: dict[str, Any]) -> Reply:
-        """OpenAI ``/v1/embeddings`` forwarded by the gateway (body already parsed)."""
-        start = time.perf_counter()
+    async def openai_embeddings(self, body: bytes) -> Reply:
+        """OpenAI ``/v1/embeddings`` forwarded by the gateway (the raw body: this
+        model's size limit is checked before it is parsed)."""
+        start, obj = time.perf_counter(), None
         try:
+            check_body_size(len(body), self.config.limits.max_request_bytes)
+            obj = loads(body)
             reply = await self.task.openai_embeddings(obj)
         except Exception as e:
             reply = openai.error_reply(e)
-        n = len(obj.get("input") or []) if isinstance(obj.get("input"), list) else 1
+        texts = obj.get("input") if isinstance(obj, dict) else None
+        n = len(texts) if isinstance(texts, list) else int(isinstance(texts, str))
         self.metrics.record("openai", reply.status, time.perf_counter() - start, n)
         return reply
 
-    async def rerank_http(self, obj: dict[str, Any]) -> Reply:
-        """``POST /v1/rerank`` forwarded by the gateway (body already parsed)."""
-        start = time.perf_counter()
+    async def rerank_http(self, body: bytes) -> Reply:
+        """``POST /v1/rerank`` forwarded by the gateway (the raw body, as above)."""
+        start, obj = time.perf_counter(), None
         try:
+            check_body_size(len(body), self.config.limits.max_request_bytes)
+            obj = loads(body)
             reply = await self.task.rerank_http(obj)
         except Exception as e:
             reply = error_reply(e)
@@ -239,7 +243,7 @@ class ModelServer:
 
 def _expect(method: str, allowed: str, sub: str) -> None:
     if method != allowed:
-        raise MethodNotAllowed(f"{sub or '/'} takes {allowed}, not {method}")
+        raise MethodNotAllowed(f"{sub or '/'} takes {allowed}, not {method[:16]}")
 
 
 def _rows(outputs: dict[str, np.ndarray]) -> int:

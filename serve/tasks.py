@@ -21,7 +21,7 @@ from textfleet.engine.tasks.registry import task_serving
 from textfleet.engine.tasks.spec import TaskSpec
 from textfleet.serve.config import ModelConfig
 from textfleet.serve.protocols import openai, rerank, v1, v2
-from textfleet.serve.protocols.common import Reply, check_count, dumps
+from textfleet.serve.protocols.common import Reply, check_count, dumps, short_repr
 
 ADAPTERS: dict[str, type[TaskAdapter]] = {}
 """Task name -> its adapter class; filled by defining a ``TaskAdapter`` subclass."""
@@ -138,7 +138,7 @@ def _param(req: v2.InferRequest, name: str, kind: type, default: Any) -> Any:
     if value is not default and (
         not isinstance(value, kind) or isinstance(value, bool) != (kind is bool)
     ):
-        raise InputError(f"parameters.{name}", f"expected {kind.__name__}, got {value!r}")
+        raise InputError(f"parameters.{name}", f"expected {kind.__name__}, got {short_repr(value)}")
     return value
 
 

@@ -183,6 +183,7 @@ def test_generated_file_round_trips_and_builder_accepts_its_args(tmp_path):
                 "memory": 1000000000,
                 "resources": {"special": 1.0},
             },
+            "user_config": {"api_key_sha256": []},  # no server.api_keys: no keys
         }
     ]
     # The builder validates the same args (round trip through YAML).

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from textfleet.engine.errors import InputError, ModelDirError
+from textfleet.engine.errors import InputError, ModelDirError, short_repr
 from textfleet.engine.tasks.results import LabelScore
 from textfleet.engine.tasks.spec import TaskSpec, TaskState, TensorSpec, per_text_lines
 
@@ -90,7 +90,7 @@ def check_top_k(top_k: int | None) -> int | None:
     if top_k is None:
         return None
     if isinstance(top_k, bool) or not isinstance(top_k, int | np.integer):
-        raise InputError("top_k", f"must be an integer >= 1 or None, got {top_k!r}")
+        raise InputError("top_k", f"must be an integer >= 1 or None, got {short_repr(top_k)}")
     if top_k < 1:
         raise InputError("top_k", f"must be >= 1, got {top_k}")
     return int(top_k)

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from textfleet.engine.errors import InputError
+from textfleet.engine.errors import InputError, short_repr
 from textfleet.engine.tasks.results import Entity
 
 AGGREGATIONS = ("none", "simple", "first", "average", "max")
@@ -87,8 +87,10 @@ class _Piece:
 
 
 def check_aggregation(aggregation: str) -> str:
-    if aggregation not in AGGREGATIONS:
-        raise InputError("aggregation", f"must be one of {list(AGGREGATIONS)}, got {aggregation!r}")
+    if not isinstance(aggregation, str) or aggregation not in AGGREGATIONS:
+        raise InputError(
+            "aggregation", f"must be one of {list(AGGREGATIONS)}, got {short_repr(aggregation)}"
+        )
     return aggregation
 
 

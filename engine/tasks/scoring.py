@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from textfleet.engine.errors import InputError
+from textfleet.engine.errors import InputError, short_repr
 from textfleet.engine.tasks.classification import sigmoid
 from textfleet.engine.tasks.results import Ranked
 
@@ -60,7 +60,7 @@ def check_rerank(query: str, documents: Sequence[str]) -> list[str]:
 def rank(scores: np.ndarray, top_k: int | None = None) -> list[Ranked]:
     """Documents best first; ties keep request order. ``top_k`` None: all."""
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-        raise InputError("top_k", f"must be an integer >= 1 or None, got {top_k!r}")
+        raise InputError("top_k", f"must be an integer >= 1 or None, got {short_repr(top_k)}")
     s = np.asarray(scores, dtype=np.float32)
     order = np.argsort(-s, kind="stable")
     if top_k is not None:

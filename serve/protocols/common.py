@@ -9,7 +9,14 @@ from typing import Any
 
 import orjson
 
-from textfleet.engine.errors import EngineError, InputError, ModelDirError, Overloaded, TooLarge
+from textfleet.engine.errors import (
+    EngineError,
+    InputError,
+    ModelDirError,
+    Overloaded,
+    TooLarge,
+)
+from textfleet.engine.errors import short_repr as short_repr  # re-exported for the protocols
 from textfleet.engine.tasks.spec import TensorSpec as TensorSpec  # declared by the tasks
 
 log = logging.getLogger(__name__)
@@ -27,6 +34,14 @@ class MethodNotAllowed(EngineError):
 
 class Unavailable(EngineError):
     """A known model that cannot answer yet, e.g. still deploying (HTTP 503)."""
+
+
+class Unauthorized(InputError):
+    """No API key, or not one of the server's (HTTP 401 with ``WWW-Authenticate``)."""
+
+
+class UnsupportedMediaType(InputError):
+    """A body in a type or encoding the route does not read (HTTP 415)."""
 
 
 @dataclass(frozen=True)
@@ -88,6 +103,10 @@ def type_name(obj: Any) -> str:
 
 def error_status(exc: BaseException) -> int:
     """HTTP status of an exception raised while serving a request."""
+    if isinstance(exc, Unauthorized):
+        return 401
+    if isinstance(exc, UnsupportedMediaType):
+        return 415
     if isinstance(exc, TooLarge):
         return 413
     if isinstance(exc, InputError):
@@ -106,6 +125,8 @@ def error_status(exc: BaseException) -> int:
 
 
 def error_headers(exc: BaseException) -> tuple[tuple[str, str], ...]:
+    if isinstance(exc, Unauthorized):
+        return (("WWW-Authenticate", 'Bearer realm="textfleet"'),)
     if isinstance(exc, Overloaded):
         # Retry-After takes whole seconds; round up so clients never retry early.
         return (("Retry-After", str(max(1, math.ceil(exc.retry_after_s)))),)

@@ -17,6 +17,7 @@ from textfleet.serve.protocols.common import (
     error_headers,
     error_message,
     error_status,
+    short_repr,
     type_name,
 )
 
@@ -53,11 +54,11 @@ def parse_embeddings_request(obj: Any, max_texts: int) -> EmbeddingsRequest:
     else:
         raise InputError("input", f"expected a string or an array of strings, got {type_name(raw)}")
     fmt = obj.get("encoding_format", "float")
-    if fmt not in ("float", "base64"):
-        raise InputError("encoding_format", f"expected 'float' or 'base64', got {fmt!r}")
+    if not isinstance(fmt, str) or fmt not in ("float", "base64"):
+        raise InputError("encoding_format", f"expected 'float' or 'base64', got {short_repr(fmt)}")
     dims = obj.get("dimensions")
     if dims is not None and (not isinstance(dims, int) or isinstance(dims, bool) or dims < 1):
-        raise InputError("dimensions", f"expected a positive integer, got {dims!r}")
+        raise InputError("dimensions", f"expected a positive integer, got {short_repr(dims)}")
     return EmbeddingsRequest(model, list(texts), fmt, dims)
 
 
@@ -66,7 +67,8 @@ def check_dimensions(req: EmbeddingsRequest, dim: int) -> None:
     if req.dimensions is not None and req.dimensions != dim:
         raise InputError(
             "dimensions",
-            f"model {req.model!r} gives {dim}-dimensional embeddings, not {req.dimensions}",
+            f"model {short_repr(req.model)} gives {dim}-dimensional embeddings, "
+            f"not {req.dimensions}",
         )
 
 

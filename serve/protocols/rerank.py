@@ -23,7 +23,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from textfleet.engine.errors import InputError
-from textfleet.serve.protocols.common import Reply, as_mapping, check_count, dumps, type_name
+from textfleet.serve.protocols.common import (
+    Reply,
+    as_mapping,
+    check_count,
+    dumps,
+    short_repr,
+    type_name,
+)
 
 
 @dataclass(frozen=True)
@@ -79,7 +86,7 @@ def _top_n(value: Any) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InputError("top_n", f"expected an integer >= 1, got {value!r}")
+        raise InputError("top_n", f"expected an integer >= 1, got {short_repr(value)}")
     return value
 
 

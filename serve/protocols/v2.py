@@ -23,6 +23,7 @@ from textfleet.serve.protocols.common import (
     check_count,
     dumps,
     loads,
+    short_repr,
     type_name,
 )
 
@@ -99,8 +100,7 @@ def infer_request_from_dict(obj: dict[str, Any], binary: memoryview | None = Non
     req_id = obj.get("id")
     if req_id is not None and not isinstance(req_id, str):
         raise InputError("id", f"expected a string, got {type_name(req_id)}")
-    params = obj.get("parameters") or {}
-    as_mapping(params, "parameters")
+    params = _parameters(obj, "parameters")
     raw_inputs = obj.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:
         raise InputError("inputs", "expected a non-empty array of input tensors")
@@ -120,11 +120,19 @@ def infer_request_from_dict(obj: dict[str, Any], binary: memoryview | None = Non
     )
 
 
+def _parameters(obj: dict[str, Any], field: str) -> dict[str, Any]:
+    """A ``parameters`` object; absent or null is empty, any other non-object a 400."""
+    params = obj.get("parameters")
+    return {} if params is None else as_mapping(params, field)
+
+
 def _header_length(value: int | str, body_len: int) -> int:
     try:
         n = int(value)
     except ValueError:
-        raise InputError("Inference-Header-Content-Length", f"not an integer: {value!r}") from None
+        raise InputError(
+            "Inference-Header-Content-Length", f"not an integer: {short_repr(value)}"
+        ) from None
     if not 0 < n <= body_len:
         raise InputError(
             "Inference-Header-Content-Length", f"{n} is outside the body of {body_len} bytes"
@@ -138,23 +146,28 @@ def _parse_input(i: int, raw: Any, binary: memoryview | None, offset: int):
     name, datatype, shape = raw.get("name"), raw.get("datatype"), raw.get("shape")
     if not isinstance(name, str) or not name:
         raise InputError(f"{where}.name", "missing or not a string")
-    if datatype not in _NUMPY and datatype != "BYTES":
-        raise InputError(f"{where}.datatype", f"unknown datatype {datatype!r}")
+    # isinstance first: a JSON array or object is unhashable, so no membership test.
+    if not isinstance(datatype, str) or (datatype not in _NUMPY and datatype != "BYTES"):
+        raise InputError(
+            f"{where}.datatype",
+            f"unknown datatype {short_repr(datatype)}; "
+            f"expected BYTES or one of {', '.join(_NUMPY)}",
+        )
     if not isinstance(shape, list) or not all(_is_dim(d) for d in shape):
         raise InputError(
-            f"{where}.shape", f"expected an array of non-negative integers, got {shape!r}"
+            f"{where}.shape",
+            f"expected an array of non-negative integers, got {_shape_text(shape)}",
         )
-    params = raw.get("parameters") or {}
-    size = as_mapping(params, f"{where}.parameters").get("binary_data_size")
+    size = _parameters(raw, f"{where}.parameters").get("binary_data_size")
     if size is None:
         if "data" not in raw:
             raise InputError(f"{where}.data", "missing (and no binary_data_size parameter)")
         return InputTensor(i, name, datatype, tuple(shape), raw["data"], False), offset
-    if binary is None or not isinstance(size, int) or size < 0 or offset + size > len(binary):
+    if binary is None or not _is_dim(size) or offset + size > len(binary):
         raise InputError(
             f"{where}.parameters.binary_data_size",
-            f"{size!r} bytes, but the body holds {0 if binary is None else len(binary) - offset} "
-            "more binary bytes",
+            f"{short_repr(size)} bytes, but the body holds "
+            f"{0 if binary is None else len(binary) - offset} more binary bytes",
         )
     data = bytes(binary[offset : offset + size])
     return InputTensor(i, name, datatype, tuple(shape), data, True), offset + size
@@ -162,6 +175,17 @@ def _parse_input(i: int, raw: Any, binary: memoryview | None, offset: int):
 
 def _is_dim(d: Any) -> bool:
     return isinstance(d, int) and not isinstance(d, bool) and d >= 0
+
+
+def _shape_text(shape: Any) -> str:
+    """A bad shape for a message: short arrays of scalars as written, anything else in brief."""
+    if (
+        isinstance(shape, list)
+        and len(shape) <= 8
+        and not any(isinstance(d, list | dict) for d in shape)
+    ):
+        return "[" + ", ".join(short_repr(d, 12) for d in shape) + "]"
+    return short_repr(shape)
 
 
 def _parse_outputs(raw: Any) -> tuple[RequestedOutput, ...] | None:
@@ -174,7 +198,7 @@ def _parse_outputs(raw: Any) -> tuple[RequestedOutput, ...] | None:
         o = as_mapping(o, f"outputs[{i}]")
         if not isinstance(o.get("name"), str):
             raise InputError(f"outputs[{i}].name", "missing or not a string")
-        params = as_mapping(o.get("parameters") or {}, f"outputs[{i}].parameters")
+        params = _parameters(o, f"outputs[{i}].parameters")
         b = params.get("binary_data")
         out.append(RequestedOutput(o["name"], None if b is None else bool(b)))
     return tuple(out)
@@ -185,7 +209,9 @@ def _timeout(value: Any) -> float | None:
     if value is None:
         return None
     if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
-        raise InputError("parameters.timeout", f"expected microseconds > 0, got {value!r}")
+        raise InputError(
+            "parameters.timeout", f"expected microseconds > 0, got {short_repr(value)}"
+        )
     return value / 1e6
 
 
@@ -196,7 +222,7 @@ def check_input_names(req: InferRequest, specs: tuple[TensorSpec, ...]) -> None:
         if t.name not in known:
             raise InputError(
                 f"{t.field}.name",
-                f"unknown input {t.name!r}; this model takes: {', '.join(sorted(known))}",
+                f"unknown input {short_repr(t.name)}; this model takes: {', '.join(sorted(known))}",
             )
 
 
@@ -281,7 +307,7 @@ def select_outputs(
         if o.name not in outputs:
             raise InputError(
                 f"outputs[{i}].name",
-                f"unknown output {o.name!r}; this model gives: {', '.join(outputs)}",
+                f"unknown output {short_repr(o.name)}; this model gives: {', '.join(outputs)}",
             )
         chosen.append(
             (o.name, outputs[o.name], req.binary_output if o.binary is None else o.binary)
@@ -379,7 +405,7 @@ def split_version(sub: str, version: str, model: str) -> str:
     rest = sub[len("/versions/") :]
     v, _, tail = rest.partition("/")
     if v != version:
-        raise NotFound(f"model {model!r} has no version {v!r}; versions: {version}")
+        raise NotFound(f"model {model!r} has no version {short_repr(v)}; versions: {version}")
     return "/" + tail if tail else ""
 
 
