@@ -20,7 +20,7 @@ import numpy as np
 from textfleet.engine import _native
 from textfleet.engine.backends.base import Backend, create_backend, physical_cores
 from textfleet.engine.batch import Batch
-from textfleet.engine.config import BatchingConfig, EngineConfig
+from textfleet.engine.config import BatchingConfig, EngineConfig, device_batching
 from textfleet.engine.errors import EngineError
 from textfleet.engine.model_dir import ModelDir, ModelInfo
 from textfleet.engine.scheduler import Scheduler
@@ -143,8 +143,9 @@ class Engine(TaskMethods):
         ``config``: an ``EngineConfig`` (or a dict of its fields); ``overrides``: any of
         its fields as keywords (``backend=``, ``device=``, ``threads=``, ``max_length=``,
         ``batching=``), laid over ``config``. Batching knobs given as a dict lay over the
-        model directory's defaults (``ModelInfo.batching``) knob by knob; see
-        ``resolve_config``. A bad setting raises pydantic's ValidationError naming it.
+        model directory's defaults (``ModelInfo.batching``) knob by knob, and those over
+        the device's (bigger batches on a GPU); see ``resolve_config``. A bad setting
+        raises pydantic's ValidationError naming it.
         """
         md = model_dir if isinstance(model_dir, ModelDir) else ModelDir.open(model_dir)
         config = resolve_config(config, overrides, md.info.batching)
@@ -274,8 +275,9 @@ def resolve_config(
     """``Engine.load``'s settings: ``overrides`` over ``config``, validated once.
 
     Batching: a ``BatchingConfig`` is used as is; a dict of knobs lays over the
-    model directory's defaults knob by knob; None takes those defaults (or the
-    global ones). The result always has its batching resolved.
+    model directory's defaults knob by knob, and those over the device's
+    (``device_batching``: a GPU's bigger batches); None takes the defaults. The
+    result always has its batching resolved.
     """
     if isinstance(config, EngineConfig):
         fields = {name: getattr(config, name) for name in config.model_fields_set}
@@ -283,7 +285,15 @@ def resolve_config(
         fields = dict(config or {})
     fields.update(overrides)
     batching = fields.get("batching")
-    if batching is None or isinstance(batching, dict):
-        base = batching_defaults.model_dump(exclude_unset=True) if batching_defaults else {}
-        fields["batching"] = {**base, **(batching or {})}
-    return EngineConfig.model_validate(fields)
+    if batching is not None and not isinstance(batching, dict):
+        return EngineConfig.model_validate(fields)
+    base = batching_defaults.model_dump(exclude_unset=True) if batching_defaults else {}
+    knobs = {**base, **(batching or {})}
+    config = EngineConfig.model_validate({**fields, "batching": knobs})  # checks the device
+    device_knobs = device_batching(config.device)
+    if not device_knobs:
+        return config
+    if "max_batch_tokens" in device_knobs:  # a queue bound set lower caps the batch budget
+        budget = min(device_knobs["max_batch_tokens"], config.batching.max_queue_tokens)
+        device_knobs["max_batch_tokens"] = budget
+    return EngineConfig.model_validate({**fields, "batching": {**device_knobs, **knobs}})

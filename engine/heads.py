@@ -7,6 +7,10 @@ The numerics follow sentence-transformers: the mean divides by the token
 count clamped at 1e-9, max pooling fills padding with -1e9, and L2
 normalisation divides by the norm clamped at 1e-12 (torch's F.normalize).
 
+A backend may pool on its device instead (the torch backend on a GPU, where
+copying the hidden state to the host costs more than the model): it then
+returns ``POOLED`` with the same numerics, and the head passes it through.
+
 A head is a small class built from the model directory's ``ModelInfo``; each
 task's ``TaskSpec.head`` names its factory (engine/tasks/).
 """
@@ -45,6 +49,10 @@ def max_pool(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 POOLING = {"mean": mean_pool, "cls": cls_pool, "max": max_pool}
 
+POOLED = "pooled"
+"""Output name of vectors a backend already pooled, and L2-normalised when the model
+directory says so, with the numerics above: float32 [rows, dim]."""
+
 
 def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
     norms = np.linalg.norm(x, axis=1, keepdims=True)
@@ -67,6 +75,8 @@ class EmbeddingHead:
         return cls(info.pooling or "mean", info.normalize, info.outputs[0])
 
     def __call__(self, outputs: dict[str, np.ndarray], batch: Batch) -> np.ndarray:
+        if POOLED in outputs:
+            return self._pooled(outputs[POOLED], batch)
         hidden = np.asarray(outputs[self.output], dtype=np.float32)
         if hidden.ndim != 3 or hidden.shape[:2] != batch.input_ids.shape:
             raise ValueError(
@@ -76,4 +86,13 @@ class EmbeddingHead:
         pooled = self._pool(hidden, batch.attention_mask)
         if self.normalize:
             pooled = l2_normalize(pooled)
+        return np.ascontiguousarray(pooled, dtype=np.float32)
+
+    def _pooled(self, pooled: np.ndarray, batch: Batch) -> np.ndarray:
+        """A backend's ``POOLED`` output, checked and passed through."""
+        if pooled.ndim != 2 or pooled.shape[0] != batch.rows:
+            raise ValueError(
+                f"output {POOLED!r} has shape {pooled.shape}; expected [{batch.rows}, dim] "
+                "for this batch"
+            )
         return np.ascontiguousarray(pooled, dtype=np.float32)

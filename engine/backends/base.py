@@ -1,9 +1,11 @@
 """The contract between the engine and model code: one Batch in, named arrays out.
 
 A backend knows how to run a graph on a device and nothing else: not about
-requests, queues, HTTP or Ray (those live above it), nor about pooling or
-labels (the task heads, below the engine). Four methods, as in TEI's
-``Backend`` trait: ``load``, ``run``, ``health``, ``unload``.
+requests, queues, HTTP or Ray (those live above it), nor about labels (the
+task heads, below the engine). Pooling is the embedding head's too, except
+that a backend may pool on its device to save copying the hidden state back
+(``run`` below). Four methods, as in TEI's ``Backend`` trait: ``load``,
+``run``, ``health``, ``unload``.
 """
 
 from __future__ import annotations
@@ -33,8 +35,11 @@ class Backend(Protocol):
         """Build the session / load the weights. Idempotent."""
 
     def run(self, batch: Batch) -> dict[str, np.ndarray]:
-        """Run one padded batch; returns the model outputs by name (float32, rows first).
-        ``batch.alone`` is a hint that nothing else computes meanwhile."""
+        """Run one padded batch; returns the model outputs by name (float32, rows first,
+        token axes ``batch.width`` long). ``batch.alone`` is a hint that nothing else
+        computes meanwhile. An embedding model's backend may instead return
+        ``heads.POOLED``: the vectors pooled (and normalised) on its device per the
+        model directory, float32 [rows, dim]; the embedding head passes them through."""
 
     def health(self) -> bool:
         """True while loaded and able to run."""
