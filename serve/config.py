@@ -173,9 +173,15 @@ class ModelConfig(EngineConfig):
             object.__setattr__(self, "ray_actor_options", opts)
         return self
 
-    def engine_config(self) -> EngineConfig:
-        """This entry's engine settings, as ``Engine.load`` takes them."""
-        return EngineConfig(**{name: getattr(self, name) for name in EngineConfig.model_fields})
+    def engine_config(self) -> dict[str, Any]:
+        """This entry's engine settings, as ``Engine.load`` takes them: the knobs the
+        entry sets under ``batching`` lay over the model directory's and the device's
+        defaults one by one (an entry setting only ``max_wait_ms`` keeps a GPU's
+        bigger batches), as ``Engine.load(batching={...})`` does."""
+        fields: dict[str, Any] = {name: getattr(self, name) for name in EngineConfig.model_fields}
+        if self.batching is not None:
+            fields["batching"] = self.batching.model_dump(exclude_unset=True)
+        return fields
 
     def deployment_options(self) -> dict[str, Any]:
         """Ray Serve deployment options of this model, as a config file spells them.
