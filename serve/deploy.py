@@ -164,6 +164,27 @@ def apply(config: dict[str, Any]) -> None:
     client.deploy_apps(schema)
 
 
+def stop() -> None:
+    """Stop the applications, then this process's Ray, within seconds.
+
+    The applications go first, so each replica finishes the requests it holds
+    (its drain, ``LOCAL_SERVE_ENV``) while the proxy still routes; then Ray,
+    which ends the controller and the proxies, HAProxy with its manager (Ray
+    kills a worker's process group). ``serve.shutdown()`` would tear the
+    applications and the proxies down together, and HAProxy's reload for the
+    removed replicas then races HAProxy's stop.
+    """
+    from ray.serve.context import _get_global_client
+    from ray.serve.exceptions import RayServeException
+
+    try:
+        _get_global_client().delete_all_apps(blocking=True)
+    except RayServeException:  # Serve never started
+        pass
+    finally:
+        ray.shutdown()
+
+
 def wait(names: list[str], timeout_s: float = 120.0, poll_s: float = 0.5) -> dict[str, Any]:
     """Wait until each named application is RUNNING or failed; return their statuses."""
     deadline = time.monotonic() + timeout_s

@@ -69,8 +69,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # Token authentication on Ray's ports (Ray's default for a new local Ray, which
     # warns that it chose it). Read when ray is imported, hence before.
     os.environ.setdefault("RAY_AUTH_MODE", "token")
-    from ray import serve
-
     from textfleet.serve import deploy
     from textfleet.serve.generate import missing_model_dirs, serve_config
 
@@ -116,10 +114,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("shutting down ...", file=sys.stderr)
     finally:
-        serve.shutdown()
-        import ray
-
-        ray.shutdown()
+        deploy.stop()
     return 0
 
 
