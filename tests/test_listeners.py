@@ -26,7 +26,7 @@ import yaml
 from conftest import free_port
 
 from textfleet.serve.deploy import resolve_ingress
-from textfleet.serve.network import Listener, listeners
+from textfleet.serve.network import Listener, haproxy_template, listeners
 
 START_TIMEOUT_S = 300
 STOP_TIMEOUT_S = 10
@@ -206,3 +206,30 @@ def test_session_ray_listens_on_loopback_only(ray_serve):
     socks = listeners(os.getpid())
     print_table("the test session's Ray", socks)
     assert socks and [s for s in socks if not s.loopback] == []
+
+
+def test_haproxy_template_binds_pages_on_loopback_and_http_on_the_host():
+    """Ray's own template, rewritten: no bind on every interface but the HTTP one."""
+    from ray.serve._private.haproxy_templates import HAPROXY_CONFIG_TEMPLATE
+
+    for host, http_bind in [("127.0.0.1", "127.0.0.1"), ("0.0.0.0", "*"), ("::", "*")]:
+        text = haproxy_template(HAPROXY_CONFIG_TEMPLATE, host)
+        binds = sorted(
+            line.strip()[len("bind ") :].removesuffix(" proto h2")
+            for line in text.splitlines()
+            if line.strip().startswith("bind ")
+        )
+        # gRPC (off unless configured) binds Serve's HTTP host: loopback under apply().
+        assert binds == sorted(
+            [
+                f"{http_bind}:{{{{ config.frontend_port }}}}",
+                "127.0.0.1:{{ config.metrics_port }}",
+                "127.0.0.1:{{ config.stats_port }}",
+                "{{ config.grpc_frontend_host }}:{{ config.grpc_frontend_port }}",
+            ]
+        ), binds
+        assert "mode 600 level admin" in text and "mode 666" not in text
+    with pytest.raises(ValueError, match="server.host"):
+        haproxy_template(HAPROXY_CONFIG_TEMPLATE, "0.0.0.0\n  bind *:1")
+    with pytest.raises(RuntimeError, match="ray-proxy"):
+        haproxy_template(HAPROXY_CONFIG_TEMPLATE.replace("bind *:", "bind :"), "127.0.0.1")
