@@ -113,8 +113,7 @@ def start_ray(
     os.environ[network.HTTP_HOST_ENV] = host  # this server's, never an inherited one
     if ingress == "ray-proxy":  # an inherited HAProxy setting must not win here
         os.environ.pop("RAY_SERVE_ENABLE_HA_PROXY", None)
-    # Read by Ray when it is imported, which may have happened already (tests).
-    ray_constants.ENABLE_RAY_CLUSTER = os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] != "0"
+    _apply_single_machine_switch()
     ray.init(
         include_dashboard=False,
         num_cpus=num_cpus,
@@ -132,6 +131,43 @@ def start_ray(
             "interface (is RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER set to 1?)"
         )
     return running_ingress()
+
+
+def _apply_single_machine_switch() -> None:
+    """Make this process follow ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER`` (network.LOCAL_RAY_ENV):
+    Ray reads it when it is imported, which may have happened before it was set."""
+    ray_constants.ENABLE_RAY_CLUSTER = os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] != "0"
+
+
+def connect(address: str = "auto") -> None:
+    """Join a running Ray as a driver (``textfleet status``).
+
+    Ray replaces a loopback address by the machine's outward one, where the Ray
+    of ``textfleet serve`` does not listen; for a Ray found on loopback this
+    driver runs as a single-machine Ray too.
+    """
+    from ray._private.services import get_ray_address_from_environment
+
+    try:
+        found = get_ray_address_from_environment(address, None)
+    except ConnectionError:  # none found: ray.init says so
+        found = address
+    host = found.rsplit(":", 1)[0].strip("[]") if ":" in found else ""
+    if host == "localhost" or (_is_ip(host) and ipaddress.ip_address(host).is_loopback):
+        for k, v in network.LOCAL_RAY_ENV.items():
+            os.environ.setdefault(k, v)
+        _apply_single_machine_switch()
+    # The address as given: Ray turns on token authentication by itself only for
+    # a Ray it found ("auto"); with an explicit one, set RAY_AUTH_MODE=token.
+    ray.init(address=address, namespace="serve", log_to_driver=False)
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def running_ingress() -> str:

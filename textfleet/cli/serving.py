@@ -171,10 +171,8 @@ def _print_listeners(server, ingress: str) -> None:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    import ray
+    from textfleet.serve.deploy import connect, status_text
 
-    from textfleet.serve.deploy import status_text
-
-    ray.init(address=args.address, namespace="serve", log_to_driver=False)
+    connect(args.address)
     print(status_text())
     return 0
