@@ -31,6 +31,7 @@ import ipaddress
 import logging
 import os
 import re
+import time
 from dataclasses import dataclass
 
 LOOPBACK = "127.0.0.1"
@@ -145,8 +146,24 @@ class Listener:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
-def listeners(pid: int) -> list[Listener]:
-    """Every listening TCP socket of process ``pid`` and its descendants."""
+def listeners(pid: int, expect_port: int | None = None, timeout_s: float = 5.0) -> list[Listener]:
+    """Every listening TCP socket of process ``pid`` and its descendants.
+
+    With ``expect_port``, read again (for up to ``timeout_s``) until that port is
+    among them: HAProxy reloads as replicas come and go, and a list read while
+    one HAProxy hands its sockets to the next can miss them all.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        found = _listeners(pid)
+        if expect_port is None or any(s.port == expect_port for s in found):
+            return found
+        if time.monotonic() > deadline:
+            return found
+        time.sleep(0.2)
+
+
+def _listeners(pid: int) -> list[Listener]:
     import psutil
 
     root = psutil.Process(pid)

@@ -152,7 +152,7 @@ CASES = [("haproxy", "127.0.0.1"), ("haproxy", "0.0.0.0"), ("ray-proxy", "127.0.
 @pytest.mark.parametrize("server", CASES, indirect=True, ids=lambda c: "-".join(c))
 def test_listens_on_loopback_only_and_stops_quickly(server):
     proc = server["proc"]
-    socks = listeners(proc.pid)
+    socks = listeners(proc.pid, expect_port=server["port"])
     print_table(f"{server['ingress']}, host {server['host']}", socks)
 
     exposed = [s for s in socks if not s.loopback]

@@ -159,7 +159,7 @@ def _print_listeners(server, ingress: str) -> None:
     )
     ray_own: dict[str, list[int]] = {}
     print("  listening:")
-    for sock in listeners(os.getpid()):
+    for sock in listeners(os.getpid(), expect_port=server.port):
         if sock.port in roles:
             print(f"    {sock.address:<22} {roles[sock.port]}")
         elif sock.process.startswith("ray::ServeReplica") and sock.port in direct:
