@@ -267,13 +267,15 @@ class ServerConfig(_Strict):
     """Where and how the HTTP front door listens."""
 
     host: str = "127.0.0.1"
-    """Listen address; loopback by default. Use 0.0.0.0 to expose the server."""
+    """Listen address of the HTTP port; loopback by default. Use 0.0.0.0 to expose
+    the server: with ``textfleet serve`` only the HTTP port moves, every other port
+    (metrics, HAProxy's pages, replicas, Ray) stays on loopback."""
 
     port: int = Field(8000, ge=1, le=65535)
     """HTTP port (of HAProxy or of Ray Serve's proxy, see ``ingress``)."""
 
     metrics_export_port: int = Field(8080, ge=1, le=65535)
-    """Prometheus endpoint of Ray's metrics agent (``textfleet serve`` only)."""
+    """Prometheus endpoint of Ray's metrics agent, on loopback (``textfleet serve`` only)."""
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
     """Ray Serve log level of the proxy, controller and replicas."""

@@ -10,6 +10,7 @@ place, new ones are built and missing ones are deleted.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import shutil
 import time
@@ -17,6 +18,10 @@ from typing import Any
 
 import ray
 from ray import serve
+from ray._private import ray_constants
+
+from textfleet.serve import network
+from textfleet.serve.network import LOOPBACK
 
 # Environment for Ray's processes (read at import, so set before Ray starts;
 # a value already in the environment wins). User code on the replica's main
@@ -31,6 +36,16 @@ LEAN_ENV: dict[str, str] = {
     "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
     "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
     "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1000",
+}
+
+# Environment of a local Ray only (`start_ray`). A replica under HAProxy keeps
+# accepting for this long after it is told to stop, so that load balancers can
+# deregister it. Ray's default, 30 s, is sized for cloud load balancers; our
+# HAProxy runs on the same machine, is reloaded within a fraction of a second of
+# a change and retries a refused connection on another replica, so 30 s would
+# only hold up every scale-down and the server's shutdown.
+LOCAL_SERVE_ENV: dict[str, str] = {
+    "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1",
 }
 
 # Which HTTP ingress `start_ray` sets up; overrides models.yaml's server.ingress
@@ -75,28 +90,84 @@ def start_ray(
     num_cpus: int | None = None,
     env: dict[str, str] | None = None,
     ingress: str = "auto",
+    host: str = LOOPBACK,
     **init_kwargs: Any,
 ) -> str:
-    """A local Ray with the dashboard off; no-op when Ray is already up.
+    """A local Ray with the dashboard off, every port of it on loopback; no-op when
+    Ray is already up.
 
-    Returns the HTTP ingress in use ("haproxy" or "ray-proxy"): Ray reads it
-    from the environment when it starts, so a running Ray keeps its own.
+    ``host`` is where the HTTP port will listen (``server.host``); under HAProxy it
+    is HAProxy's frontend, and ``apply`` keeps Serve's own host on loopback (see
+    serve/network.py). Returns the HTTP ingress in use ("haproxy" or "ray-proxy"):
+    Ray reads it from the environment when it starts, so a running Ray keeps its own.
     """
     if ray.is_initialized():
         return running_ingress()
     ingress, ingress_env = resolve_ingress(ingress)
-    for k, v in {**LEAN_ENV, **ingress_env, **(env or {})}.items():
+    if ingress == "haproxy":
+        network.check_haproxy_template()
+        network.haproxy_frontend_host(host)
+    local_env = {**network.LOCAL_RAY_ENV, **LOCAL_SERVE_ENV, network.HTTP_HOST_ENV: host}
+    for k, v in {**LEAN_ENV, **local_env, **ingress_env, **(env or {})}.items():
         os.environ.setdefault(k, v)
+    os.environ[network.HTTP_HOST_ENV] = host  # this server's, never an inherited one
     if ingress == "ray-proxy":  # an inherited HAProxy setting must not win here
         os.environ.pop("RAY_SERVE_ENABLE_HA_PROXY", None)
+    _apply_single_machine_switch()
     ray.init(
         include_dashboard=False,
         num_cpus=num_cpus,
         _metrics_export_port=metrics_export_port,
+        _node_ip_address=LOOPBACK,
         namespace="serve",
+        runtime_env={"worker_process_setup_hook": network.SETUP_HOOK},
         **init_kwargs,
     )
+    node_ip = ray.util.get_node_ip_address()
+    if not ipaddress.ip_address(node_ip).is_loopback:
+        ray.shutdown()
+        raise RuntimeError(
+            f"Ray started on {node_ip}, not loopback: its ports would listen on every "
+            "interface (is RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER set to 1?)"
+        )
     return running_ingress()
+
+
+def _apply_single_machine_switch() -> None:
+    """Make this process follow ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER`` (network.LOCAL_RAY_ENV):
+    Ray reads it when it is imported, which may have happened before it was set."""
+    ray_constants.ENABLE_RAY_CLUSTER = os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] != "0"
+
+
+def connect(address: str = "auto") -> None:
+    """Join a running Ray as a driver (``textfleet status``).
+
+    Ray replaces a loopback address by the machine's outward one, where the Ray
+    of ``textfleet serve`` does not listen; for a Ray found on loopback this
+    driver runs as a single-machine Ray too.
+    """
+    from ray._private.services import get_ray_address_from_environment
+
+    try:
+        found = get_ray_address_from_environment(address, None)
+    except ConnectionError:  # none found: ray.init says so
+        found = address
+    host = found.rsplit(":", 1)[0].strip("[]") if ":" in found else ""
+    if host == "localhost" or (_is_ip(host) and ipaddress.ip_address(host).is_loopback):
+        for k, v in network.LOCAL_RAY_ENV.items():
+            os.environ.setdefault(k, v)
+        _apply_single_machine_switch()
+    # The address as given: Ray turns on token authentication by itself only for
+    # a Ray it found ("auto"); with an explicit one, set RAY_AUTH_MODE=token.
+    ray.init(address=address, namespace="serve", log_to_driver=False)
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def running_ingress() -> str:
@@ -110,12 +181,44 @@ def apply(config: dict[str, Any]) -> None:
     from ray.serve.schema import ServeDeploySchema
 
     schema = ServeDeploySchema.model_validate(config)
+    http_options = schema.http_options.model_dump()
+    frontend_host = os.environ.get(network.HTTP_HOST_ENV)
+    if running_ingress() == "haproxy" and frontend_host is not None:
+        # HAProxy binds the server's host itself (network.setup_worker); Serve's
+        # HTTP host is where each replica's direct ingress listens: loopback.
+        if http_options["host"] != frontend_host:
+            raise ValueError(
+                f"http_options.host is {http_options['host']!r} but Ray was started for "
+                f"{frontend_host!r}; the HTTP host is fixed while Ray runs"
+            )
+        http_options["host"] = LOOPBACK
     client = serve_start(
-        http_options=schema.http_options.model_dump(),
+        http_options=http_options,
         proxy_location=schema.proxy_location,
         global_logging_config=schema.logging_config,
     )
     client.deploy_apps(schema)
+
+
+def stop() -> None:
+    """Stop the applications, then this process's Ray, within seconds.
+
+    The applications go first, so each replica finishes the requests it holds
+    (its drain, ``LOCAL_SERVE_ENV``) while the proxy still routes; then Ray,
+    which ends the controller and the proxies, HAProxy with its manager (Ray
+    kills a worker's process group). ``serve.shutdown()`` would tear the
+    applications and the proxies down together, and HAProxy's reload for the
+    removed replicas then races HAProxy's stop.
+    """
+    from ray.serve.context import _get_global_client
+    from ray.serve.exceptions import RayServeException
+
+    try:
+        _get_global_client().delete_all_apps(blocking=True)
+    except RayServeException:  # Serve never started
+        pass
+    finally:
+        ray.shutdown()
 
 
 def wait(names: list[str], timeout_s: float = 120.0, poll_s: float = 0.5) -> dict[str, Any]:

@@ -171,14 +171,12 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def ray_serve():
-    """Ray started once per test session on loopback, and the HTTP and metrics ports
+    """Ray started once per test session, every port of it on loopback (as
+    ``textfleet serve`` starts it, see serve/network.py), and the HTTP and metrics ports
     every serving module deploys on: Serve's HTTP options are fixed while it runs,
     and restarting Serve inside one Ray is slow (and unreliable in HAProxy mode), so
     each module applies its own models.yaml to the same Serve instead (applying a
     config replaces the applications that were there)."""
-    import ray
-    from ray import serve
-
     from textfleet.serve import deploy
 
     port, metrics_port = free_port(), free_port()
@@ -189,5 +187,4 @@ def ray_serve():
         _system_config={"metrics_report_interval_ms": 1000},
     )
     yield {"port": port, "metrics_port": metrics_port, "ingress": ingress}
-    serve.shutdown()
-    ray.shutdown()
+    deploy.stop()

@@ -8,12 +8,14 @@ call, ``add_subcommands(subparsers)``; each subcommand sets ``func``
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import time
 from pathlib import Path
 
 from textfleet.serve.config import DEPLOYMENT_NAME, GATEWAY_APP, ConfigError, load_models
+from textfleet.serve.network import LOOPBACK
 
 DEFAULT_MODELS = "models/models.yaml"
 
@@ -64,8 +66,9 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from ray import serve
-
+    # Token authentication on Ray's ports (Ray's default for a new local Ray, which
+    # warns that it chose it). Read when ray is imported, hence before.
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
     from textfleet.serve import deploy
     from textfleet.serve.generate import missing_model_dirs, serve_config
 
@@ -93,6 +96,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             metrics_export_port=server.metrics_export_port,
             num_cpus=args.num_cpus,
             ingress=server.ingress,
+            host=server.host,
         )
     except (RuntimeError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -103,15 +107,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         deploy.apply(serve_config(models))
         states = deploy.wait([*models.names(), GATEWAY_APP], timeout_s=600)
         _print_urls(server, states)
+        _print_listeners(server, deploy.running_ingress())
+        print("Ctrl-C to stop.", flush=True)
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
         print("shutting down ...", file=sys.stderr)
     finally:
-        serve.shutdown()
-        import ray
-
-        ray.shutdown()
+        deploy.stop()
     return 0
 
 
@@ -134,15 +137,42 @@ def _print_urls(server, states) -> None:
             print(f"    {lines[-1] if lines else 'no message'}")
     print(f"  health:  {base}/v2/health/ready")
     print(f"  openai:  {base}/v1/embeddings")
-    print(f"  metrics: http://{server.host}:{server.metrics_export_port}/metrics")
-    print("Ctrl-C to stop.", flush=True)
+    print(f"  metrics: http://{LOOPBACK}:{server.metrics_export_port}/metrics")
+
+
+def _print_listeners(server, ingress: str) -> None:
+    """Every address the server's processes listen on, read from the sockets."""
+    from textfleet.serve.network import listeners
+
+    roles = {
+        server.port: f"HTTP ({ingress})",
+        server.metrics_export_port: "Prometheus metrics (Ray's metrics agent)",
+    }
+    from ray.serve._private import constants as c
+
+    if ingress == "haproxy":
+        roles[c.RAY_SERVE_HAPROXY_STATS_PORT] = "HAProxy stats page"
+        roles[c.RAY_SERVE_HAPROXY_METRICS_PORT] = "HAProxy Prometheus page"
+        roles[c.RAY_SERVE_FALLBACK_PROXY_HTTP_PORT] = "Ray Serve's proxy (HAProxy's fallback)"
+    direct = range(
+        c.RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT, c.RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT
+    )
+    ray_own: dict[str, list[int]] = {}
+    print("  listening:")
+    for sock in listeners(os.getpid(), expect_port=server.port):
+        if sock.port in roles:
+            print(f"    {sock.address:<22} {roles[sock.port]}")
+        elif sock.process.startswith("ray::ServeReplica") and sock.port in direct:
+            print(f"    {sock.address:<22} direct ingress of {sock.process[5:]}")
+        else:
+            ray_own.setdefault(sock.host, []).append(sock.port)
+    for host, ports in ray_own.items():
+        print(f"    {host}: Ray's own ports (GCS, raylet, agents, workers): {sorted(ports)}")
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    import ray
+    from textfleet.serve.deploy import connect, status_text
 
-    from textfleet.serve.deploy import status_text
-
-    ray.init(address=args.address, namespace="serve", log_to_driver=False)
+    connect(args.address)
     print(status_text())
     return 0

@@ -1,0 +1,179 @@
+"""Where a local textfleet server listens: the HTTP port on the server's host, the rest on loopback.
+
+A Ray started the usual way binds its control plane (GCS, raylet, every
+worker's gRPC port, the agents, the metrics agent) on all interfaces, and
+anyone who reaches the GCS port can run code as the server's user. Ray keeps
+them on loopback when its node address is loopback, which is what Ray itself
+does where it supports one machine only (macOS, Windows): ``local_ray_env``
+turns that mode on, ``start_ray`` (serve/deploy.py) asks for node address
+127.0.0.1 and checks it got it.
+
+Three listeners ignore the node address, so every Ray worker of a local
+server runs ``setup_worker`` first (Ray's ``worker_process_setup_hook``):
+
+- Ray's HAProxy config template binds HAProxy's stats page and Prometheus
+  page on every interface without login and makes the admin socket
+  world-writable (``mode 666``): our copy binds both pages on loopback, makes
+  the socket owner-only, and binds the HTTP frontend on the server's host
+  (``TEXTFLEET_HTTP_HOST``), which lets Serve's own HTTP host stay loopback:
+  that is where each replica's direct-ingress port listens, reached by HAProxy
+  only.
+- A replica's inter-deployment gRPC server binds ``[::]:0``; we bind it on
+  loopback (the node address, where other actors look for it).
+
+``listeners`` lists what a server's process tree really listens on (the
+CLI prints it, the tests assert on it).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import re
+import time
+from dataclasses import dataclass
+
+LOOPBACK = "127.0.0.1"
+
+HTTP_HOST_ENV = "TEXTFLEET_HTTP_HOST"
+"""The HTTP frontend's bind address, for ``setup_worker`` in HAProxy's manager."""
+
+SETUP_HOOK = "textfleet.serve.network.setup_worker"
+
+# Ray's switch for a single-machine Ray (on by default on macOS and Windows):
+# the node address becomes loopback, and ray.init(_node_ip_address="127.0.0.1")
+# is no longer replaced by the machine's outward address.
+LOCAL_RAY_ENV: dict[str, str] = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+
+# The lines of Ray's HAProxy template (ray/serve/_private/haproxy_templates.py)
+# that bind or expose something, and what ours says instead. Checked
+# by `haproxy_template` so a Ray release that changes them fails loudly at
+# start instead of silently listening everywhere again.
+_ADMIN_SOCKET = "stats socket {{ config.socket_path }} mode 666 level admin"
+_METRICS_BIND = "    bind :{{ config.metrics_port }}\n"
+_STATS_BIND = "  bind *:{{ config.stats_port }}\n"
+_HTTP_BIND = "    bind {{ config.frontend_host }}:{{ config.frontend_port }}\n"
+
+# A bind address we write into HAProxy's config: an IP or a host name, nothing else.
+_HOST_RE = re.compile(r"^[A-Za-z0-9.:-]{1,253}$")
+
+
+def haproxy_frontend_host(host: str) -> str:
+    """HAProxy's spelling of a bind address ("*" for every interface, as Ray's)."""
+    if host in ("0.0.0.0", "::", ""):
+        return "*"
+    if not _HOST_RE.match(host):
+        raise ValueError(f"server.host must be an IP address or a host name, got {host!r}")
+    return host
+
+
+def haproxy_template(template: str, http_host: str) -> str:
+    """Ray's HAProxy config template with the pages on loopback, the admin socket
+    owner-only and the HTTP frontend on ``http_host``."""
+    missing = [
+        line.strip()
+        for line in (_ADMIN_SOCKET, _METRICS_BIND, _STATS_BIND, _HTTP_BIND)
+        if template.count(line) != 1
+    ]
+    if missing:
+        raise RuntimeError(
+            "this Ray's HAProxy template does not have the lines textfleet rewrites to keep "
+            f"HAProxy's pages on loopback: {missing}; use server.ingress: ray-proxy"
+        )
+    return (
+        template.replace(_ADMIN_SOCKET, _ADMIN_SOCKET.replace("mode 666", "mode 600"))
+        .replace(_METRICS_BIND, f"    bind {LOOPBACK}:{{{{ config.metrics_port }}}}\n")
+        .replace(_STATS_BIND, f"  bind {LOOPBACK}:{{{{ config.stats_port }}}}\n")
+        .replace(
+            _HTTP_BIND,
+            f"    bind {haproxy_frontend_host(http_host)}:{{{{ config.frontend_port }}}}\n",
+        )
+    )
+
+
+def check_haproxy_template() -> None:
+    """Raise before Ray starts if Ray's HAProxy template cannot be rewritten."""
+    from ray.serve._private import haproxy_templates
+
+    haproxy_template(haproxy_templates.HAPROXY_CONFIG_TEMPLATE, LOOPBACK)
+
+
+class _DropSingleNodeHostWarning(logging.Filter):
+    """Serve's controller warns that a loopback HTTP host cannot take HAProxy
+    traffic from other nodes; a local server has no other nodes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "won't accept connections from HAProxy on other nodes" not in record.getMessage()
+
+
+def setup_worker() -> None:
+    """Ray's ``worker_process_setup_hook`` for the workers of a local server."""
+    from ray.serve._private import haproxy, replica
+
+    haproxy.HAPROXY_CONFIG_TEMPLATE = haproxy_template(
+        haproxy.HAPROXY_CONFIG_TEMPLATE, os.environ.get(HTTP_HOST_ENV, LOOPBACK)
+    )
+
+    bind_grpc = replica.add_port_to_grpc_server
+
+    def bind_grpc_on_loopback(server, address: str) -> int:
+        if address.startswith("[::]:"):
+            address = LOOPBACK + address[len("[::]") :]
+        return bind_grpc(server, address)
+
+    replica.add_port_to_grpc_server = bind_grpc_on_loopback
+    logging.getLogger("ray.serve").addFilter(_DropSingleNodeHostWarning())
+
+
+@dataclass(frozen=True)
+class Listener:
+    """One listening TCP socket of a server's process tree."""
+
+    process: str
+    pid: int
+    host: str
+    port: int
+
+    @property
+    def loopback(self) -> bool:
+        ip = ipaddress.ip_address(self.host.split("%")[0])
+        mapped = getattr(ip, "ipv4_mapped", None)
+        return (mapped or ip).is_loopback
+
+    @property
+    def address(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def listeners(pid: int, expect_port: int | None = None, timeout_s: float = 5.0) -> list[Listener]:
+    """Every listening TCP socket of process ``pid`` and its descendants.
+
+    With ``expect_port``, read again (for up to ``timeout_s``) until that port is
+    among them: HAProxy reloads as replicas come and go, and a list read while
+    one HAProxy hands its sockets to the next can miss them all.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        found = _listeners(pid)
+        if expect_port is None or any(s.port == expect_port for s in found):
+            return found
+        if time.monotonic() > deadline:
+            return found
+        time.sleep(0.2)
+
+
+def _listeners(pid: int) -> list[Listener]:
+    import psutil
+
+    root = psutil.Process(pid)
+    found = set()
+    for proc in [root, *root.children(recursive=True)]:
+        try:
+            name = proc.name()
+            for conn in proc.net_connections(kind="inet"):
+                if conn.status == psutil.CONN_LISTEN:
+                    found.add(Listener(name, proc.pid, conn.laddr.ip, conn.laddr.port))
+        except psutil.Error:  # exited meanwhile, or not ours to read
+            continue
+    return sorted(found, key=lambda x: (x.port, x.host))
