@@ -156,7 +156,8 @@ class PyTokenizer {
               std::string continuing_subword_prefix, size_t max_input_chars_per_word,
               bool clean_text, bool handle_chinese_chars, bool strip_accents, bool lowercase,
               std::vector<std::pair<std::string, int32_t>> added_tokens, const PyTemplate& single,
-              const PyTemplate& pair, size_t max_length, int32_t pad_id, size_t num_threads) {
+              const PyTemplate& pair, size_t max_length, int32_t pad_id, size_t num_threads,
+              size_t scan_bytes) {
     if (num_threads < 1) throw py::value_error("num_threads must be >= 1");
     TokenizerConfig c;
     c.wordpiece = {std::move(vocab), unk_id, std::move(continuing_subword_prefix),
@@ -167,6 +168,7 @@ class PyTokenizer {
     for (const auto& p : pair) c.pair_template.push_back(template_piece(p));
     c.max_length = max_length;
     c.pad_id = pad_id;
+    c.scan_bytes = scan_bytes;
     try {
       tok_ = std::make_shared<const Tokenizer>(std::move(c));
     } catch (const std::invalid_argument& e) {
@@ -203,6 +205,7 @@ class PyTokenizer {
   size_t max_length() const { return tok_->max_length(); }
   int32_t pad_id() const { return tok_->pad_id(); }
   size_t num_threads() const { return pool_->threads(); }
+  uint64_t scanned_bytes() const { return tok_->scanned_bytes(); }
   const std::shared_ptr<const Tokenizer>& tokenizer() const { return tok_; }
 
  private:
@@ -261,13 +264,16 @@ void register_tokenizer(py::module_& m) {
                           "BERT WordPiece tokenizer equal to Hugging Face tokenizers.")
       .def(py::init<std::vector<std::pair<std::string, int32_t>>, int32_t, std::string, size_t,
                     bool, bool, bool, bool, std::vector<std::pair<std::string, int32_t>>,
-                    const PyTemplate&, const PyTemplate&, size_t, int32_t, size_t>(),
+                    const PyTemplate&, const PyTemplate&, size_t, int32_t, size_t, size_t>(),
            py::kw_only(), py::arg("vocab"), py::arg("unk_id"),
            py::arg("continuing_subword_prefix"), py::arg("max_input_chars_per_word"),
            py::arg("clean_text"), py::arg("handle_chinese_chars"), py::arg("strip_accents"),
            py::arg("lowercase"), py::arg("added_tokens"), py::arg("single"), py::arg("pair"),
            py::arg("max_length"), py::arg("pad_id"), py::arg("num_threads"),
-           "Template pieces are (kind, ids, type_id) with kind 'A', 'B' or 'special'.")
+           py::arg("scan_bytes") = 0,
+           "Template pieces are (kind, ids, type_id) with kind 'A', 'B' or 'special'. "
+           "scan_bytes: bytes of text normalized per step (0: sized from the tokens still "
+           "needed, so the work stops near max_length; tests set a small fixed step).")
       .def("encode", &PyTokenizer::encode, py::arg("text"), py::arg("pair") = py::none(),
            py::arg("add_special_tokens") = true, "Encodes one text (or pair).")
       .def("encode_batch", &PyTokenizer::encode_batch, py::arg("texts"),
@@ -278,7 +284,9 @@ void register_tokenizer(py::module_& m) {
            "Like encode_batch, but keeps the sequences native for collate().")
       .def_property_readonly("max_length", &PyTokenizer::max_length)
       .def_property_readonly("pad_id", &PyTokenizer::pad_id)
-      .def_property_readonly("num_threads", &PyTokenizer::num_threads);
+      .def_property_readonly("num_threads", &PyTokenizer::num_threads)
+      .def_property_readonly("scanned_bytes", &PyTokenizer::scanned_bytes,
+                             "Bytes of input text normalized since construction (all threads).");
 }
 
 }  // namespace textfleet

@@ -11,13 +11,18 @@ size_t chunk_size(size_t n, size_t threads) {
   return std::clamp<size_t>(n / (threads * 8), 1, 64);
 }
 
-// A generous guess of the tokens texts [begin, end) give (about one per 4
-// bytes of English, plus special tokens), so buffers grow once, not per text.
+// A generous guess of the tokens texts [begin, end) give (about one per 3
+// bytes of English, plus special tokens, at most max_length each), so
+// buffers grow once, not per text, and a huge text reserves no more than
+// the tokens it keeps.
 size_t estimate_tokens(const std::string_view* texts, const std::string_view* pairs,
-                       size_t begin, size_t end) {
-  size_t bytes = 0;
-  for (size_t i = begin; i < end; ++i) bytes += texts[i].size() + (pairs ? pairs[i].size() : 0);
-  return bytes / 3 + 4 * (end - begin);
+                       size_t begin, size_t end, size_t max_length) {
+  size_t tokens = 0;
+  for (size_t i = begin; i < end; ++i) {
+    const size_t bytes = texts[i].size() + (pairs ? pairs[i].size() : 0);
+    tokens += std::min(bytes / 3 + 4, max_length);
+  }
+  return tokens;
 }
 }  // namespace
 
@@ -48,7 +53,8 @@ void encode_batch(const Tokenizer& tokenizer, const std::string_view* texts,
                   bool with_offsets, ThreadPool* pool, EncodedBatch& out) {
   auto encode_range = [&](size_t begin, size_t end, EncodedBatch& dst) {
     thread_local Encoding enc;
-    dst.reserve(estimate_tokens(texts, pairs, begin, end), end - begin, with_offsets);
+    dst.reserve(estimate_tokens(texts, pairs, begin, end, tokenizer.max_length()), end - begin,
+                with_offsets);
     for (size_t i = begin; i < end; ++i) {
       tokenizer.encode(texts[i], pairs != nullptr ? &pairs[i] : nullptr, add_special_tokens, enc,
                        with_offsets);

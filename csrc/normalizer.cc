@@ -228,7 +228,7 @@ BertNormalizer::BertNormalizer(NormalizerOptions options) : options_(options) {
   }
 }
 
-void BertNormalizer::run(std::string_view text, uint32_t char_base, PreTokenized& out) const {
+uint32_t BertNormalizer::run(std::string_view text, uint32_t char_base, PreTokenized& out) const {
   out.pending.clear();
   out.queue.clear();
   NormalizeRun run(*this, out, char_base);
@@ -246,6 +246,44 @@ void BertNormalizer::run(std::string_view text, uint32_t char_base, PreTokenized
     run.feed(cp, idx++);
   }
   run.finish();
+  return idx - char_base;
+}
+
+// A non-ASCII char before which run() may be cut: its own processing starts
+// with a starter that ends the word (flushing any NFD run before it), and it
+// is not changed by NFD or lowercasing, so nothing after it depends on what
+// came before. Chars clean_text drops are no cut: they flush nothing.
+bool BertNormalizer::cuts_before(uint32_t cp) const {
+  const CharInfo& ci = char_info(cp);
+  if (options_.clean_text) {
+    if (ci.flags & unicode::kRemoved) return false;
+    if (ci.flags & unicode::kWhitespace) return true;  // becomes ' '
+  }
+  if (options_.handle_chinese_chars && (ci.flags & unicode::kChinese)) return true;  // ' ' first
+  if (!(ci.flags & (unicode::kWhitespace | unicode::kPunct))) return false;
+  if (options_.strip_accents) {
+    const bool hangul = cp >= unicode::kHangulFirst && cp <= unicode::kHangulLast;
+    if (hangul || ci.nfd_len != 0 || ci.ccc != 0 || (ci.flags & unicode::kMn)) return false;
+  }
+  return !(options_.lowercase && ci.lower_len != 0);
+}
+
+size_t BertNormalizer::next_cut(std::string_view text, size_t from) const {
+  const auto* p = reinterpret_cast<const uint8_t*>(text.data());
+  const uint8_t* end = p + text.size();
+  // Every byte that is not a UTF-8 continuation byte starts a char as
+  // utf8::decode reads the text (it takes one byte, or a lead byte and its
+  // continuation bytes), so the scan needs no decoding from the start.
+  for (const uint8_t* q = p + from; q < end; ++q) {
+    if (*q < 0x80) {
+      const auto action = ascii_action_[*q];
+      if (action == kSplit || action == kIsolate) return static_cast<size_t>(q - p);
+    } else if (!utf8::continuation(*q)) {
+      size_t len;
+      if (cuts_before(utf8::decode(q, end, &len))) return static_cast<size_t>(q - p);
+    }
+  }
+  return text.size();
 }
 
 }  // namespace textfleet

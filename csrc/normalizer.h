@@ -63,10 +63,17 @@ class BertNormalizer {
  public:
   explicit BertNormalizer(NormalizerOptions options);
 
-  // Appends the words of `text` to out. `char_base` is the index, in the
-  // original string, of text's first code point. Invalid UTF-8 bytes are
-  // read as U+FFFD, one per byte.
-  void run(std::string_view text, uint32_t char_base, PreTokenized& out) const;
+  // Appends the words of `text` to out and returns the number of code
+  // points it read. `char_base` is the index, in the original string, of
+  // text's first code point. Invalid UTF-8 bytes are read as U+FFFD, one per
+  // byte.
+  uint32_t run(std::string_view text, uint32_t char_base, PreTokenized& out) const;
+
+  // The first position at or after byte `from` where `text` can be cut into
+  // two pieces that give the same words run() separately as run() of the
+  // whole (text.size() if none): a word boundary that no NFD reordering
+  // crosses. Used to normalize a long text a window at a time.
+  size_t next_cut(std::string_view text, size_t from) const;
 
   const NormalizerOptions& options() const { return options_; }
 
@@ -74,6 +81,7 @@ class BertNormalizer {
   friend class NormalizeRun;
   enum AsciiAction : uint8_t { kDrop, kSplit, kIsolate, kKeep };
   NormalizerOptions options_;
+  bool cuts_before(uint32_t cp) const;
   AsciiAction ascii_action_[128];
   uint8_t ascii_byte_[128];  // the byte a kKeep / kIsolate char becomes
 };

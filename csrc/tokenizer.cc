@@ -38,10 +38,12 @@ class AddedTokenMatcher {
     trie_ = ByteTrie(std::move(keys));
   }
 
-  // The first match at or after byte `from`: sets [*start, *end) and *id.
-  bool find(std::string_view text, size_t from, size_t* start, size_t* end, int32_t* id) const {
+  // The first match starting in [from, until): sets [*start, *end) and *id.
+  // The match may end past `until`.
+  bool find(std::string_view text, size_t from, size_t until, size_t* start, size_t* end,
+            int32_t* id) const {
     const auto* p = reinterpret_cast<const uint8_t*>(text.data());
-    for (size_t i = from; i < text.size(); ++i) {
+    for (size_t i = from; i < until; ++i) {
       if (!first_byte_[p[i]]) continue;
       size_t len = 0;
       const int32_t v = trie_.longest_prefix(ByteTrie::kRoot, p + i, text.size() - i, &len);
@@ -60,11 +62,64 @@ class AddedTokenMatcher {
   bool first_byte_[256] = {};
 };
 
+namespace {
+// Bytes of text normalized per step when it is sized from the tokens still
+// needed: about 6 per token (English text takes about 4.5), at least a short
+// sentence, at most what keeps the per-thread scratch near a megabyte.
+constexpr size_t kBytesPerToken = 6;
+constexpr size_t kMinStep = 128;
+constexpr size_t kMaxStep = 64 * 1024;
+// Tokens counted per round while finding the longer segment of a pair.
+constexpr size_t kCountRound = 4096;
+// Per-thread scratch above this is freed after a call: a text with no place
+// to cut (one huge word) is normalized in one piece, and the thread must not
+// keep that memory.
+constexpr size_t kKeepScratchBytes = size_t{1} << 20;
+
+template <typename T>
+size_t capacity_bytes(const std::vector<T>& v) {
+  return v.capacity() * sizeof(T);
+}
+}  // namespace
+
 struct Tokenizer::Workspace {
-  PreTokenized pre;
+  PreTokenized pre_a;  // the current window of each segment
+  PreTokenized pre_b;
   std::vector<WordToken> pieces;
   std::vector<Token> a;
   std::vector<Token> b;
+
+  static void trim(PreTokenized& p) {
+    if (p.bytes.capacity() + capacity_bytes(p.align) + capacity_bytes(p.words) +
+            capacity_bytes(p.pending) + capacity_bytes(p.queue) >
+        kKeepScratchBytes) {
+      p = PreTokenized();
+    }
+  }
+  void trim() {
+    trim(pre_a);
+    trim(pre_b);
+    if (capacity_bytes(a) > kKeepScratchBytes) a = {};
+    if (capacity_bytes(b) > kKeepScratchBytes) b = {};
+  }
+};
+
+// How far one input text is tokenized: the words of its current window not
+// tokenized yet, and where the next window starts.
+struct Tokenizer::Cursor {
+  Cursor(std::string_view t, PreTokenized& p) : text(t), pre(&p) { p.clear(); }
+
+  std::string_view text;
+  PreTokenized* pre;       // the current window's words
+  size_t next_word = 0;    // the first of them not tokenized yet
+  size_t pos = 0;          // bytes of text taken into windows
+  uint32_t chars = 0;      // code points before pos
+  size_t count = 0;        // tokens so far, kept or only counted
+  bool has_added = false;  // an added token follows the window's words
+  Token added{};
+  uint64_t scanned = 0;    // bytes normalized
+
+  bool done() const { return next_word == pre->words.size() && !has_added && pos >= text.size(); }
 };
 
 Tokenizer::Tokenizer(TokenizerConfig config)
@@ -73,7 +128,8 @@ Tokenizer::Tokenizer(TokenizerConfig config)
       single_(std::move(config.single_template)),
       pair_(std::move(config.pair_template)),
       max_length_(config.max_length),
-      pad_id_(config.pad_id) {
+      pad_id_(config.pad_id),
+      scan_bytes_(config.scan_bytes) {
   if (!config.added_tokens.empty()) {
     added_ = std::make_unique<AddedTokenMatcher>(config.added_tokens);
   }
@@ -99,43 +155,84 @@ Tokenizer::Tokenizer(TokenizerConfig config)
 
 Tokenizer::~Tokenizer() = default;
 
-void Tokenizer::append_words(const PreTokenized& pre, Workspace& ws,
-                             std::vector<Token>& out) const {
-  const auto* bytes = reinterpret_cast<const uint8_t*>(pre.bytes.data());
-  for (const auto& word : pre.words) {
-    ws.pieces.clear();
-    wordpiece_.tokenize(bytes + word.begin, word.end - word.begin, word.nchars, ws.pieces);
-    for (const auto& piece : ws.pieces) {
-      // A token spans the original chars of its first and last bytes.
-      out.push_back({piece.id, pre.align[word.begin + piece.begin].start,
-                     pre.align[word.begin + piece.end - 1].end});
+// Tokenizes c.text on from where it stopped, a word at a time, until c.count
+// reaches stop or the text ends. Tokens go to out while c.count < keep; past
+// that they are only counted. Words are whole units (WordPiece gives a word
+// all its pieces or one unk), so the first `keep` tokens are exactly those of
+// the whole text.
+void Tokenizer::advance(Cursor& c, size_t stop, size_t keep, Workspace& ws,
+                        std::vector<Token>& out) const {
+  while (c.count < stop) {
+    if (c.next_word < c.pre->words.size()) {
+      const PreTokenized& pre = *c.pre;
+      const auto& word = pre.words[c.next_word++];
+      const auto* bytes = reinterpret_cast<const uint8_t*>(pre.bytes.data());
+      ws.pieces.clear();
+      wordpiece_.tokenize(bytes + word.begin, word.end - word.begin, word.nchars, ws.pieces);
+      for (const auto& piece : ws.pieces) {
+        // A token spans the original chars of its first and last bytes.
+        if (c.count++ < keep) {
+          out.push_back({piece.id, pre.align[word.begin + piece.begin].start,
+                         pre.align[word.begin + piece.end - 1].end});
+        }
+      }
+    } else if (c.has_added) {
+      c.has_added = false;
+      if (c.count++ < keep) out.push_back(c.added);
+    } else if (c.pos < c.text.size()) {
+      next_window(c, stop - c.count);
+    } else {
+      break;
     }
   }
 }
 
-void Tokenizer::encode_sequence(std::string_view text, Workspace& ws,
-                                std::vector<Token>& out) const {
-  size_t seg = 0;    // start of the text not yet tokenized (bytes)
-  size_t chars = 0;  // code points before seg
-  size_t start = 0, end = 0;
-  int32_t id = 0;
-  while (added_ && added_->find(text, seg, &start, &end, &id)) {
-    ws.pre.clear();
-    normalizer_.run(text.substr(seg, start - seg), static_cast<uint32_t>(chars), ws.pre);
-    append_words(ws.pre, ws, out);
-    chars += utf8::count(text.data() + seg, start - seg);
-    const size_t n = utf8::count(text.data() + start, end - start);
-    out.push_back({id, static_cast<uint32_t>(chars), static_cast<uint32_t>(chars + n)});
-    chars += n;
-    seg = end;
+// Normalizes the next window of c.text into c.pre: from c.pos to a cut
+// point about `need` tokens on, or to the next added token (matched in the
+// raw text: the text between two added tokens is normalized on its own).
+void Tokenizer::next_window(Cursor& c, size_t need) const {
+  size_t step = scan_bytes_;
+  if (step == 0) {
+    step = need >= kMaxStep / kBytesPerToken ? kMaxStep
+                                             : std::max(kMinStep, need * kBytesPerToken);
   }
-  ws.pre.clear();
-  normalizer_.run(text.substr(seg), static_cast<uint32_t>(chars), ws.pre);
-  append_words(ws.pre, ws, out);
+  const size_t from = c.pos;
+  const size_t end = normalizer_.next_cut(c.text, std::min(c.text.size(), from + step));
+  size_t start = end, stop = end;
+  int32_t id = 0;
+  const bool added = added_ && added_->find(c.text, from, end, &start, &stop, &id);
+  c.pre->clear();
+  c.next_word = 0;
+  c.chars += normalizer_.run(c.text.substr(from, start - from), c.chars, *c.pre);
+  if (added) {
+    const auto n = static_cast<uint32_t>(utf8::count(c.text.data() + start, stop - start));
+    c.added = {id, c.chars, c.chars + n};
+    c.has_added = true;
+    c.chars += n;
+  }
+  c.pos = stop;
+  c.scanned += stop - from;
+}
+
+// Both segments of a pair reached the limit and it is odd: longest-first
+// gives the odd token to the longer one (to the second on a tie), so count
+// on, without keeping tokens, until the order of their full lengths is
+// known. Overshooting is harmless: only the order matters.
+void Tokenizer::order_lengths(Cursor& a, Cursor& b, Workspace& ws) const {
+  while (!a.done() || !b.done()) {
+    if (a.done()) return advance(b, a.count + 1, 0, ws, ws.b);
+    if (b.done()) return advance(a, b.count + 1, 0, ws, ws.a);
+    Cursor& lo = a.count <= b.count ? a : b;
+    const Cursor& hi = &lo == &a ? b : a;
+    advance(lo, hi.count + kCountRound, 0, ws, &lo == &a ? ws.a : ws.b);
+  }
 }
 
 // HF utils/truncation.rs, strategy LongestFirst, direction Right, stride 0.
-void Tokenizer::truncate(std::vector<Token>& a, std::vector<Token>* b, size_t limit) const {
+// len_a and len_b are the segments' token counts (exact, or at least the
+// limit and in the right order); a and b hold their first tokens.
+void Tokenizer::truncate(std::vector<Token>& a, size_t len_a, std::vector<Token>* b, size_t len_b,
+                         size_t limit) const {
   if (b == nullptr) {
     if (a.size() > limit) a.resize(limit);
     return;
@@ -145,8 +242,8 @@ void Tokenizer::truncate(std::vector<Token>& a, std::vector<Token>* b, size_t li
     b->clear();
     return;
   }
-  if (a.size() + b->size() <= limit) return;
-  size_t n1 = a.size(), n2 = b->size();
+  if (len_a + len_b <= limit) return;
+  size_t n1 = len_a, n2 = len_b;
   const bool swap = n1 > n2;
   if (swap) std::swap(n1, n2);  // n1 is the shorter
   n2 = n1 > limit ? n1 : std::max(n1, limit - n1);
@@ -186,13 +283,24 @@ void Tokenizer::encode(std::string_view text, const std::string_view* pair,
   thread_local Workspace ws;
   ws.a.clear();
   ws.b.clear();
-  encode_sequence(text, ws, ws.a);
-  if (pair != nullptr) encode_sequence(*pair, ws, ws.b);
-  const size_t added = add_special_tokens ? added_special(pair != nullptr) : 0;
-  truncate(ws.a, pair != nullptr ? &ws.b : nullptr, max_length_ - added);
+  const bool is_pair = pair != nullptr;
+  const size_t limit = max_length_ - (add_special_tokens ? added_special(is_pair) : 0);
+  // Each segment up to the limit: enough for longest-first to decide, since
+  // neither keeps more than the limit (see order_lengths for the one case
+  // where the lengths past it matter).
+  Cursor a(text, ws.pre_a);
+  advance(a, limit, limit, ws, ws.a);
+  Cursor b(is_pair ? *pair : std::string_view(), ws.pre_b);
+  if (is_pair) {
+    advance(b, limit, limit, ws, ws.b);
+    if (limit % 2 == 1 && a.count >= limit && b.count >= limit) order_lengths(a, b, ws);
+  }
+  truncate(ws.a, a.count, is_pair ? &ws.b : nullptr, b.count, limit);
   out.clear();
-  apply_template(pair != nullptr ? pair_ : single_, ws.a, pair != nullptr ? &ws.b : nullptr,
-                 add_special_tokens, with_offsets, out);
+  apply_template(is_pair ? pair_ : single_, ws.a, is_pair ? &ws.b : nullptr, add_special_tokens,
+                 with_offsets, out);
+  scanned_.fetch_add(a.scanned + b.scanned, std::memory_order_relaxed);
+  ws.trim();
 }
 
 }  // namespace textfleet

@@ -7,8 +7,17 @@
 // Offsets are code point offsets into each input string; special tokens
 // get (0, 0). Encoding is const and thread-safe: per-thread scratch lives
 // in thread_local storage, so concurrent calls on one Tokenizer are fine.
+//
+// The work is bounded by max_length, not by the text: a text is normalized
+// and split into words a window at a time (cut at word boundaries, see
+// BertNormalizer::next_cut), and tokenizing stops once the tokens that
+// truncation keeps exist. Truncating a pair needs its segments' lengths only
+// up to the limit, except when both exceed it and the limit is odd: then
+// which one is longer decides which keeps the odd token, and the shorter
+// segment is counted to its end (tokens counted, not kept).
 #pragma once
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -44,6 +53,10 @@ struct TokenizerConfig {
   std::vector<TemplatePiece> pair_template;
   size_t max_length = 512;  // truncation limit, special tokens included
   int32_t pad_id = 0;
+  // Bytes of text normalized per step; 0 sizes each step from the tokens
+  // still needed. A small fixed step cuts texts at (nearly) every word
+  // boundary, which tests use to check that cutting changes nothing.
+  size_t scan_bytes = 0;
 };
 
 struct Offset {
@@ -85,6 +98,9 @@ class Tokenizer {
   int32_t pad_id() const { return pad_id_; }
   // Special tokens the template adds to a single text / a pair.
   size_t added_special(bool is_pair) const { return is_pair ? added_pair_ : added_single_; }
+  // Bytes of input text normalized since construction, over all threads:
+  // what shows that the work stops near max_length, whatever the text's size.
+  uint64_t scanned_bytes() const { return scanned_.load(std::memory_order_relaxed); }
 
  private:
   struct Token {
@@ -93,9 +109,12 @@ class Tokenizer {
     uint32_t end;
   };
   struct Workspace;
-  void encode_sequence(std::string_view text, Workspace& ws, std::vector<Token>& out) const;
-  void append_words(const PreTokenized& pre, Workspace& ws, std::vector<Token>& out) const;
-  void truncate(std::vector<Token>& a, std::vector<Token>* b, size_t limit) const;
+  struct Cursor;
+  void advance(Cursor& c, size_t stop, size_t keep, Workspace& ws, std::vector<Token>& out) const;
+  void next_window(Cursor& c, size_t need) const;
+  void order_lengths(Cursor& a, Cursor& b, Workspace& ws) const;
+  void truncate(std::vector<Token>& a, size_t len_a, std::vector<Token>* b, size_t len_b,
+                size_t limit) const;
   void apply_template(const std::vector<TemplatePiece>& tpl, const std::vector<Token>& a,
                       const std::vector<Token>* b, bool add_special, bool with_offsets,
                       Encoding& out) const;
@@ -109,6 +128,8 @@ class Tokenizer {
   size_t added_pair_ = 0;
   size_t max_length_;
   int32_t pad_id_;
+  size_t scan_bytes_;
+  mutable std::atomic<uint64_t> scanned_{0};
 };
 
 }  // namespace textfleet

@@ -52,6 +52,7 @@ class WordPieceTokenizer:
         max_length: int,
         pad_id: int,
         num_threads: int,
+        scan_bytes: int = 0,
     ) -> None: ...
     def encode(
         self, text: str, pair: str | None = None, add_special_tokens: bool = True
@@ -74,6 +75,9 @@ class WordPieceTokenizer:
     def pad_id(self) -> int: ...
     @property
     def num_threads(self) -> int: ...
+    @property
+    def scanned_bytes(self) -> int:
+        """Bytes of input text normalized since construction (all threads)."""
 
 # ---- scheduler (csrc/bind_scheduler.cc) -------------------------------------------
 

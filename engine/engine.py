@@ -203,6 +203,19 @@ class Engine(TaskMethods):
             return np.empty((0, self.info.dim), dtype=np.float32)
         return await self._aforward(texts, None, timeout)
 
+    async def aembed_with_usage(
+        self, texts: Sequence[str], timeout: float | None = None
+    ) -> tuple[np.ndarray, int]:
+        """``aembed``, and the tokens the model computed for these texts (special
+        tokens in, truncated at ``max_length``: OpenAI's ``usage.prompt_tokens``),
+        counted from the request's own batches rather than by tokenizing again."""
+        self._require("embedding", "aembed_with_usage")
+        texts = check_texts(texts, "texts")
+        if not texts:
+            return np.empty((0, self.info.dim), dtype=np.float32), 0
+        self._check_open()
+        return await self._scheduler.run_async_counted(texts, None, timeout)
+
     def _forward(self, texts: list[str], pairs: list[str] | None = None):
         """One head row per text (or pair), in input order, from a blocking caller.
 
@@ -230,7 +243,11 @@ class Engine(TaskMethods):
         return await self._scheduler.run_async(texts, pairs, timeout)
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        """Tokens per text as the model sees them (special tokens in, truncated at max_length)."""
+        """Tokens per text as the model sees them (special tokens in, truncated at max_length).
+
+        Tokenizes again (at most max_length tokens of work per text); a request's
+        own count comes with its result from ``aembed_with_usage``.
+        """
         self._check_open()
         texts = check_texts(texts, "texts")
         if not texts:

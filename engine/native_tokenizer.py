@@ -141,7 +141,10 @@ class NativeTokenizer:
 
     backend = "native"
 
-    def __init__(self, path: str | Path, max_length: int, num_threads: int):
+    def __init__(self, path: str | Path, max_length: int, num_threads: int, scan_bytes: int = 0):
+        """``scan_bytes``: bytes of text normalized per step; 0 (the default) sizes
+        steps from the tokens still needed, so a text costs about max_length tokens
+        of work whatever its size. A small fixed step is for tests."""
         path = Path(path)
         reason = unsupported_reason(path)
         if reason is not None:
@@ -169,6 +172,7 @@ class NativeTokenizer:
             max_length=max_length,
             pad_id=0 if pad is None else pad,
             num_threads=num_threads,
+            scan_bytes=scan_bytes,
         )
         self.max_length = max_length
         self.num_threads = num_threads
@@ -178,6 +182,11 @@ class NativeTokenizer:
     def native(self) -> _native.WordPieceTokenizer:
         """The compiled tokenizer, for native components (csrc/bind_tokenizer.h)."""
         return self._tok
+
+    @property
+    def scanned_bytes(self) -> int:
+        """Bytes of input text normalized so far (all threads): the work done."""
+        return self._tok.scanned_bytes
 
     def encode(self, text: str, pair: str | None = None, add_special_tokens: bool = True):
         return self._tok.encode(text, pair, add_special_tokens)

@@ -11,6 +11,8 @@ module owns what needs Python:
   another process to stall on a small shared CPU;
 - the callers' side: ``run_async`` resolves an asyncio future on the caller's
   own loop (``call_soon_threadsafe``), ``run_sync`` wakes a waiting thread.
+  ``run_async_counted`` also gives the request's tokens, summed from the rows
+  of its own batches (no second tokenization for a usage count).
 
 Every request is resolved exactly once: whoever removes it from ``_pending``
 (under ``_lock``) resolves it, be it the executor (result or batch failure), a
@@ -56,11 +58,12 @@ class EngineClosed(EngineError):
 class _Pending:
     """One submitted request until it is resolved."""
 
-    __slots__ = ("rows", "left", "loop", "future", "event", "value", "error")
+    __slots__ = ("rows", "left", "tokens", "loop", "future", "event", "value", "error")
 
     def __init__(self, n: int, loop=None, future=None):
         self.rows: list = [None] * n
         self.left = n
+        self.tokens = 0  # real tokens of the rows delivered so far
         self.loop = loop  # set for asyncio callers
         self.future = future
         self.event = None if loop is not None else threading.Event()  # sync callers
@@ -95,7 +98,8 @@ class Ticket:
 
 
 def _settle_many(items) -> None:
-    """Runs on a caller's loop: resolve the futures that are still waiting."""
+    """Runs on a caller's loop: resolve the futures that are still waiting
+    (with ``(result, tokens)``, see ``Scheduler.run_async_counted``)."""
     for future, value, error in items:
         if future.done():  # timed out or cancelled meanwhile
             continue
@@ -142,6 +146,14 @@ class Scheduler:
 
     async def run_async(self, texts: list[str], pairs=None, timeout: float | None = None):
         """The request's result; raises TimeoutError, Overloaded, TooLarge or the batch error."""
+        result, _ = await self.run_async_counted(texts, pairs, timeout)
+        return result
+
+    async def run_async_counted(
+        self, texts: list[str], pairs=None, timeout: float | None = None
+    ) -> tuple[Any, int]:
+        """``run_async``'s result and the request's tokens: the real (unpadded) tokens
+        of its rows as the model computed them, special tokens in, truncated."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         rid = self._submit(texts, pairs, timeout, _Pending(len(texts), loop, future))
@@ -281,7 +293,8 @@ class Scheduler:
         start = time.perf_counter()
         error: Exception | None = None
         try:
-            out = self._run_batch(Batch(*nb.arrays, alone=alone))
+            batch = Batch(*nb.arrays, alone=alone)
+            out = self._run_batch(batch)
             if len(out) != nb.rows:
                 raise RuntimeError(f"the model returned {len(out)} rows for a batch of {nb.rows}")
         except Exception as exc:
@@ -296,9 +309,9 @@ class Scheduler:
             log.warning("batch %d of %d rows failed: %r", nb.id, nb.rows, error)
             self._fail(dict.fromkeys(nb.request_ids, error))
             return
-        self._deliver(nb.request_ids, nb.indices, out)
+        self._deliver(nb.request_ids, nb.indices, out, batch.attention_mask.sum(axis=1).tolist())
 
-    def _deliver(self, rids: list[int], indices: list[int], out) -> None:
+    def _deliver(self, rids: list[int], indices: list[int], out, lengths: list[int]) -> None:
         done: list[_Pending] = []
         with self._lock:
             pending = self._pending
@@ -307,6 +320,7 @@ class Scheduler:
                 if p is None:  # timed out or cancelled while it computed
                     continue
                 p.rows[index] = out[i]
+                p.tokens += lengths[i]
                 p.left -= 1
                 if p.left == 0:
                     del pending[rid]
@@ -350,7 +364,7 @@ class Scheduler:
             if p.loop is None:
                 p.event.set()
             else:
-                by_loop.setdefault(p.loop, []).append((p.future, p.value, p.error))
+                by_loop.setdefault(p.loop, []).append((p.future, (p.value, p.tokens), p.error))
         for loop, items in by_loop.items():
             # A closed loop raises RuntimeError: nobody waits there any more.
             with contextlib.suppress(RuntimeError):

@@ -127,8 +127,10 @@ class EmbeddingTask(TaskAdapter):
     async def openai_embeddings(self, obj: dict[str, Any]) -> Reply:
         req = openai.parse_embeddings_request(obj, self.max_texts)
         openai.check_dimensions(req, self.dim)
-        emb = await self._run(req.texts, None)
-        tokens = int(sum(self.engine.count_tokens(req.texts)))
+        # usage: the tokens of the engine's own batches, counted off the event loop.
+        emb, tokens = await self.engine.aembed_with_usage(req.texts, timeout=self.timeout(None))
+        if len(emb) != len(req.texts):  # every text gets exactly one row back, in order
+            raise RuntimeError(f"engine returned {len(emb)} embeddings for {len(req.texts)} texts")
         return openai.embeddings_reply(req, emb, tokens)
 
 

@@ -181,6 +181,61 @@ def test_aembed_matches_embed(engine):
     np.testing.assert_allclose(got, engine.embed(SENTENCES), atol=1e-6)
 
 
+def test_aembed_with_usage_counts_the_tokens_of_its_own_batches(engine):
+    """The usage count comes from the request's rows (special tokens in, truncated),
+    equal to counting again; concurrent requests each get their own."""
+    huge = "a long text " * 200_000
+    requests = [SENTENCES, [huge, "two words"], SENTENCES[:1] * 7]
+
+    async def run_all():
+        return await asyncio.gather(*(engine.aembed_with_usage(r, timeout=60) for r in requests))
+
+    for texts, (emb, tokens) in zip(requests, asyncio.run(run_all()), strict=True):
+        assert tokens == sum(engine.count_tokens(texts))
+        np.testing.assert_allclose(emb, engine.embed(texts), atol=1e-5)
+    assert asyncio.run(engine.aembed_with_usage([]))[1] == 0
+
+
+def rss_mib() -> float:
+    """Resident memory after a GC. glibc keeps freed heap pages for reuse; malloc_trim
+    hands them back so what is left is what the process still holds."""
+    import ctypes
+    import ctypes.util
+    import gc
+
+    import psutil
+
+    gc.collect()
+    libc = ctypes.util.find_library("c")
+    trim = getattr(ctypes.CDLL(libc), "malloc_trim", None) if libc else None
+    if trim is not None:
+        trim(0)
+    return psutil.Process().memory_info().rss / 2**20
+
+
+def test_memory_returns_near_baseline_after_peaks(engine, workload_texts):
+    """Four 10 MB texts and a batch of 64 texts past max_length leave no lasting
+    growth: tokenizing stops at max_length and the runtime's arena shrinks after a
+    run. A region that a second worker's run still used when a run ended is freed
+    at the end of the next run, so one short request follows the peaks."""
+    engine.embed(workload_texts[:64])
+    engine.embed(workload_texts[:64])
+    base = rss_mib()
+
+    def huge(k: int) -> str:
+        text = " ".join(workload_texts[k * 1000 : k * 1000 + 2000])
+        return (text * (10 * 2**20 // len(text) + 1))[: 10 * 2**20]
+
+    for k in range(4):
+        assert engine.embed([huge(k)]).shape == (1, engine.info.dim)
+    longs = [" ".join(workload_texts[i : i + 40]) for i in range(0, 64 * 40, 40)]
+    assert min(engine.count_tokens(longs)) == engine.max_length
+    assert engine.embed(longs).shape == (64, engine.info.dim)
+    engine.embed(SENTENCES[:1])
+    del longs
+    assert rss_mib() - base < 50
+
+
 def test_closed_engine_refuses_work(model_dir):
     eng = Engine.load(model_dir, threads=1)
     assert eng.health()

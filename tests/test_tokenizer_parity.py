@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from stress_corpus import COMBINING, SPECIAL_TEXTS, build_pairs, build_stress_corpus
 from tokenizers import Tokenizer as HFTokenizer
 
+from textfleet.engine.native_tokenizer import NativeTokenizer
 from textfleet.engine.tokenizer import Tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -261,3 +262,87 @@ def test_unicode_tables_are_generated_from_the_script():
         [sys.executable, str(script), "--check"], capture_output=True, text=True, check=False
     )
     assert run.returncode == 0, run.stderr
+
+
+# ---- Long texts: the work stops near max_length and the result is still HF's.
+
+
+def joined(texts: list[str], min_chars: int) -> list[str]:
+    """Consecutive texts joined by a space into texts of at least min_chars each."""
+    out, part, size = [], [], 0
+    for text in texts:
+        part.append(text)
+        size += len(text) + 1
+        if size >= min_chars:
+            out.append(" ".join(part))
+            part, size = [], 0
+    return out
+
+
+@pytest.mark.parametrize("max_length", MAX_LENGTHS)
+def test_long_workload_texts(minilm_tokenizer_json, workload_texts, max_length):
+    """Workload texts joined far past max_length: singles, and pairs with both, one or
+    neither segment past it (equal segments too: the tie of longest-first)."""
+    # HF builds every overflowing chunk (of both segments of a pair: a cross
+    # product), so the reference's time grows with these sizes, not ours.
+    singles = joined(workload_texts, 20_000)[:40]
+    check_corpus(minilm_tokenizer_json, max_length, singles)
+    long = joined(workload_texts, 20 * max_length)[:24]  # about 4 x max_length tokens
+    short = workload_texts[: len(long)]
+    firsts = long + long + short + long[:-1] + long
+    seconds = long[::-1] + short + long + long[1:] + long
+    check_corpus(minilm_tokenizer_json, max_length, firsts, seconds)
+
+
+def test_pair_of_long_segments_counts_the_shorter(minilm_tokenizer_json):
+    """Both segments past an odd limit: the odd token goes to the longer one (the
+    second on a tie), which only their full lengths tell."""
+    hf, tok = reference(minilm_tokenizer_json, 8), native(minilm_tokenizer_json, 8)
+    for n_a, n_b in [(40, 41), (41, 40), (40, 40), (5, 6), (6, 5), (5, 5), (4, 9), (9, 4)]:
+        a, b = " ".join(["a"] * n_a), " ".join(["b"] * n_b)
+        assert_parity([hf.encode(a, b)], [tok.encode(a, b)], [(a, b)])
+    # Too long for the reference's cross product of overflowing chunks; the
+    # order alone decides, as above.
+    long_a, long_b = "a " * 1_000_000, "b " * 999_999
+    assert tok.encode(long_a, long_b).ids == tok.encode("a " * 41, "b " * 40).ids
+    assert tok.encode(long_b, long_a).ids == tok.encode("b " * 40, "a " * 41).ids
+    assert tok.encode(long_a, long_a).ids == tok.encode("a " * 40, "a " * 40).ids
+
+
+@pytest.mark.parametrize("scan_bytes", [1, 5])
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_cutting_texts_into_windows_changes_nothing(variant_paths, variant, scan_bytes):
+    """Normalizing a few bytes at a time (cut at every word boundary the normalizer
+    allows) gives HF's result on the whole stress corpus, untruncated and truncated."""
+    path = variant_paths[variant]
+    firsts, seconds = [a for a, _ in STRESS_PAIRS], [b for _, b in STRESS_PAIRS]
+    for max_length in (8, 100_000):
+        hf = reference(path, max_length)
+        tok = NativeTokenizer(path, max_length, 1, scan_bytes=scan_bytes)
+        assert_parity(hf.encode_batch(STRESS), tok.encode_batch(STRESS), STRESS)
+        inputs = list(zip(firsts, seconds, strict=True))
+        assert_parity(hf.encode_batch(inputs), tok.encode_batch(firsts, seconds), inputs)
+
+
+def test_work_is_bounded_by_max_length(minilm_tokenizer_json, workload_texts):
+    """A 20 MB text costs what its first tokens cost: the bytes normalized are the
+    same as for its first megabyte (and a few KB), and the ids are HF's."""
+    text = " ".join(workload_texts)
+    huge = (text * (20 * 2**20 // len(text) + 1))[: 20 * 2**20]
+    first_mb = huge[: 2**20]
+    tok = NativeTokenizer(minilm_tokenizer_json, 512, 2)
+
+    def scanned(call) -> tuple[int, list[int]]:
+        before = tok.scanned_bytes
+        ids = call()
+        return tok.scanned_bytes - before, ids
+
+    work_mb, ids_mb = scanned(lambda: tok.encode(first_mb).ids)
+    work_huge, ids_huge = scanned(lambda: tok.encode(huge).ids)
+    assert ids_huge == ids_mb == reference(minilm_tokenizer_json, 512).encode(first_mb).ids
+    assert work_huge == work_mb < 16 * 1024
+    # The batch paths (the engine's), and a pair with one huge segment.
+    work, lengths = scanned(lambda: tok.tokenize([huge, huge]).lengths.tolist())
+    assert lengths == [512, 512] and work == 2 * work_mb
+    work, ids = scanned(lambda: tok.encode_batch([huge], ["a question?"])[0].ids)
+    assert len(ids) == 512 and work < 16 * 1024

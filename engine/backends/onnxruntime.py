@@ -5,6 +5,14 @@ cores), ``inter_op`` 1 and sequential execution: a BERT graph is one chain of
 large matmuls, so parallelism inside each op is what pays; a second pool
 would only contend with it. Only the inputs the graph declares are fed (a
 DistilBERT graph has no token_type_ids).
+
+Memory: every run shrinks the CPU arena (``memory.enable_memory_arena_shrinkage``),
+so the activations of one large batch go back to the OS after it instead of
+staying with the process for good. Regions another run is still using at that
+moment (two workers computing side by side) are freed at the end of a later
+run. Measured against the arena left to grow and against no arena at all:
+shrinking costs no CPU time per text that a run of 1000 workload texts shows,
+no arena costs more.
 """
 
 from __future__ import annotations
@@ -41,6 +49,8 @@ class OnnxRuntimeBackend:
         self._solo: ort.InferenceSession | None = None
         self._inputs: list[str] = []
         self._outputs: list[str] = []
+        self._run_options = ort.RunOptions()
+        self._run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
 
     def providers(self) -> list:
         """onnxruntime's execution providers for ``device``; ``cuda:N`` is the CUDA
@@ -100,7 +110,7 @@ class OnnxRuntimeBackend:
             raise RuntimeError("onnxruntime backend is not loaded")
         feeds = {name: getattr(batch, name) for name in self._inputs}
         session = self._solo if batch.alone and self._solo is not None else self._session
-        values = session.run(None, feeds)
+        values = session.run(None, feeds, self._run_options)
         return dict(zip(self._outputs, values, strict=True))
 
     def health(self) -> bool:
