@@ -35,16 +35,24 @@ def load_texts(limit: int | None = None, path: Path = WORKLOAD) -> list[str]:
     return texts
 
 
-def ensure_model_dir(path: str | os.PathLike | None = None) -> Path:
-    """The model directory to benchmark; the default model is exported on first use."""
-    target = Path(path) if path is not None else DEFAULT_MODEL_DIR
-    if not (target / "textfleet.json").is_file():
-        if path is not None:
-            sys.exit(f"{target} is not a model directory (make one with `textfleet export`)")
-        from textfleet.models.export import export
+def ensure_model_dir(path: str | os.PathLike | None = None, safetensors: bool = False) -> Path:
+    """The model directory to benchmark; the default model is exported on first use.
 
-        print(f"exporting {DEFAULT_PACKAGE} to {target} (once)", flush=True)
-        export(DEFAULT_PACKAGE, target)
+    ``safetensors``: the directory must keep the weights too (the torch backend
+    runs them); a default model exported without them is exported again with them.
+    """
+    target = Path(path) if path is not None else DEFAULT_MODEL_DIR
+    exported = (target / "textfleet.json").is_file()
+    if exported and (not safetensors or (target / "model.safetensors").is_file()):
+        return target
+    option = " --safetensors" if safetensors else ""
+    if path is not None:
+        sys.exit(f"{target} is not a model directory{option and ' with its weights'} "
+                 f"(make one with `textfleet export{option}`)")  # fmt: skip
+    from textfleet.models.export import export
+
+    print(f"exporting {DEFAULT_PACKAGE}{option} to {target} (once)", flush=True)
+    export(DEFAULT_PACKAGE, target, safetensors=safetensors, force=exported)
     return target
 
 
