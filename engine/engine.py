@@ -209,7 +209,7 @@ class Engine(TaskMethods):
         """``aembed``, and the tokens the model computed for these texts (special
         tokens in, truncated at ``max_length``: OpenAI's ``usage.prompt_tokens``),
         counted from the request's own batches rather than by tokenizing again."""
-        self._require("embedding", "aembed_with_usage")
+        self._require("aembed_with_usage")
         texts = check_texts(texts, "texts")
         if not texts:
             return np.empty((0, self.info.dim), dtype=np.float32), 0
