@@ -18,6 +18,8 @@ from typing import Any
 import ray
 from ray import serve
 
+from textfleet.serve import ingress_policy
+
 # Environment for Ray's processes (read at import, so set before Ray starts;
 # a value already in the environment wins). User code on the replica's main
 # event loop and the proxy's router on its own loop save two thread hand-offs
@@ -85,7 +87,10 @@ def start_ray(
     if ray.is_initialized():
         return running_ingress()
     ingress, ingress_env = resolve_ingress(ingress)
-    for k, v in {**LEAN_ENV, **ingress_env, **(env or {})}.items():
+    if ingress == "haproxy":
+        ingress_policy.check_haproxy_template()
+    policy_env = ingress_policy.HAPROXY_ENV
+    for k, v in {**LEAN_ENV, **policy_env, **ingress_env, **(env or {})}.items():
         os.environ.setdefault(k, v)
     if ingress == "ray-proxy":  # an inherited HAProxy setting must not win here
         os.environ.pop("RAY_SERVE_ENABLE_HA_PROXY", None)
@@ -94,6 +99,8 @@ def start_ray(
         num_cpus=num_cpus,
         _metrics_export_port=metrics_export_port,
         namespace="serve",
+        # Timeouts and error replies of the HTTP front door (serve/ingress_policy.py).
+        runtime_env={"worker_process_setup_hook": ingress_policy.SETUP_HOOK},
         **init_kwargs,
     )
     return running_ingress()

@@ -1,0 +1,182 @@
+"""Admission: refuse at once a request that could not finish before its deadline.
+
+A request queued behind more work than the engine computes before the
+request's deadline times out anyway, after holding its place in the queue and
+having part of its compute thrown away; under a burst every request ends up
+like that and the server completes nothing. So a replica estimates, when a
+request arrives, how long it would take to get its result: the tokens already
+waiting (``EngineStats.queue_tokens``) plus its own, over the engine's
+measured throughput. Past the deadline it answers 503 with a Retry-After that
+says when the queue will have drained enough, and the engine keeps computing
+requests that can still finish.
+
+The throughput is measured, not configured (``ThroughputMeter``): an EWMA of
+real tokens per compute-second over the deltas of ``EngineStats`` counters,
+times the executor threads (each computes its own batches). Until a first
+batch has been measured nothing is refused, and a request that finds the
+queue empty is always admitted: retrying it later would not help.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from textfleet.engine.errors import Overloaded
+from textfleet.engine.stats import EngineStats
+
+HEADROOM = 0.8
+"""Admit only when the estimated wait is within this share of the deadline: the
+estimate ignores the HTTP hops and the request's own tokenization."""
+
+CHARS_PER_TOKEN = 4
+"""Characters per WordPiece token of English text, for a request not yet tokenized
+(CJK text has fewer: its cost is underestimated, never refused wrongly)."""
+
+MAX_RETRY_AFTER_S = 60
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Whether to take a request, and the wait it was judged by."""
+
+    admit: bool
+    wait_s: float
+    """Estimated seconds until the request's result (0 when unknown)."""
+    retry_after_s: float = 0.0
+    """When refused: seconds until the queue has drained enough to admit it."""
+
+
+def estimate_tokens(texts: Iterable[str], max_length: int) -> int:
+    """Tokens of texts not yet tokenized: each its special tokens plus a token per
+    ``CHARS_PER_TOKEN`` characters, truncated at ``max_length``."""
+    return sum(min(max_length, 2 + len(t) // CHARS_PER_TOKEN) for t in texts)
+
+
+def decide(
+    queue_tokens: int,
+    request_tokens: int,
+    tokens_per_s: float | None,
+    deadline_s: float | None,
+    headroom: float = HEADROOM,
+) -> Decision:
+    """Admit a request of ``request_tokens`` behind ``queue_tokens`` on an engine
+    computing ``tokens_per_s``, given ``deadline_s`` to answer? Pure."""
+    if deadline_s is None or not tokens_per_s or tokens_per_s <= 0:
+        return Decision(True, 0.0)
+    wait_s = (queue_tokens + request_tokens) / tokens_per_s
+    budget = deadline_s * headroom
+    if queue_tokens <= 0 or wait_s <= budget:
+        return Decision(True, wait_s)
+    # The queue must shrink by what is over budget; it drains at tokens_per_s.
+    retry = min(float(MAX_RETRY_AFTER_S), max(1.0, wait_s - budget))
+    return Decision(False, wait_s, retry)
+
+
+class ThroughputMeter:
+    """The engine's throughput in real tokens per second, from its stats' counters.
+
+    Samples span at least ``min_compute_s`` of compute so one small batch does
+    not swing the estimate; the EWMA of tokens and of seconds are kept apart,
+    so large batches (which is what a busy engine runs) weigh by their time.
+    """
+
+    def __init__(self, workers: int = 1, alpha: float = 0.3, min_compute_s: float = 0.05):
+        self.workers = max(1, workers)
+        self.alpha = alpha
+        self.min_compute_s = min_compute_s
+        self._tokens = 0
+        self._compute_s = 0.0
+        self._avg_tokens: float | None = None
+        self._avg_s = 0.0
+
+    def update(self, stats: EngineStats) -> float | None:
+        """Fold in the counters of a fresh ``stats()``; the tokens/s now (None: unmeasured)."""
+        d_tokens = stats.real_tokens - self._tokens
+        d_s = stats.compute_s - self._compute_s
+        if d_s >= self.min_compute_s and d_tokens > 0:
+            self._tokens, self._compute_s = stats.real_tokens, stats.compute_s
+            if self._avg_tokens is None:
+                self._avg_tokens, self._avg_s = float(d_tokens), d_s
+            else:
+                a = self.alpha
+                self._avg_tokens += a * (d_tokens - self._avg_tokens)
+                self._avg_s += a * (d_s - self._avg_s)
+        return self.tokens_per_s
+
+    @property
+    def tokens_per_s(self) -> float | None:
+        if self._avg_tokens is None or self._avg_s <= 0:
+            return None
+        return self._avg_tokens / self._avg_s * self.workers
+
+
+class AdmissionGate:
+    """The engine as the task adapters see it, refusing what cannot meet its deadline.
+
+    Wraps the async task methods (``aembed``, ``aclassify``, ``aentities``,
+    ``ascore``, ``arerank``); everything else is the engine's own. A call
+    without a timeout is never refused here (only by the queue bound).
+    """
+
+    def __init__(self, engine: Any):
+        self._engine = engine
+        self.meter = ThroughputMeter(workers=engine.batching.workers or 1)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._engine, name)
+
+    def check(self, texts: Iterable[str], deadline_s: float | None) -> Decision:
+        """Raise ``Overloaded`` (503 + Retry-After) if ``texts`` would miss the deadline."""
+        if deadline_s is None:
+            return Decision(True, 0.0)
+        stats = self._engine.stats()
+        rate = self.meter.update(stats)
+        tokens = estimate_tokens(_strings(texts), self._engine.max_length)
+        decision = decide(stats.queue_tokens, tokens, rate, deadline_s)
+        if not decision.admit:
+            raise Overloaded(
+                f"overloaded: about {decision.wait_s:.1f} s of work is queued ahead of this "
+                f"request, more than its {deadline_s:g} s deadline allows; retry after "
+                f"{math.ceil(decision.retry_after_s)} s",
+                retry_after_s=decision.retry_after_s,
+            )
+        return decision
+
+    async def aembed(self, texts, timeout=None):
+        self.check(texts, timeout)
+        return await self._engine.aembed(texts, timeout=timeout)
+
+    async def aclassify(self, texts, top_k=1, timeout=None):
+        self.check(texts, timeout)
+        return await self._engine.aclassify(texts, top_k, timeout=timeout)
+
+    async def aentities(self, texts, aggregation=None, timeout=None):
+        self.check(texts, timeout)
+        return await self._engine.aentities(texts, aggregation, timeout=timeout)
+
+    async def ascore(self, pairs, raw_scores=False, timeout=None):
+        self.check(_pair_texts(pairs), timeout)
+        return await self._engine.ascore(pairs, raw_scores, timeout=timeout)
+
+    async def arerank(self, query, documents, top_k=None, raw_scores=False, timeout=None):
+        query_text = query if isinstance(query, str) else ""
+        self.check([f"{query_text} {d}" for d in _strings(documents)], timeout)
+        return await self._engine.arerank(query, documents, top_k, raw_scores, timeout=timeout)
+
+
+def _strings(items: Any) -> list[str]:
+    """The str items of what a caller sent; the engine reports anything else."""
+    if not isinstance(items, list | tuple):
+        return []
+    return [x for x in items if isinstance(x, str)]
+
+
+def _pair_texts(pairs: Any) -> list[str]:
+    out = []
+    for p in pairs if isinstance(pairs, list | tuple) else ():
+        if isinstance(p, list | tuple) and len(p) == 2:
+            out.append(" ".join(_strings(p)))
+    return out
