@@ -60,13 +60,21 @@ def decide(
     request_tokens: int,
     tokens_per_s: float | None,
     deadline_s: float | None,
+    batch_tokens: int = 0,
     headroom: float = HEADROOM,
 ) -> Decision:
     """Admit a request of ``request_tokens`` behind ``queue_tokens`` on an engine
-    computing ``tokens_per_s``, given ``deadline_s`` to answer? Pure."""
+    computing ``tokens_per_s`` in batches of up to ``batch_tokens``, given
+    ``deadline_s`` to answer? Pure.
+
+    A request's rows come back only when the whole batch they joined is done,
+    and behind a queue that batch is a full one: up to ``batch_tokens`` more
+    work than the tokens ahead, which matters when one batch takes a good part
+    of the deadline (long texts)."""
     if deadline_s is None or not tokens_per_s or tokens_per_s <= 0:
         return Decision(True, 0.0)
-    wait_s = (queue_tokens + request_tokens) / tokens_per_s
+    work = queue_tokens + request_tokens + min(max(0, queue_tokens), batch_tokens)
+    wait_s = work / tokens_per_s
     budget = deadline_s * headroom
     if queue_tokens <= 0 or wait_s <= budget:
         return Decision(True, wait_s)
@@ -119,23 +127,32 @@ class AdmissionGate:
     Wraps the async task methods (``aembed``, ``aclassify``, ``aentities``,
     ``ascore``, ``arerank``); everything else is the engine's own. A call
     without a timeout is never refused here (only by the queue bound).
+
+    The work ahead of a new request is what the gate has admitted and not seen
+    finish (its own estimate of each request's tokens), or the engine's queue
+    if that says more: ``queue_tokens`` alone leaves out the batches being
+    computed, up to ``max_batch_tokens`` per executor thread.
     """
 
     def __init__(self, engine: Any):
         self._engine = engine
         self.meter = ThroughputMeter(workers=engine.batching.workers or 1)
+        self.outstanding_tokens = 0
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._engine, name)
 
-    def check(self, texts: Iterable[str], deadline_s: float | None) -> Decision:
-        """Raise ``Overloaded`` (503 + Retry-After) if ``texts`` would miss the deadline."""
+    def check(self, texts: Iterable[str], deadline_s: float | None) -> tuple[Decision, int]:
+        """The decision for ``texts`` and their estimated tokens; raises ``Overloaded``
+        (503 + Retry-After) if they would miss the deadline."""
+        tokens = estimate_tokens(_strings(texts), self._engine.max_length)
         if deadline_s is None:
-            return Decision(True, 0.0)
+            return Decision(True, 0.0), tokens
         stats = self._engine.stats()
         rate = self.meter.update(stats)
-        tokens = estimate_tokens(_strings(texts), self._engine.max_length)
-        decision = decide(stats.queue_tokens, tokens, rate, deadline_s)
+        ahead = max(stats.queue_tokens, self.outstanding_tokens)
+        batch = self._engine.batching.max_batch_tokens
+        decision = decide(ahead, tokens, rate, deadline_s, batch_tokens=batch)
         if not decision.admit:
             raise Overloaded(
                 f"overloaded: about {decision.wait_s:.1f} s of work is queued ahead of this "
@@ -143,28 +160,34 @@ class AdmissionGate:
                 f"{math.ceil(decision.retry_after_s)} s",
                 retry_after_s=decision.retry_after_s,
             )
-        return decision
+        return decision, tokens
+
+    async def _admit(self, texts: Any, deadline_s: float | None, method: str, *args: Any):
+        """``engine.<method>(*args, timeout=deadline_s)`` once admitted, counted until done."""
+        _, tokens = self.check(texts, deadline_s)
+        self.outstanding_tokens += tokens
+        try:
+            return await getattr(self._engine, method)(*args, timeout=deadline_s)
+        finally:
+            self.outstanding_tokens -= tokens
 
     async def aembed(self, texts, timeout=None):
-        self.check(texts, timeout)
-        return await self._engine.aembed(texts, timeout=timeout)
+        return await self._admit(texts, timeout, "aembed", texts)
 
     async def aclassify(self, texts, top_k=1, timeout=None):
-        self.check(texts, timeout)
-        return await self._engine.aclassify(texts, top_k, timeout=timeout)
+        return await self._admit(texts, timeout, "aclassify", texts, top_k)
 
     async def aentities(self, texts, aggregation=None, timeout=None):
-        self.check(texts, timeout)
-        return await self._engine.aentities(texts, aggregation, timeout=timeout)
+        return await self._admit(texts, timeout, "aentities", texts, aggregation)
 
     async def ascore(self, pairs, raw_scores=False, timeout=None):
-        self.check(_pair_texts(pairs), timeout)
-        return await self._engine.ascore(pairs, raw_scores, timeout=timeout)
+        return await self._admit(_pair_texts(pairs), timeout, "ascore", pairs, raw_scores)
 
     async def arerank(self, query, documents, top_k=None, raw_scores=False, timeout=None):
         query_text = query if isinstance(query, str) else ""
-        self.check([f"{query_text} {d}" for d in _strings(documents)], timeout)
-        return await self._engine.arerank(query, documents, top_k, raw_scores, timeout=timeout)
+        texts = [f"{query_text} {d}" for d in _strings(documents)]
+        args = (query, documents, top_k, raw_scores)
+        return await self._admit(texts, timeout, "arerank", *args)
 
 
 def _strings(items: Any) -> list[str]:

@@ -193,6 +193,8 @@ class ModelConfig(EngineConfig):
         opts: dict[str, Any] = {
             "max_ongoing_requests": self.max_ongoing_requests,
             "max_queued_requests": self.max_queued_requests,
+            # Ray's 503 past max_queued_requests, with a Retry-After (none by default).
+            "backpressure_config": {"status_code": 503, "retry_after_s": 1.0},
         }
         if self.autoscaling is not None:
             opts["autoscaling_config"] = dict(self.autoscaling)

@@ -110,8 +110,13 @@ def _http_error(status: int, message: str, retry_after: bool) -> str:
 
 
 def haproxy_errors() -> str:
-    """HAProxy's own error replies as JSON (the defaults section)."""
+    """HAProxy's own error replies as JSON, and reloads that drop no request (the
+    defaults section)."""
     return (
+        # On a reload (Ray rewrites the config at every replica change) the old
+        # process would close idle keep-alive connections, racing clients that
+        # just sent a request on one: it answers one more request first instead.
+        "    option idle-close-on-response\n"
         "    # textfleet: HAProxy's own errors as JSON (502 becomes a 503 in the frontend).\n"
         + _http_error(502, REPLICA_GONE_MESSAGE, retry_after=True)
         + _http_error(503, NO_REPLICA_MESSAGE, retry_after=True)

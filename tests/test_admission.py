@@ -45,6 +45,12 @@ def test_admits_within_the_deadline_and_refuses_past_it():
     assert no.retry_after_s == pytest.approx(10.0 - 5.0 * HEADROOM)
 
 
+def test_a_batch_behind_a_queue_counts_whole():
+    """Behind 2000 queued tokens a request's batch holds up to 1000 more."""
+    assert decide(2000, 100, 1000.0, 10.0, batch_tokens=1000).wait_s == pytest.approx(3.1)
+    assert decide(0, 100, 1000.0, 10.0, batch_tokens=1000).wait_s == pytest.approx(0.1)
+
+
 def test_an_empty_queue_always_admits():
     """A request larger than its deadline alone would not fare better later."""
     assert decide(0, 10**6, 1000.0, 1.0).admit
