@@ -11,25 +11,24 @@ says when the queue will have drained enough, and the engine keeps computing
 requests that can still finish.
 
 The throughput is measured, not configured (``ThroughputMeter``): an EWMA of
-real tokens per compute-second over the deltas of ``EngineStats`` counters,
-times the executor threads (each computes its own batches). Until a first
-batch has been measured nothing is refused, and a request that finds the
-queue empty is always admitted: retrying it later would not help.
+the tokens of requests that finished per second while the engine was busy.
+Until a first sample nothing is refused, and a request that finds the queue
+empty is always admitted: retrying it later would not help.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from textfleet.engine.errors import Overloaded
-from textfleet.engine.stats import EngineStats
 
-HEADROOM = 0.8
+HEADROOM = 0.7
 """Admit only when the estimated wait is within this share of the deadline: the
-estimate ignores the HTTP hops and the request's own tokenization."""
+estimate ignores the HTTP hops, tokenization and other work competing for the cores."""
 
 CHARS_PER_TOKEN = 4
 """Characters per WordPiece token of English text, for a request not yet tokenized
@@ -84,41 +83,41 @@ def decide(
 
 
 class ThroughputMeter:
-    """The engine's throughput in real tokens per second, from its stats' counters.
+    """The engine's throughput in real tokens per wall-clock second, from the
+    requests it finished while it was busy.
 
-    Samples span at least ``min_compute_s`` of compute so one small batch does
-    not swing the estimate; the EWMA of tokens and of seconds are kept apart,
-    so large batches (which is what a busy engine runs) weigh by their time.
+    Measured where the work is admitted, on requests that came back with a
+    result, so it includes whatever competes for the cores (HTTP parsing,
+    tokenization, other processes). Samples span at least ``min_s``; the EWMA
+    of tokens and of seconds are kept apart. A token of a long text costs more
+    than one of a short text (attention grows with length): when the latest
+    sample is slower than the average it is the one used, so a burst of long
+    texts after short ones is not admitted at the short texts' pace.
     """
 
-    def __init__(self, workers: int = 1, alpha: float = 0.3, min_compute_s: float = 0.05):
-        self.workers = max(1, workers)
+    def __init__(self, alpha: float = 0.3, min_s: float = 0.2):
         self.alpha = alpha
-        self.min_compute_s = min_compute_s
-        self._tokens = 0
-        self._compute_s = 0.0
+        self.min_s = min_s
         self._avg_tokens: float | None = None
         self._avg_s = 0.0
+        self._last_rate = 0.0
 
-    def update(self, stats: EngineStats) -> float | None:
-        """Fold in the counters of a fresh ``stats()``; the tokens/s now (None: unmeasured)."""
-        d_tokens = stats.real_tokens - self._tokens
-        d_s = stats.compute_s - self._compute_s
-        if d_s >= self.min_compute_s and d_tokens > 0:
-            self._tokens, self._compute_s = stats.real_tokens, stats.compute_s
-            if self._avg_tokens is None:
-                self._avg_tokens, self._avg_s = float(d_tokens), d_s
-            else:
-                a = self.alpha
-                self._avg_tokens += a * (d_tokens - self._avg_tokens)
-                self._avg_s += a * (d_s - self._avg_s)
-        return self.tokens_per_s
+    def observe(self, tokens: float, seconds: float) -> None:
+        """``tokens`` finished in ``seconds`` of busy time."""
+        if seconds < self.min_s or tokens <= 0:
+            return
+        self._last_rate = tokens / seconds
+        if self._avg_tokens is None:
+            self._avg_tokens, self._avg_s = float(tokens), seconds
+        else:
+            self._avg_tokens += self.alpha * (tokens - self._avg_tokens)
+            self._avg_s += self.alpha * (seconds - self._avg_s)
 
     @property
     def tokens_per_s(self) -> float | None:
         if self._avg_tokens is None or self._avg_s <= 0:
             return None
-        return self._avg_tokens / self._avg_s * self.workers
+        return min(self._avg_tokens / self._avg_s, self._last_rate)
 
 
 class AdmissionGate:
@@ -134,10 +133,13 @@ class AdmissionGate:
     computed, up to ``max_batch_tokens`` per executor thread.
     """
 
-    def __init__(self, engine: Any):
+    def __init__(self, engine: Any, clock: Any = time.monotonic):
         self._engine = engine
-        self.meter = ThroughputMeter(workers=engine.batching.workers or 1)
+        self._clock = clock
+        self.meter = ThroughputMeter()
         self.outstanding_tokens = 0
+        self._done_tokens = 0  # finished since the sample began
+        self._sample_start = clock()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._engine, name)
@@ -149,7 +151,7 @@ class AdmissionGate:
         if deadline_s is None:
             return Decision(True, 0.0), tokens
         stats = self._engine.stats()
-        rate = self.meter.update(stats)
+        rate = self.meter.tokens_per_s
         ahead = max(stats.queue_tokens, self.outstanding_tokens)
         batch = self._engine.batching.max_batch_tokens
         decision = decide(ahead, tokens, rate, deadline_s, batch_tokens=batch)
@@ -165,11 +167,25 @@ class AdmissionGate:
     async def _admit(self, texts: Any, deadline_s: float | None, method: str, *args: Any):
         """``engine.<method>(*args, timeout=deadline_s)`` once admitted, counted until done."""
         _, tokens = self.check(texts, deadline_s)
+        if self.outstanding_tokens == 0:  # idle until now: the idle time is no sample
+            self._sample_start, self._done_tokens = self._clock(), 0
         self.outstanding_tokens += tokens
+        finished = False
         try:
-            return await getattr(self._engine, method)(*args, timeout=deadline_s)
+            result = await getattr(self._engine, method)(*args, timeout=deadline_s)
+            finished = True
+            return result
         finally:
             self.outstanding_tokens -= tokens
+            self._finished(tokens if finished else 0)
+
+    def _finished(self, tokens: int) -> None:
+        """Count a request's tokens done; a sample closes after ``meter.min_s``."""
+        self._done_tokens += tokens
+        now = self._clock()
+        if now - self._sample_start >= self.meter.min_s:
+            self.meter.observe(self._done_tokens, now - self._sample_start)
+            self._sample_start, self._done_tokens = now, 0
 
     async def aembed(self, texts, timeout=None):
         return await self._admit(texts, timeout, "aembed", texts)

@@ -130,7 +130,7 @@ class ModelConfig(EngineConfig):
     """Requests Ray sends to one replica at once. High on purpose: the engine's
     batcher can only form batches from requests that reached it."""
 
-    max_queued_requests: int = Field(1024, ge=-1, le=1_000_000)
+    max_queued_requests: int = Field(2048, ge=-1, le=1_000_000)
     """Requests that may wait for one of a replica's ``max_ongoing_requests`` slots
     (Ray Serve's option, in Ray's router and in the replica); past it Ray answers
     503 at once. -1: unbounded."""

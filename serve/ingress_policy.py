@@ -110,13 +110,8 @@ def _http_error(status: int, message: str, retry_after: bool) -> str:
 
 
 def haproxy_errors() -> str:
-    """HAProxy's own error replies as JSON, and reloads that drop no request (the
-    defaults section)."""
+    """HAProxy's own error replies as JSON (the defaults section)."""
     return (
-        # On a reload (Ray rewrites the config at every replica change) the old
-        # process would close idle keep-alive connections, racing clients that
-        # just sent a request on one: it answers one more request first instead.
-        "    option idle-close-on-response\n"
         "    # textfleet: HAProxy's own errors as JSON (502 becomes a 503 in the frontend).\n"
         + _http_error(502, REPLICA_GONE_MESSAGE, retry_after=True)
         + _http_error(503, NO_REPLICA_MESSAGE, retry_after=True)
@@ -126,9 +121,15 @@ def haproxy_errors() -> str:
 
 # http-error keeps the status. A replica that died under a request is no bad
 # gateway to the client but a model restarting: 503. Our replicas never send 502.
-# (http-after-response is not allowed in an anonymous defaults section.)
+# HAProxy (2.6) keeps the client's connection open after such a reply and then
+# drops the next request sent on it without an answer: the reply says
+# "Connection: close" so the client opens a new one. (http-after-response is
+# not allowed in an anonymous defaults section.)
 _FRONTEND_ANCHOR = "    # Routes endpoint\n"
-_FRONTEND_RULES = "    http-after-response set-status 503 if { status 502 }\n"
+_FRONTEND_RULES = (
+    "    http-after-response set-header Connection close if { status 502 }\n"
+    "    http-after-response set-status 503 if { status 502 }\n"
+)
 
 
 def haproxy_template(template: str) -> str:
