@@ -45,6 +45,9 @@ DEPLOYMENT_NAME = "ModelServer"
 GATEWAY_DEPLOYMENT = "Gateway"
 """Name of the one deployment inside the gateway application."""
 
+MAX_REQUEST_TIMEOUT_S = 300.0
+"""Longest deadline a model may set; HAProxy gives up on a replica a little after it."""
+
 # URL-safe and unambiguous in every route: no "/" (path segments) and no ":"
 # (KServe V1 puts ":predict" right after the name).
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -110,8 +113,11 @@ class ModelConfig(EngineConfig):
     limits: RequestLimits = RequestLimits()
     """Per-request size limits (413 past them)."""
 
-    request_timeout_s: float | None = Field(None, gt=0)
-    """Default time a request may wait for its result; None: no limit."""
+    request_timeout_s: float | None = Field(30.0, gt=0, le=MAX_REQUEST_TIMEOUT_S)
+    """Deadline of every request, in seconds; a client may ask for a shorter one
+    (serve/deadlines.py), never a longer one. Past it the request is answered 504,
+    and one that could not finish by then is refused at once with 503 and a
+    Retry-After (serve/admission.py). None: no deadline (and no admission check)."""
 
     version: str = Field("1", pattern=r"^[A-Za-z0-9._-]{1,64}$")
     """Model version reported by the V2 metadata and accepted in
@@ -127,6 +133,11 @@ class ModelConfig(EngineConfig):
     max_ongoing_requests: int = Field(256, ge=1, le=100_000)
     """Requests Ray sends to one replica at once. High on purpose: the engine's
     batcher can only form batches from requests that reached it."""
+
+    max_queued_requests: int = Field(2048, ge=-1, le=1_000_000)
+    """Requests that may wait for one of a replica's ``max_ongoing_requests`` slots
+    (Ray Serve's option, in Ray's router and in the replica); past it Ray answers
+    503 at once. -1: unbounded."""
 
     ray_actor_options: RayActorOptions = RayActorOptions()
     """Resources of each replica."""
@@ -189,7 +200,12 @@ class ModelConfig(EngineConfig):
         They are kept out of the builder's args so that changing them (scaling,
         resources) is a light update of the running application, not a rebuild.
         """
-        opts: dict[str, Any] = {"max_ongoing_requests": self.max_ongoing_requests}
+        opts: dict[str, Any] = {
+            "max_ongoing_requests": self.max_ongoing_requests,
+            "max_queued_requests": self.max_queued_requests,
+            # Ray's 503 past max_queued_requests, with a Retry-After (none by default).
+            "backpressure_config": {"status_code": 503, "retry_after_s": 1.0},
+        }
         if self.autoscaling is not None:
             opts["autoscaling_config"] = dict(self.autoscaling)
         else:
@@ -202,7 +218,13 @@ class ModelConfig(EngineConfig):
     def builder_args(self) -> dict[str, Any]:
         """Arguments of the application builder: what the replica needs to load
         the model. A change here rebuilds this model's application (only it)."""
-        deploy_keys = {"num_replicas", "autoscaling", "max_ongoing_requests", "ray_actor_options"}
+        deploy_keys = {
+            "num_replicas",
+            "autoscaling",
+            "max_ongoing_requests",
+            "max_queued_requests",
+            "ray_actor_options",
+        }
         args = self.model_dump(mode="json", exclude=deploy_keys, exclude_none=True)
         args["model_dir"] = str(self.model_dir)
         return args

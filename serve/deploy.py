@@ -20,7 +20,7 @@ import ray
 from ray import serve
 from ray._private import ray_constants
 
-from textfleet.serve import network
+from textfleet.serve import ingress_policy, network, worker_setup
 from textfleet.serve.network import LOOPBACK
 
 # Environment for Ray's processes (read at import, so set before Ray starts;
@@ -107,8 +107,10 @@ def start_ray(
     if ingress == "haproxy":
         network.check_haproxy_template()
         network.haproxy_frontend_host(host)
+        ingress_policy.check_haproxy_template()
     local_env = {**network.LOCAL_RAY_ENV, **LOCAL_SERVE_ENV, network.HTTP_HOST_ENV: host}
-    for k, v in {**LEAN_ENV, **local_env, **ingress_env, **(env or {})}.items():
+    policy_env = ingress_policy.HAPROXY_ENV
+    for k, v in {**LEAN_ENV, **local_env, **policy_env, **ingress_env, **(env or {})}.items():
         os.environ.setdefault(k, v)
     os.environ[network.HTTP_HOST_ENV] = host  # this server's, never an inherited one
     if ingress == "ray-proxy":  # an inherited HAProxy setting must not win here
@@ -120,7 +122,9 @@ def start_ray(
         _metrics_export_port=metrics_export_port,
         _node_ip_address=LOOPBACK,
         namespace="serve",
-        runtime_env={"worker_process_setup_hook": network.SETUP_HOOK},
+        # Loopback binds (serve/network.py), the front door's timeouts and error
+        # replies (serve/ingress_policy.py): serve/worker_setup.py applies both.
+        runtime_env={"worker_process_setup_hook": worker_setup.SETUP_HOOK},
         **init_kwargs,
     )
     node_ip = ray.util.get_node_ip_address()

@@ -10,6 +10,10 @@ claims (models own ``/v2/models/<name>``, longest prefix wins):
 - ``/v2/models/<unknown>/...``: 404 naming the served models, or 503 for a
   model whose application is deploying or failed (with Ray's message).
 
+A configured model that cannot answer now (deploying, its replica killed and
+restarting, Ray's queue for it full) is a 503 with a Retry-After, never a 404
+or a 500: see ``forward`` (serve/forwarding.py).
+
 The gateway learns the models from Ray Serve's status (applications whose
 ingress is ``ModelServer``), never from its own arguments: adding or removing
 a model must not redeploy the gateway.
@@ -27,8 +31,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 import textfleet
-from textfleet.serve import auth
+from textfleet.serve import auth, deadlines
 from textfleet.serve.config import DEPLOYMENT_NAME, GATEWAY_DEPLOYMENT, RequestLimits
+from textfleet.serve.forwarding import forward
 from textfleet.serve.protocols import openai, rerank, v2
 from textfleet.serve.protocols.body import read_request_body
 from textfleet.serve.protocols.common import (
@@ -133,11 +138,11 @@ class Gateway:
         if path == "/v1/rerank":
             _expect(method, "POST", path)
             body = await read_request_body(request, self.max_request_bytes)
-            return await self._call(rerank.model_of(loads(body)), "rerank_http", body)
+            return await self._call(rerank.model_of(loads(body)), "rerank_http", body, request)
         if m := _V1_PREDICT.match(path):
             _expect(method, "POST", path)
             body = await read_request_body(request, self.max_request_bytes)
-            return await self._call(m.group(1), "v1_predict", body)
+            return await self._call(m.group(1), "v1_predict", body, request)
         if m := _V1_MODEL.match(path):
             _expect(method, "GET", path)
             handle = await self.models.handle(m.group(1))
@@ -167,19 +172,14 @@ class Gateway:
         try:
             body = await read_request_body(request, self.max_request_bytes)
             name = openai.model_of(loads(body))
-            return await self._call(name, "openai_embeddings", body)
+            return await self._call(name, "openai_embeddings", body, request)
         except Exception as e:
             return openai.error_reply(e)
 
-    async def _call(self, name: str, method: str, payload: Any) -> Reply:
-        handle = await self.models.handle(name)
-        try:
-            return await getattr(handle, method).remote(payload)
-        except Exception:
-            # The application may have been deleted or redeployed under us.
-            self.models.forget(name)
-            await self.models.handle(name)
-            raise
+    async def _call(self, name: str, method: str, payload: Any, request: Request) -> Reply:
+        """Forward to the model's ``method`` with the client's requested timeout."""
+        timeout = deadlines.parse_header(request.headers.get(deadlines.HEADER))
+        return await forward(self.models, name, method, payload, timeout)
 
 
 def _expect(method: str, allowed: str, path: str) -> None:

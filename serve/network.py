@@ -39,7 +39,6 @@ LOOPBACK = "127.0.0.1"
 HTTP_HOST_ENV = "TEXTFLEET_HTTP_HOST"
 """The HTTP frontend's bind address, for ``setup_worker`` in HAProxy's manager."""
 
-SETUP_HOOK = "textfleet.serve.network.setup_worker"
 
 # Ray's switch for a single-machine Ray (on by default on macOS and Windows):
 # the node address becomes loopback, and ray.init(_node_ip_address="127.0.0.1")

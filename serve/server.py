@@ -22,7 +22,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from textfleet.engine.errors import ModelDirError
-from textfleet.serve import auth
+from textfleet.serve import auth, deadlines
+from textfleet.serve.admission import AdmissionGate
 from textfleet.serve.config import DEPLOYMENT_NAME, ModelConfig
 from textfleet.serve.metrics import EngineStatsExporter, ModelMetrics
 from textfleet.serve.protocols import openai, v1, v2
@@ -79,7 +80,9 @@ class ModelServer:
         self.name = self.config.name
         self.version = self.config.version
         self.engine = load_engine(self.config)
-        self.task = adapter_for(self.engine, self.config)
+        # The adapters call the engine through the admission gate: a request that
+        # could not finish before its deadline is refused on arrival (503).
+        self.task = adapter_for(AdmissionGate(self.engine), self.config)
         self.metrics = ModelMetrics(self.name)
         self.exporter = EngineStatsExporter(self.name, self.engine.stats)
         # Metadata never changes for a replica: encode it once.
@@ -105,7 +108,9 @@ class ModelServer:
         self.exporter.start()
         n_texts = 0
         try:
-            reply, n_texts = await self._route(request)
+            asked = deadlines.parse_header(request.headers.get(deadlines.HEADER))
+            with deadlines.client_timeout(asked):
+                reply, n_texts = await self._route(request)
         except Exception as e:  # a bad request never takes the replica down
             reply = error_reply(e)
         self.metrics.record("v2", reply.status, time.perf_counter() - start, n_texts)
@@ -133,12 +138,13 @@ class ModelServer:
 
     # ------------------------------------------------------------ gateway calls
 
-    async def v1_predict(self, body: bytes) -> Reply:
-        """KServe V1 ``:predict`` forwarded by the gateway."""
+    async def v1_predict(self, body: bytes, timeout: float | None = None) -> Reply:
+        """KServe V1 ``:predict`` forwarded by the gateway (``timeout``: the client's)."""
         start, n = time.perf_counter(), 0
         try:
             check_body_size(len(body), self.config.limits.max_request_bytes)
-            predictions = await self.task.v1_predictions(v1.parse_predict(body))
+            with deadlines.client_timeout(timeout):
+                predictions = await self.task.v1_predictions(v1.parse_predict(body))
             n = len(predictions)
             reply = v1.predict_reply(predictions)
         except Exception as e:
@@ -146,14 +152,15 @@ class ModelServer:
         self.metrics.record("v1", reply.status, time.perf_counter() - start, n)
         return reply
 
-    async def openai_embeddings(self, body: bytes) -> Reply:
+    async def openai_embeddings(self, body: bytes, timeout: float | None = None) -> Reply:
         """OpenAI ``/v1/embeddings`` forwarded by the gateway (the raw body: this
-        model's size limit is checked before it is parsed)."""
+        model's size limit is checked before it is parsed; ``timeout``: the client's)."""
         start, obj = time.perf_counter(), None
         try:
             check_body_size(len(body), self.config.limits.max_request_bytes)
             obj = loads(body)
-            reply = await self.task.openai_embeddings(obj)
+            with deadlines.client_timeout(timeout):
+                reply = await self.task.openai_embeddings(obj)
         except Exception as e:
             reply = openai.error_reply(e)
         texts = obj.get("input") if isinstance(obj, dict) else None
@@ -161,13 +168,14 @@ class ModelServer:
         self.metrics.record("openai", reply.status, time.perf_counter() - start, n)
         return reply
 
-    async def rerank_http(self, body: bytes) -> Reply:
+    async def rerank_http(self, body: bytes, timeout: float | None = None) -> Reply:
         """``POST /v1/rerank`` forwarded by the gateway (the raw body, as above)."""
         start, obj = time.perf_counter(), None
         try:
             check_body_size(len(body), self.config.limits.max_request_bytes)
             obj = loads(body)
-            reply = await self.task.rerank_http(obj)
+            with deadlines.client_timeout(timeout):
+                reply = await self.task.rerank_http(obj)
         except Exception as e:
             reply = error_reply(e)
         docs = obj.get("documents", obj.get("texts")) if isinstance(obj, dict) else None

@@ -19,6 +19,7 @@ from textfleet.engine.errors import InputError
 from textfleet.engine.tasks import classification, embedding, pair_scoring, token_classification
 from textfleet.engine.tasks.registry import task_serving
 from textfleet.engine.tasks.spec import TaskSpec
+from textfleet.serve import deadlines
 from textfleet.serve.config import ModelConfig
 from textfleet.serve.protocols import openai, rerank, v1, v2
 from textfleet.serve.protocols.common import Reply, check_count, dumps, short_repr
@@ -48,7 +49,8 @@ class TaskAdapter:
         self.outputs = tuple(t.sized(int(engine.info.dim)) for t in self.spec.v2_outputs)
 
     def timeout(self, requested: float | None) -> float | None:
-        return requested if requested is not None else self.config.request_timeout_s
+        """The request's deadline: the model's, shortened by the client's (any route)."""
+        return deadlines.effective(self.config.request_timeout_s, requested, deadlines.requested())
 
     async def infer(self, req: v2.InferRequest) -> dict[str, np.ndarray]:
         """V2 inputs -> named output arrays."""

@@ -80,7 +80,13 @@ def test_defaults_reach_the_batcher():
     m = parse_models({"models": [{"name": "a", "model_dir": "/x"}]}).model("a")
     assert m.max_ongoing_requests >= 256  # Ray's default of 5 would starve batching
     assert m.task is None and m.backend == "onnxruntime" and m.device == "cpu"
-    assert m.deployment_options() == {"max_ongoing_requests": 256, "num_replicas": 1}
+    assert m.deployment_options() == {
+        "max_ongoing_requests": 256,
+        "max_queued_requests": 2048,
+        "backpressure_config": {"status_code": 503, "retry_after_s": 1.0},
+        "num_replicas": 1,
+    }
+    assert m.request_timeout_s == 30.0
 
 
 def test_cuda_device_reserves_a_gpu_unless_told_otherwise():
@@ -180,6 +186,8 @@ def test_generated_file_round_trips_and_builder_accepts_its_args(tmp_path):
         {
             "name": "ModelServer",
             "max_ongoing_requests": 128,
+            "max_queued_requests": 2048,
+            "backpressure_config": {"status_code": 503, "retry_after_s": 1.0},
             "num_replicas": 2,
             "ray_actor_options": {
                 "num_cpus": 1.0,

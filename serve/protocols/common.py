@@ -33,7 +33,15 @@ class MethodNotAllowed(EngineError):
 
 
 class Unavailable(EngineError):
-    """A known model that cannot answer yet, e.g. still deploying (HTTP 503)."""
+    """A known model that cannot answer now: deploying, recovering, its replica gone
+    (HTTP 503 + Retry-After)."""
+
+    def __init__(self, message: str, retry_after_s: float = 1.0):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+    def __reduce__(self):
+        return (type(self), (str(self), self.retry_after_s))
 
 
 class Unauthorized(InputError):
@@ -127,7 +135,7 @@ def error_status(exc: BaseException) -> int:
 def error_headers(exc: BaseException) -> tuple[tuple[str, str], ...]:
     if isinstance(exc, Unauthorized):
         return (("WWW-Authenticate", 'Bearer realm="textfleet"'),)
-    if isinstance(exc, Overloaded):
+    if isinstance(exc, Overloaded | Unavailable):
         # Retry-After takes whole seconds; round up so clients never retry early.
         return (("Retry-After", str(max(1, math.ceil(exc.retry_after_s)))),)
     return ()

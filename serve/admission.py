@@ -1,0 +1,221 @@
+"""Admission: refuse at once a request that could not finish before its deadline.
+
+A request queued behind more work than the engine computes before the
+request's deadline times out anyway, after holding its place in the queue and
+having part of its compute thrown away; under a burst every request ends up
+like that and the server completes nothing. So a replica estimates, when a
+request arrives, how long it would take to get its result: the tokens already
+waiting (``EngineStats.queue_tokens``) plus its own, over the engine's
+measured throughput. Past the deadline it answers 503 with a Retry-After that
+says when the queue will have drained enough, and the engine keeps computing
+requests that can still finish.
+
+The throughput is measured, not configured (``ThroughputMeter``): an EWMA of
+the tokens of requests that finished per second while the engine was busy.
+Until a first sample nothing is refused, and a request that finds the queue
+empty is always admitted: retrying it later would not help.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from textfleet.engine.errors import Overloaded
+
+HEADROOM = 0.7
+"""Admit only when the estimated wait is within this share of the deadline: the
+estimate ignores the HTTP hops, tokenization and other work competing for the cores."""
+
+CHARS_PER_TOKEN = 4
+"""Characters per WordPiece token of English text, for a request not yet tokenized
+(CJK text has fewer: its cost is underestimated, never refused wrongly)."""
+
+MAX_RETRY_AFTER_S = 60
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Whether to take a request, and the wait it was judged by."""
+
+    admit: bool
+    wait_s: float
+    """Estimated seconds until the request's result (0 when unknown)."""
+    retry_after_s: float = 0.0
+    """When refused: seconds until the queue has drained enough to admit it."""
+
+
+def estimate_tokens(texts: Iterable[str], max_length: int) -> int:
+    """Tokens of texts not yet tokenized: each its special tokens plus a token per
+    ``CHARS_PER_TOKEN`` characters, truncated at ``max_length``."""
+    return sum(min(max_length, 2 + len(t) // CHARS_PER_TOKEN) for t in texts)
+
+
+def decide(
+    queue_tokens: int,
+    request_tokens: int,
+    tokens_per_s: float | None,
+    deadline_s: float | None,
+    batch_tokens: int = 0,
+    headroom: float = HEADROOM,
+) -> Decision:
+    """Admit a request of ``request_tokens`` behind ``queue_tokens`` on an engine
+    computing ``tokens_per_s`` in batches of up to ``batch_tokens``, given
+    ``deadline_s`` to answer? Pure.
+
+    A request's rows come back only when the whole batch they joined is done,
+    and behind a queue that batch is a full one: up to ``batch_tokens`` more
+    work than the tokens ahead, which matters when one batch takes a good part
+    of the deadline (long texts)."""
+    if deadline_s is None or not tokens_per_s or tokens_per_s <= 0:
+        return Decision(True, 0.0)
+    work = queue_tokens + request_tokens + min(max(0, queue_tokens), batch_tokens)
+    wait_s = work / tokens_per_s
+    budget = deadline_s * headroom
+    if queue_tokens <= 0 or wait_s <= budget:
+        return Decision(True, wait_s)
+    # The queue must shrink by what is over budget; it drains at tokens_per_s.
+    retry = min(float(MAX_RETRY_AFTER_S), max(1.0, wait_s - budget))
+    return Decision(False, wait_s, retry)
+
+
+class ThroughputMeter:
+    """The engine's throughput in real tokens per wall-clock second, from the
+    requests it finished while it was busy.
+
+    Measured where the work is admitted, on requests that came back with a
+    result, so it includes whatever competes for the cores (HTTP parsing,
+    tokenization, other processes). Samples span at least ``min_s``; the EWMA
+    of tokens and of seconds are kept apart. A token of a long text costs more
+    than one of a short text (attention grows with length): when the latest
+    sample is slower than the average it is the one used, so a burst of long
+    texts after short ones is not admitted at the short texts' pace.
+    """
+
+    def __init__(self, alpha: float = 0.3, min_s: float = 0.2):
+        self.alpha = alpha
+        self.min_s = min_s
+        self._avg_tokens: float | None = None
+        self._avg_s = 0.0
+        self._last_rate = 0.0
+
+    def observe(self, tokens: float, seconds: float) -> None:
+        """``tokens`` finished in ``seconds`` of busy time."""
+        if seconds < self.min_s or tokens <= 0:
+            return
+        self._last_rate = tokens / seconds
+        if self._avg_tokens is None:
+            self._avg_tokens, self._avg_s = float(tokens), seconds
+        else:
+            self._avg_tokens += self.alpha * (tokens - self._avg_tokens)
+            self._avg_s += self.alpha * (seconds - self._avg_s)
+
+    @property
+    def tokens_per_s(self) -> float | None:
+        if self._avg_tokens is None or self._avg_s <= 0:
+            return None
+        return min(self._avg_tokens / self._avg_s, self._last_rate)
+
+
+class AdmissionGate:
+    """The engine as the task adapters see it, refusing what cannot meet its deadline.
+
+    Wraps the async task methods (``aembed``, ``aclassify``, ``aentities``,
+    ``ascore``, ``arerank``); everything else is the engine's own. A call
+    without a timeout is never refused here (only by the queue bound).
+
+    The work ahead of a new request is what the gate has admitted and not seen
+    finish (its own estimate of each request's tokens), or the engine's queue
+    if that says more: ``queue_tokens`` alone leaves out the batches being
+    computed, up to ``max_batch_tokens`` per executor thread.
+    """
+
+    def __init__(self, engine: Any, clock: Any = time.monotonic):
+        self._engine = engine
+        self._clock = clock
+        self.meter = ThroughputMeter()
+        self.outstanding_tokens = 0
+        self._done_tokens = 0  # finished since the sample began
+        self._sample_start = clock()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._engine, name)
+
+    def check(self, texts: Iterable[str], deadline_s: float | None) -> tuple[Decision, int]:
+        """The decision for ``texts`` and their estimated tokens; raises ``Overloaded``
+        (503 + Retry-After) if they would miss the deadline."""
+        tokens = estimate_tokens(_strings(texts), self._engine.max_length)
+        if deadline_s is None:
+            return Decision(True, 0.0), tokens
+        stats = self._engine.stats()
+        rate = self.meter.tokens_per_s
+        ahead = max(stats.queue_tokens, self.outstanding_tokens)
+        batch = self._engine.batching.max_batch_tokens
+        decision = decide(ahead, tokens, rate, deadline_s, batch_tokens=batch)
+        if not decision.admit:
+            raise Overloaded(
+                f"overloaded: about {decision.wait_s:.1f} s of work is queued ahead of this "
+                f"request, more than its {deadline_s:g} s deadline allows; retry after "
+                f"{math.ceil(decision.retry_after_s)} s",
+                retry_after_s=decision.retry_after_s,
+            )
+        return decision, tokens
+
+    async def _admit(self, texts: Any, deadline_s: float | None, method: str, *args: Any):
+        """``engine.<method>(*args, timeout=deadline_s)`` once admitted, counted until done."""
+        _, tokens = self.check(texts, deadline_s)
+        if self.outstanding_tokens == 0:  # idle until now: the idle time is no sample
+            self._sample_start, self._done_tokens = self._clock(), 0
+        self.outstanding_tokens += tokens
+        finished = False
+        try:
+            result = await getattr(self._engine, method)(*args, timeout=deadline_s)
+            finished = True
+            return result
+        finally:
+            self.outstanding_tokens -= tokens
+            self._finished(tokens if finished else 0)
+
+    def _finished(self, tokens: int) -> None:
+        """Count a request's tokens done; a sample closes after ``meter.min_s``."""
+        self._done_tokens += tokens
+        now = self._clock()
+        if now - self._sample_start >= self.meter.min_s:
+            self.meter.observe(self._done_tokens, now - self._sample_start)
+            self._sample_start, self._done_tokens = now, 0
+
+    async def aembed(self, texts, timeout=None):
+        return await self._admit(texts, timeout, "aembed", texts)
+
+    async def aclassify(self, texts, top_k=1, timeout=None):
+        return await self._admit(texts, timeout, "aclassify", texts, top_k)
+
+    async def aentities(self, texts, aggregation=None, timeout=None):
+        return await self._admit(texts, timeout, "aentities", texts, aggregation)
+
+    async def ascore(self, pairs, raw_scores=False, timeout=None):
+        return await self._admit(_pair_texts(pairs), timeout, "ascore", pairs, raw_scores)
+
+    async def arerank(self, query, documents, top_k=None, raw_scores=False, timeout=None):
+        query_text = query if isinstance(query, str) else ""
+        texts = [f"{query_text} {d}" for d in _strings(documents)]
+        args = (query, documents, top_k, raw_scores)
+        return await self._admit(texts, timeout, "arerank", *args)
+
+
+def _strings(items: Any) -> list[str]:
+    """The str items of what a caller sent; the engine reports anything else."""
+    if not isinstance(items, list | tuple):
+        return []
+    return [x for x in items if isinstance(x, str)]
+
+
+def _pair_texts(pairs: Any) -> list[str]:
+    out = []
+    for p in pairs if isinstance(pairs, list | tuple) else ():
+        if isinstance(p, list | tuple) and len(p) == 2:
+            out.append(" ".join(_strings(p)))
+    return out
