@@ -218,6 +218,7 @@ def test_memory_returns_near_baseline_after_peaks(engine, workload_texts):
     growth: tokenizing stops at max_length and the runtime's arena shrinks after a
     run. A region that a second worker's run still used when a run ended is freed
     at the end of the next run, so one short request follows the peaks."""
+
     def huge(k: int) -> str:
         text = " ".join(workload_texts[k * 1000 : k * 1000 + 2000])
         return (text * (10 * 2**20 // len(text) + 1))[: 10 * 2**20]
