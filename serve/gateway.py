@@ -69,10 +69,12 @@ class ModelDirectory:
             if fresh or time.monotonic() - self._fetched > self._ttl_s:
                 # serve.status() is a blocking controller call: keep it off the loop.
                 status = await asyncio.to_thread(serve.status)
+                # A model's application lists no deployments while it is still being
+                # built: count it (as not RUNNING, so 503) rather than answer 404.
                 self._statuses = {
                     name: app
                     for name, app in status.applications.items()
-                    if DEPLOYMENT_NAME in app.deployments
+                    if DEPLOYMENT_NAME in app.deployments or not app.deployments
                 }
                 self._fetched = time.monotonic()
         return self._statuses

@@ -80,7 +80,7 @@ class TorchBackend:
         self._pool = None  # pooling on the device, set at load when pool_on_device
         self._inputs: list[str] = list(info.inputs)
         on_gpu = self.gpu is not None
-        self.pool_on_device = info.task == "embedding" and (
+        self.pool_on_device = get_task(info.task).pooled and (
             on_gpu if pool_on_device is None else pool_on_device
         )
         masked = "attention_mask" in self._inputs

@@ -36,4 +36,5 @@ TASK = TaskSpec(
     predict=predict,
     options=("pooling", "normalize"),
     check_info=require_pooling,
+    pooled=True,
 )

@@ -87,6 +87,9 @@ class TaskSpec:
     """Inputs are (query, document) pairs."""
     ragged: bool = False
     """Rows differ in shape (per-token rows): the scheduler keeps a list, else stacks them."""
+    pooled: bool = False
+    """The head pools the token vectors into one row per text (``pooling``/``normalize``):
+    a backend may pool on its device instead and hand the head the pooled rows."""
     load_state: Callable[[ModelDir], TaskState] = no_state
     """What ``Engine`` reads from the directory at load (labels, vocabulary)."""
     options: tuple[str, ...] = ()
