@@ -12,37 +12,8 @@ quantize, recipes), ``textfleet.serve`` (Ray Serve applications and
 protocols), ``textfleet.cli`` (the ``textfleet`` command, on top).
 """
 
-from textfleet.engine import (
-    Batch,
-    BatchingConfig,
-    Encoding,
-    Engine,
-    EngineConfig,
-    EngineError,
-    EngineStats,
-    InputError,
-    ModelDir,
-    ModelDirError,
-    ModelInfo,
-    Overloaded,
-    Tokenizer,
-    TooLarge,
-)
+from textfleet import engine as _engine
+from textfleet.engine import *  # noqa: F403  (the engine's public names, listed once there)
 
-__all__ = [
-    "Batch",
-    "BatchingConfig",
-    "Encoding",
-    "Engine",
-    "EngineConfig",
-    "EngineError",
-    "EngineStats",
-    "InputError",
-    "ModelDir",
-    "ModelDirError",
-    "ModelInfo",
-    "Overloaded",
-    "TooLarge",
-    "Tokenizer",
-]
+__all__ = list(_engine.__all__)
 __version__ = "0.1.0"
