@@ -13,15 +13,14 @@ ingress (scripts/test.sh runs this module under both).
 from __future__ import annotations
 
 import os
-import socket
 import struct
-import time
 
 import httpx
 import numpy as np
 import orjson
 import pytest
 import yaml
+from serving import raw_request, replica_processes
 
 from textfleet.serve.config import GATEWAY_APP, load_models
 
@@ -85,18 +84,6 @@ def http(served):
 @pytest.fixture(scope="module")
 def replicas_before(served):
     return {app: replica_processes(app) for app in ("minilm", "ce", GATEWAY_APP)}
-
-
-def replica_processes(app: str) -> dict[str, int]:
-    """Replica actor name -> its process id (asked of the actor itself)."""
-    import ray
-
-    out = {}
-    for entry in ray.util.list_named_actors(all_namespaces=True):
-        if isinstance(entry, dict) and entry["name"].startswith(f"SERVE_REPLICA::{app}#"):
-            actor = ray.get_actor(entry["name"], namespace=entry["namespace"])
-            out[entry["name"]] = ray.get(actor.__ray_call__.remote(lambda self: os.getpid()))
-    return out
 
 
 # ---------------------------------------------------------------- bodies
@@ -614,23 +601,6 @@ def test_good_requests_after_the_matrix_come_from_the_same_replicas(
 
 
 # ---------------------------------------------------------------- sizes before reading
-
-
-def raw_request(port: int, head: str, chunks: list[bytes], timeout: float = 10.0):
-    """Send ``head`` and ``chunks`` and read the status line, without finishing the body.
-    Returns (status, seconds from the last byte sent to the status line)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
-        s.sendall(head.encode())
-        for c in chunks:
-            s.sendall(c)
-        sent = time.perf_counter()
-        reply = b""
-        while b"\r\n" not in reply:
-            got = s.recv(4096)
-            if not got:
-                break
-            reply += got
-        return int(reply.split(b" ")[1]), time.perf_counter() - sent
 
 
 @pytest.mark.parametrize("path", [V2, V1, OA, RR])

@@ -25,6 +25,7 @@ import httpx
 import orjson
 import pytest
 import yaml
+from serving import replica_pid
 
 from textfleet.serve.config import GATEWAY_APP, load_models
 
@@ -53,9 +54,26 @@ def served(ray_serve, model_dir, tmp_path_factory):
     models = load_models(path)
     url = f"http://127.0.0.1:{port}"
     deploy.apply(serve_config(models))
+    _gateway_config_applied(url, deadline_s=60)
     starting = _statuses_until_ready(url, deadline_s=240)
     deploy.wait([MODEL, GATEWAY_APP], timeout_s=60)
     return {"url": url, "port": port, "ingress": ray_serve["ingress"], "starting": starting}
+
+
+def _gateway_config_applied(url: str, deadline_s: float) -> None:
+    """Wait for the gateway to take this module's config (no API keys): an earlier
+    module's gateway may still ask for its keys for a moment (401), which says
+    nothing about how a starting model answers."""
+    end = time.monotonic() + deadline_s
+    with httpx.Client(base_url=url, timeout=10) as client:
+        while time.monotonic() < end:
+            try:
+                if client.get("/v2").status_code != 401:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+    raise TimeoutError(f"the gateway still asks for API keys after {deadline_s} s")
 
 
 def _statuses_until_ready(url: str, deadline_s: float) -> Counter:
@@ -146,22 +164,12 @@ def test_burst_of_300_heavy_requests_with_a_5s_deadline_completes_work(served):
     assert took < 30, took
 
 
-def _replica_pid(app: str) -> int:
-    import ray
-
-    for entry in ray.util.list_named_actors(all_namespaces=True):
-        if entry["name"].startswith(f"SERVE_REPLICA::{app}#"):
-            actor = ray.get_actor(entry["name"], namespace=entry["namespace"])
-            return ray.get(actor.__ray_call__.remote(lambda _self: os.getpid()), timeout=30)
-    raise LookupError(f"no replica of {app!r}")
-
-
 def test_a_killed_replica_costs_503s_not_resets_or_500s(served):
     url = served["url"]
     text = ["a steady stream of requests"]
     v2, v1 = f"/v2/models/{MODEL}/infer", f"/v1/models/{MODEL}:predict"
     v1_body = orjson.dumps({"instances": text})
-    pid = _replica_pid(MODEL)
+    pid = replica_pid(MODEL)
     counts: Counter = Counter()
     killed_at: list[float] = []
     back_at: list[float] = []

@@ -1,0 +1,45 @@
+"""Helpers of the serving tests that reach below HTTP: replica processes, raw sockets."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+
+
+def replica_processes(app: str) -> dict[str, int]:
+    """Replica actor name -> its process id (asked of the actor itself)."""
+    import ray
+
+    out = {}
+    for entry in ray.util.list_named_actors(all_namespaces=True):
+        if isinstance(entry, dict) and entry["name"].startswith(f"SERVE_REPLICA::{app}#"):
+            actor = ray.get_actor(entry["name"], namespace=entry["namespace"])
+            pid = actor.__ray_call__.remote(lambda _self: os.getpid())
+            out[entry["name"]] = ray.get(pid, timeout=30)
+    return out
+
+
+def replica_pid(app: str) -> int:
+    """The process id of the application's (one) replica."""
+    pids = replica_processes(app)
+    if not pids:
+        raise LookupError(f"no replica of {app!r}")
+    return next(iter(pids.values()))
+
+
+def raw_request(port: int, head: str, chunks: list[bytes], timeout: float = 10.0):
+    """Send ``head`` and ``chunks`` and read the status line, without finishing the body.
+    Returns (status, seconds from the last byte sent to the status line)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(head.encode())
+        for c in chunks:
+            s.sendall(c)
+        sent = time.perf_counter()
+        reply = b""
+        while b"\r\n" not in reply:
+            got = s.recv(4096)
+            if not got:
+                break
+            reply += got
+        return int(reply.split(b" ")[1]), time.perf_counter() - sent
