@@ -154,7 +154,7 @@ def main(argv=None) -> int:
     )
     engine.embed(texts[:64])  # warm-up: first runs allocate the arena
     run_all(session, limit_feeds[0][:2])
-    warm_padded = engine.stats()["padded_tokens"]
+    warm_padded = engine.stats().padded_tokens
     runs = time_engine_vs_limit(engine, session, texts, limit_feeds, bounds, args.repeat, threads)
     for name in plans:
         runs[name] = [measure(lambda name=name: run_all(session, feeds[name]), threads)]
@@ -163,7 +163,7 @@ def main(argv=None) -> int:
     padded = {name: padded_tokens(f) for name, f in feeds.items()}
     padded[LIMIT_VARIANT] = sum(padded_tokens(f) for f in limit_feeds)
     # What the engine's batches really padded, per timed run (as its batch former formed them).
-    padded["engine"] = (stats["padded_tokens"] - warm_padded) // args.repeat
+    padded["engine"] = (stats.padded_tokens - warm_padded) // args.repeat
     return report(args, texts, threads, batching, runs, padded, stats)
 
 
