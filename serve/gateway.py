@@ -53,6 +53,10 @@ _V1_MODEL = re.compile(r"^/v1/models/([^/:]+)$")
 _V2_MODEL = re.compile(r"^/v2/models/([^/]+)")
 
 
+# How old a cached status may be before a name it lacks is called unknown (404).
+MISS_MAX_AGE_S = 0.1
+
+
 class ModelDirectory:
     """Which models exist and their handles, from ``serve.status()`` cached briefly."""
 
@@ -63,10 +67,12 @@ class ModelDirectory:
         self._handles: dict[str, Any] = {}
         self._lock = asyncio.Lock()
 
-    async def statuses(self, fresh: bool = False) -> dict[str, Any]:
-        """Model name -> its ``ApplicationStatusOverview``."""
+    async def statuses(self, fresh: bool = False, max_age_s: float | None = None) -> dict[str, Any]:
+        """Model name -> its ``ApplicationStatusOverview``, at most ``max_age_s`` old
+        (default: the cache's ttl)."""
+        max_age = self._ttl_s if max_age_s is None else max_age_s
         async with self._lock:
-            if fresh or time.monotonic() - self._fetched > self._ttl_s:
+            if fresh or time.monotonic() - self._fetched > max_age:
                 # serve.status() is a blocking controller call: keep it off the loop.
                 status = await asyncio.to_thread(serve.status)
                 # A model's application lists no deployments while it is still being
@@ -84,10 +90,15 @@ class ModelDirectory:
         h = self._handles.get(name)
         if h is not None:
             return h
-        # The cached status (at most ttl_s old) also answers floods of unknown
-        # names without a controller call each.
+        # The cached status (at most ttl_s old) answers known names, and floods of
+        # unknown ones cost at most one controller call per MISS_MAX_AGE_S.
         apps = await self.statuses()
         app = apps.get(name)
+        if app is None:
+            # A model applied a moment ago is not in an older cached status: ask
+            # again, at most every MISS_MAX_AGE_S, before calling it unknown.
+            apps = await self.statuses(max_age_s=MISS_MAX_AGE_S)
+            app = apps.get(name)
         if app is None:
             served = ", ".join(sorted(apps)) or "none"
             raise NotFound(f"unknown model {short_repr(name)}; served models: {served}")

@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 import socket
 import time
+from pathlib import Path
+
+import yaml
 
 
 def replica_processes(app: str) -> dict[str, int]:
@@ -43,3 +46,21 @@ def raw_request(port: int, head: str, chunks: list[bytes], timeout: float = 10.0
                 break
             reply += got
         return int(reply.split(b" ")[1]), time.perf_counter() - sent
+
+
+def apply_one_model(folder: Path, name: str, model_dir: Path, port: int) -> None:
+    """Apply a models.yaml of one lean model (one thread, no CPU reserved: it fits
+    beside the session's other replicas) to the session's Ray Serve; returns at once."""
+    from textfleet.serve import deploy
+    from textfleet.serve.config import load_models
+    from textfleet.serve.generate import serve_config
+
+    entry = {
+        "name": name,
+        "model_dir": str(model_dir),
+        "threads": 1,
+        "ray_actor_options": {"num_cpus": 0},
+    }
+    path = folder / "models.yaml"
+    path.write_text(yaml.safe_dump({"server": {"port": port}, "models": [entry]}))
+    deploy.apply(serve_config(load_models(path)))

@@ -17,10 +17,9 @@ import numpy as np
 import orjson
 import psutil
 import pytest
-import yaml
-from serving import raw_request, replica_pid
+from serving import apply_one_model, raw_request, replica_pid
 
-from textfleet.serve.config import GATEWAY_APP, load_models
+from textfleet.serve.config import GATEWAY_APP
 
 pytestmark = pytest.mark.slow
 
@@ -31,18 +30,9 @@ SMALL = {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": 
 @pytest.fixture(scope="module")
 def served(ray_serve, model_dir, tmp_path_factory):
     from textfleet.serve import deploy
-    from textfleet.serve.generate import serve_config
 
     port = ray_serve["port"]
-    path = tmp_path_factory.mktemp("big") / "models.yaml"
-    entry = {
-        "name": MODEL,
-        "model_dir": str(model_dir.path),
-        "threads": 1,
-        "ray_actor_options": {"num_cpus": 0},
-    }
-    path.write_text(yaml.safe_dump({"server": {"port": port}, "models": [entry]}))
-    deploy.apply(serve_config(load_models(path)))
+    apply_one_model(tmp_path_factory.mktemp("big"), MODEL, model_dir.path, port)
     deploy.wait([MODEL, GATEWAY_APP], timeout_s=300)
     return {"url": f"http://127.0.0.1:{port}", "port": port}
 

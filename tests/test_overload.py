@@ -24,10 +24,9 @@ from collections import Counter
 import httpx
 import orjson
 import pytest
-import yaml
-from serving import replica_pid
+from serving import apply_one_model, replica_pid
 
-from textfleet.serve.config import GATEWAY_APP, load_models
+from textfleet.serve.config import GATEWAY_APP
 
 pytestmark = pytest.mark.slow
 
@@ -40,20 +39,10 @@ def served(ray_serve, model_dir, tmp_path_factory):
     """``burst`` deployed on the session's Ray Serve; while it starts, every answer
     for it (V2 through its route or the gateway, V1 through the gateway) is 503."""
     from textfleet.serve import deploy
-    from textfleet.serve.generate import serve_config
 
     port = ray_serve["port"]
-    path = tmp_path_factory.mktemp("overload") / "models.yaml"
-    entry = {
-        "name": MODEL,
-        "model_dir": str(model_dir.path),
-        "threads": 1,
-        "ray_actor_options": {"num_cpus": 0},
-    }
-    path.write_text(yaml.safe_dump({"server": {"port": port}, "models": [entry]}))
-    models = load_models(path)
     url = f"http://127.0.0.1:{port}"
-    deploy.apply(serve_config(models))
+    apply_one_model(tmp_path_factory.mktemp("overload"), MODEL, model_dir.path, port)
     _gateway_config_applied(url, deadline_s=60)
     starting = _statuses_until_ready(url, deadline_s=240)
     deploy.wait([MODEL, GATEWAY_APP], timeout_s=60)
