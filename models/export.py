@@ -26,7 +26,10 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from textfleet.engine.model_dir import (
     CONFIG_FILE,
@@ -85,6 +88,31 @@ def prepare_target(out_dir: Path, force: bool) -> None:
     shutil.rmtree(out_dir)
 
 
+@contextmanager
+def staged_model_dir(out_dir: Path, force: bool) -> Iterator[Path]:
+    """A hidden sibling folder of ``out_dir`` to write a model directory into, so a
+    reader never sees a half-written one; removed if anything fails before
+    ``seal_model_dir`` renames it into place."""
+    prepare_target(out_dir, force)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def seal_model_dir(tmp: Path, out_dir: Path, info: dict[str, Any]) -> None:
+    """Checksum every file written, add ``textfleet.json``, rename into place."""
+    sums = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
+    model_info = ModelInfo(**info, checksums=sums)
+    (tmp / INFO_FILE).write_text(model_info.model_dump_json(indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, out_dir)
+
+
 def export(
     source: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -111,12 +139,7 @@ def export(
     per_task = task_fields(task, config, folder, aggregation, merge_gaps)
     length = read_max_length(folder, config, max_length)
     out_dir = Path(out_dir).expanduser().resolve()
-    prepare_target(out_dir, force)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    with staged_model_dir(out_dir, force) as tmp:
         inputs = export_onnx(folder, tmp / ONNX_FILE, task, config, length)
         if quantize is not None:
             quantize_onnx(tmp / ONNX_FILE, quantize)
@@ -128,23 +151,19 @@ def export(
                     f"--safetensors needs single-file weights: {folder / SAFETENSORS_FILE}"
                 )
             shutil.copyfile(folder / SAFETENSORS_FILE, tmp / SAFETENSORS_FILE)
-        written = [p.name for p in sorted(tmp.iterdir())]
-        info = ModelInfo(
-            name=name or (src.name if src.kind == "package" else folder.name),
-            task=task,
-            architecture=(config.get("architectures") or [config.get("model_type", "unknown")])[0],
+        info = {
+            "name": name or (src.name if src.kind == "package" else folder.name),
+            "task": task,
+            "architecture": (config.get("architectures") or [config.get("model_type", "unknown")])[
+                0
+            ],
             **per_task,
-            max_length=length,
-            inputs=tuple(inputs),
-            outputs=(spec.onnx_output,),
-            opset=OPSET,
-            checksums={f: sha256_file(tmp / f) for f in written},
-            source=provenance or src,
-        )
-        (tmp / INFO_FILE).write_text(info.model_dump_json(indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            "max_length": length,
+            "inputs": tuple(inputs),
+            "outputs": (spec.onnx_output,),
+            "opset": OPSET,
+            "source": provenance or src,
+        }
+        seal_model_dir(tmp, out_dir, info)
     log.info("exported %s (%s) to %s", src.name, task, out_dir)
     return ModelDir.open(out_dir)

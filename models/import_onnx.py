@@ -20,16 +20,13 @@ import numpy as np
 
 from textfleet.engine.model_dir import (
     CONFIG_FILE,
-    INFO_FILE,
     ONNX_FILE,
     TOKENIZER_FILE,
     ModelDir,
-    ModelInfo,
     Source,
-    sha256_file,
 )
 from textfleet.engine.tasks.spec import TaskSpec
-from textfleet.models.export import prepare_target, write_tokenizer
+from textfleet.models.export import seal_model_dir, staged_model_dir, write_tokenizer
 from textfleet.models.source import (
     ExportError,
     lookup_task,
@@ -131,12 +128,7 @@ def import_onnx(
         source=provenance or Source(kind="folder", name=str(folder)),
     )  # fmt: skip
     out_dir = Path(out_dir).expanduser().resolve()
-    prepare_target(out_dir, force)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    with staged_model_dir(out_dir, force) as tmp:
         shutil.copyfile(graph, tmp / ONNX_FILE)
         # Probe the copy, not the source: a graph whose weights live in external
         # data files that were not copied fails here, not when served.
@@ -146,12 +138,6 @@ def import_onnx(
         check_output(spec, shape, info["dim"], folder / graph.name)
         write_tokenizer(folder / TOKENIZER_FILE, tmp / TOKENIZER_FILE)
         shutil.copyfile(folder / CONFIG_FILE, tmp / CONFIG_FILE)
-        sums = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
-        model_info = ModelInfo(**info, inputs=tuple(inputs), outputs=(output,), checksums=sums)
-        (tmp / INFO_FILE).write_text(model_info.model_dump_json(indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        seal_model_dir(tmp, out_dir, {**info, "inputs": tuple(inputs), "outputs": (output,)})
     log.info("imported %s (%s) to %s", info["name"], task, out_dir)
     return ModelDir.open(out_dir)
