@@ -132,14 +132,19 @@ def haproxy_errors() -> str:
 # not allowed in an anonymous defaults section.)
 _FRONTEND_ANCHOR = "    # Routes endpoint\n"
 
-# HAProxy replays a request (``retry-on``) only when it sent the whole request
-# at once from its buffer: a request forwarded before its body arrived, or a
-# spliced body, cannot be replayed, and a keep-alive client then sees its
-# connection closed without an answer. So the request is buffered whole before
-# it goes to a replica (bodies are bounded by max_request_bytes, and a body
-# larger than HAProxy's buffer is streamed and never replayed) and not spliced.
+# HAProxy replays a request (``retry-on``) only from its own buffer: a spliced
+# body bypasses it, and a request forwarded before its body arrived cannot be
+# replayed; a keep-alive client then sees its connection closed without an
+# answer. So bodies are not spliced, and a small request (one that fits
+# HAProxy's 16 KB buffer) is held until its body is whole before it goes to a
+# replica. A larger one is forwarded at once, so its replica can refuse it
+# (413) on its Content-Length before the body is sent; it is never replayed.
 _SPLICE_REQUEST = "    option splice-request\n"
-_BUFFER_REQUEST = "    option http-buffer-request\n"
+BUFFERED_BODY_BYTES = 12 * 1024
+_BUFFER_SMALL_BODIES = (
+    f"    http-request wait-for-body time {HEADER_TIMEOUT_S}s if METH_POST "
+    f"{{ req.hdr_val(content-length) le {BUFFERED_BODY_BYTES} }}\n"
+)
 _FRONTEND_RULES = (
     "    http-after-response set-header Connection close if { status 502 }\n"
     "    http-after-response set-status 503 if { status 502 }\n"
@@ -172,8 +177,8 @@ def haproxy_template(template: str) -> str:
         .replace(_HTTP_REQUEST_TIMEOUT, f"timeout http-request {HEADER_TIMEOUT_S}s")
         .replace(_KEEP_ALIVE_TIMEOUT, f"timeout http-keep-alive {KEEP_ALIVE_TIMEOUT_S}s")
         .replace(_NOT_FOUND, not_found)
-        .replace(_FRONTEND_ANCHOR, _FRONTEND_RULES + _FRONTEND_ANCHOR)
-        .replace(_SPLICE_REQUEST, _BUFFER_REQUEST)
+        .replace(_FRONTEND_ANCHOR, _FRONTEND_RULES + _BUFFER_SMALL_BODIES + _FRONTEND_ANCHOR)
+        .replace(_SPLICE_REQUEST, "")
     )
 
 
