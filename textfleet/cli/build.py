@@ -23,7 +23,8 @@ def add_export(sub) -> None:
     p.add_argument(
         "source",
         help="a local Hugging Face model folder, an installed package shipping one, or a "
-        "recipe name (categorium, rampart, minilm-cross-encoder; see models/recipes)",
+        "recipe name (categorium, rampart, ms-marco-minilm-l12, minilm-cross-encoder; "
+        "see models/recipes)",
     )
     p.add_argument("-o", "--output", required=True, help="model directory to write")
     p.add_argument(
