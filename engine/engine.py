@@ -22,6 +22,7 @@ from textfleet.engine.backends.base import Backend, create_backend, physical_cor
 from textfleet.engine.batch import Batch
 from textfleet.engine.config import BatchingConfig, EngineConfig, device_batching
 from textfleet.engine.errors import EngineError
+from textfleet.engine.memory import IdleMemoryRelease
 from textfleet.engine.model_dir import ModelDir, ModelInfo
 from textfleet.engine.scheduler import Scheduler
 from textfleet.engine.stats import EngineStats
@@ -90,6 +91,12 @@ class Engine(TaskMethods):
         self._task = task.load_state(model_dir)  # TaskState: labels etc., errors at load
         self._closed = False
         self._scheduler = self._start_scheduler()
+        self._memory = IdleMemoryRelease(
+            activity=lambda: self._scheduler.stats().batches,
+            busy=lambda: self._scheduler.busy,
+            release=getattr(backend, "release_memory", lambda: None),
+            name=model_dir.info.name,
+        )
 
     def _start_scheduler(self) -> Scheduler:
         cfg = self.batching
@@ -266,6 +273,7 @@ class Engine(TaskMethods):
         backend. Further calls raise EngineError. Idempotent."""
         if not self._closed:
             self._closed = True
+            self._memory.close()
             self._scheduler.close(drain=False)
             self.backend.unload()
 

@@ -393,6 +393,12 @@ class Scheduler:
                 thread.join(left)
 
     @property
+    def busy(self) -> bool:
+        """A request is waiting for its results, or a batch is computing."""
+        with self._lock:
+            return bool(self._pending) or self._computing > 0
+
+    @property
     def alive(self) -> bool:
         """Every executor thread is still looping."""
         return all(thread.is_alive() for thread in self._threads)
