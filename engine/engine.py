@@ -23,6 +23,7 @@ from textfleet.engine.batch import Batch
 from textfleet.engine.config import BatchingConfig, EngineConfig, device_batching
 from textfleet.engine.errors import EngineError
 from textfleet.engine.model_dir import ModelDir, ModelInfo
+from textfleet.engine.overflow import Overflow, WindowPlan
 from textfleet.engine.scheduler import Scheduler
 from textfleet.engine.stats import EngineStats
 from textfleet.engine.tasks.api import TaskMethods
@@ -88,6 +89,10 @@ class Engine(TaskMethods):
         self.task = task
         self.head = task.head(model_dir.info)
         self._task = task.load_state(model_dir)  # TaskState: labels etc., errors at load
+        self._overflow = Overflow.for_engine(
+            self.config, task, model_dir.info, tokenizer, model_dir.tokenizer_path,
+            batching.tokenizer_threads,
+        )  # fmt: skip
         self._closed = False
         self._scheduler = self._start_scheduler()
 
@@ -182,8 +187,8 @@ class Engine(TaskMethods):
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """float32 [len(texts), dim], row i for texts[i].
 
-        A non-str item raises InputError naming its index; texts longer than
-        ``max_length`` tokens are truncated.
+        A non-str item raises InputError naming its index; a text longer than
+        ``max_length`` tokens is handled as ``on_overflow`` says (truncated by default).
         """
         self._require("embed")
         texts = check_texts(texts, "texts")
@@ -207,14 +212,14 @@ class Engine(TaskMethods):
         self, texts: Sequence[str], timeout: float | None = None
     ) -> tuple[np.ndarray, int]:
         """``aembed``, and the tokens the model computed for these texts (special
-        tokens in, truncated at ``max_length``: OpenAI's ``usage.prompt_tokens``),
-        counted from the request's own batches rather than by tokenizing again."""
+        tokens in, truncated at ``max_length``, every window's tokens when a text ran
+        in windows: OpenAI's ``usage.prompt_tokens``), counted from the request's own
+        batches rather than by tokenizing again."""
         self._require("aembed_with_usage")
         texts = check_texts(texts, "texts")
         if not texts:
             return np.empty((0, self.info.dim), dtype=np.float32), 0
-        self._check_open()
-        return await self._scheduler.run_async_counted(texts, None, timeout)
+        return await self._aforward_counted(texts, None, timeout)
 
     def _forward(self, texts: list[str], pairs: list[str] | None = None):
         """One head row per text (or pair), in input order, from a blocking caller.
@@ -228,22 +233,47 @@ class Engine(TaskMethods):
         self._check_open()
         if not texts:
             return []
-        parts = self._scheduler.run_chunked(texts, pairs, chunk=EMBED_CHUNK, window=EMBED_WINDOW)
+        plan = self._overflow.plan(texts, pairs)
+        work, pairs = (texts, pairs) if plan is None else (plan.sequences, None)
+        parts = self._scheduler.run_chunked(work, pairs, chunk=EMBED_CHUNK, window=EMBED_WINDOW)
         if len(parts) == 1:
-            return parts[0]
-        if isinstance(parts[0], np.ndarray):
-            return np.concatenate(parts)
-        return [row for part in parts for row in part]
+            rows = parts[0]
+        elif isinstance(parts[0], np.ndarray):
+            rows = np.concatenate(parts)
+        else:
+            rows = [row for part in parts for row in part]
+        return rows if plan is None else self._join_windows(plan, rows)
 
     async def _aforward(self, texts: list[str], pairs: list[str] | None, timeout: float | None):
         """``_forward`` for asyncio callers: one request, resolved on the caller's loop."""
-        self._check_open()
         if not texts:
+            self._check_open()
             return []
-        return await self._scheduler.run_async(texts, pairs, timeout)
+        rows, _ = await self._aforward_counted(texts, pairs, timeout)
+        return rows
+
+    async def _aforward_counted(self, texts: list[str], pairs, timeout: float | None):
+        """``_aforward``'s rows and the tokens the model computed for them."""
+        self._check_open()
+        plan = self._overflow.plan(texts, pairs)
+        if plan is None:
+            return await self._scheduler.run_async_counted(texts, pairs, timeout)
+        rows, tokens = await self._scheduler.run_async_counted(plan.sequences, None, timeout)
+        return self._join_windows(plan, rows), tokens
+
+    def _join_windows(self, plan: WindowPlan, rows):
+        """Per text, one row again: long texts' windows joined by the task."""
+        joined = self._overflow.join(plan, rows)
+        return joined if self.task.ragged else np.stack(joined)
+
+    @property
+    def on_overflow(self) -> str:
+        """What a text over ``max_length`` tokens gets: truncate, error or window."""
+        return self._overflow.mode
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        """Tokens per text as the model sees them (special tokens in, truncated at max_length).
+        """Tokens per text as the model sees one sequence (special tokens in, truncated at
+        max_length; a windowed text's windows hold more, see ``aembed_with_usage``).
 
         Tokenizes again (at most max_length tokens of work per text); a request's
         own count comes with its result from ``aembed_with_usage``.

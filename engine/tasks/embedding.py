@@ -6,8 +6,11 @@ batch head's (engine/heads.py), so one graph serves any pooling.
 
 from __future__ import annotations
 
+import numpy as np
+
 from textfleet.engine.heads import EmbeddingHead
 from textfleet.engine.tasks.spec import TaskSpec, TensorSpec
+from textfleet.engine.windows import pool_windows
 
 
 def hidden_size(config: dict, where: str) -> int:
@@ -16,6 +19,12 @@ def hidden_size(config: dict, where: str) -> int:
 
 def require_pooling(info) -> str | None:
     return None if info.pooling else "pooling is required for task 'embedding' (mean, cls or max)"
+
+
+def join_windows(rows, spans, prefix: int, suffix: int, info) -> np.ndarray:
+    """The windows' vectors averaged, weighted by the tokens each window computed."""
+    tokens = [prefix + (end - start) + suffix for start, end in spans]
+    return pool_windows(np.stack(rows), tokens, info.normalize)
 
 
 def predict(engine, texts, **options) -> list[str]:
@@ -37,4 +46,5 @@ TASK = TaskSpec(
     options=("pooling", "normalize"),
     check_info=require_pooling,
     pooled=True,
+    join_windows=join_windows,
 )
