@@ -10,14 +10,11 @@ by hand. Engine, task adapter (V2, OpenAI, handle) and metadata.
 from __future__ import annotations
 
 import asyncio
-import json
-import shutil
 
 import numpy as np
 import orjson
 import pytest
-from conftest import CACHE, REPO
-from model_cache import cached_export
+from conftest import PROMPTS
 
 from textfleet.engine.engine import Engine
 from textfleet.engine.errors import InputError
@@ -26,28 +23,7 @@ from textfleet.serve.protocols import v2
 from textfleet.serve.protocols.common import error_status
 from textfleet.serve.tasks import adapter_for
 
-PROMPTS = {"query": "query: ", "passage": "passage: "}
 TEXTS = ["how do cats sleep", "Cats sleep up to sixteen hours a day.", ""]
-
-
-@pytest.fixture(scope="module")
-def prompted_source(source_dir):
-    """The default model's folder with prompts declared, kept under artifacts/ so the
-    export cache applies across runs."""
-    out = REPO / "artifacts" / "sources" / "minilm-prompts-v1"  # bump on change
-    if not (out / "config_sentence_transformers.json").is_file():
-        shutil.copytree(source_dir, out, dirs_exist_ok=True)
-        cfg = json.loads((source_dir / "config_sentence_transformers.json").read_text())
-        cfg |= {"prompts": PROMPTS, "default_prompt_name": "query"}
-        (out / "config_sentence_transformers.json").write_text(json.dumps(cfg))
-    return out
-
-
-@pytest.fixture(scope="module")
-def prompted_dir(prompted_source):
-    return cached_export(
-        prompted_source, CACHE, task="embedding", matryoshka_dims=[256, 64, 128], name="minilm-p"
-    )
 
 
 @pytest.fixture(scope="module")

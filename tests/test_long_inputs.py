@@ -299,3 +299,18 @@ def test_a_stride_as_long_as_a_window_is_refused(model_dir):
         Engine.load(model_dir, max_length=16, on_overflow="window", window={"stride": 14})
     with pytest.raises(ValueError, match="window settings apply to on_overflow 'window' only"):
         Engine.load(model_dir, window={"stride": 4})
+
+
+def test_models_yaml_entries_carry_the_overflow_settings(model_dir):
+    from textfleet.serve.config import ConfigError, parse_model
+    from textfleet.serve.protocols.common import error_status
+
+    entry = {"name": "m", "model_dir": str(model_dir.path), "max_length": 16}
+    config = parse_model({**entry, "on_overflow": "window", "window": {"stride": 4}})
+    with Engine.load(model_dir, config.engine_config()) as engine:
+        assert engine.on_overflow == "window" and engine._overflow.stride == 4
+    with pytest.raises(ConfigError, match="on_overflow"):
+        parse_model({**entry, "on_overflow": "split"})
+    with pytest.raises(ConfigError, match="window.stride"):
+        parse_model({**entry, "window": {"stride": -1}})
+    assert error_status(TooLarge("texts[0]", "has 20 tokens")) == 413
