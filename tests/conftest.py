@@ -180,6 +180,33 @@ def rampart_dir(rampart_source, tmp_path_factory):
     return build(rampart.prepare(), tmp_path_factory.mktemp("rampart") / "model")
 
 
+PROMPTS = {"query": "query: ", "passage": "passage: "}
+
+
+@pytest.fixture(scope="session")
+def prompted_source(source_dir):
+    """The default model's folder with instruction prompts declared in its
+    config_sentence_transformers.json (as e5, bge and arctic ship them), kept under
+    artifacts/ so the export cache applies across runs."""
+    import shutil
+
+    out = REPO / "artifacts" / "sources" / "minilm-prompts-v1"  # bump on change
+    if not (out / "config_sentence_transformers.json").is_file():
+        shutil.copytree(source_dir, out, dirs_exist_ok=True)
+        cfg = json.loads((source_dir / "config_sentence_transformers.json").read_text())
+        cfg |= {"prompts": PROMPTS, "default_prompt_name": "query"}
+        (out / "config_sentence_transformers.json").write_text(json.dumps(cfg))
+    return out
+
+
+@pytest.fixture(scope="session")
+def prompted_dir(prompted_source):
+    """That folder exported with Matryoshka widths 64, 128 and 256 declared."""
+    return cached_export(
+        prompted_source, CACHE, task="embedding", matryoshka_dims=[256, 64, 128], name="minilm-p"
+    )
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -43,6 +43,11 @@ def add_export(sub) -> None:
         "--merge-gaps", action="store_true",
         help="token-classification: merge same-type spans separated only by whitespace",
     )  # fmt: skip
+    p.add_argument(
+        "--matryoshka-dims", type=widths, default=None, metavar="D,D,...",
+        help="embedding: narrower widths the model was trained to be cut to (e.g. 64,128,256); "
+        "requests may ask for them with `dimensions`",
+    )  # fmt: skip
     p.add_argument("--force", action="store_true", help="replace an existing model directory")
     p.add_argument(
         "--quantize", choices=["int8"], default=None,
@@ -52,13 +57,22 @@ def add_export(sub) -> None:
     p.set_defaults(func=cmd_export)
 
 
+def widths(value: str) -> list[int]:
+    """``64,128,256`` -> [64, 128, 256]."""
+    try:
+        return [int(part) for part in value.split(",") if part.strip()]
+    except ValueError:
+        message = f"expected widths like 64,128,256, got {value!r}"
+        raise argparse.ArgumentTypeError(message) from None
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from textfleet.models.recipes import RECIPES, recipe_options
 
     options = {
         "max_length": args.max_length, "force": args.force, "name": args.name,
         "aggregation": args.aggregation, "merge_gaps": args.merge_gaps,
-        "quantize": args.quantize,
+        "quantize": args.quantize, "matryoshka_dims": args.matryoshka_dims,
     }  # fmt: skip
     if args.source in RECIPES and not Path(args.source).exists():
         from textfleet.models.recipes import build, prepare
