@@ -12,6 +12,7 @@ engine is safe to call from many threads and tasks at once.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Sequence
 
@@ -31,6 +32,10 @@ from textfleet.engine.tasks import embedding
 from textfleet.engine.tasks.api import TaskMethods
 from textfleet.engine.tasks.registry import get_task
 from textfleet.engine.tokenizer import Tokenizer, check_texts, default_threads
+
+# Characters of a request whose tokens an asyncio caller counts on its own loop
+# (on_overflow error or window); a larger request is counted on a thread.
+INLINE_PLAN_CHARS = 16_384
 
 # Texts per request when embed() splits a large input, and how many such
 # requests it keeps queued: enough for length-aware batches without filling
@@ -299,11 +304,21 @@ class Engine(TaskMethods):
     async def _aforward_counted(self, texts: list[str], pairs, timeout: float | None):
         """``_aforward``'s rows and the tokens the model computed for them."""
         self._check_open()
-        plan = self._overflow.plan(texts, pairs)
+        plan = await self._aplan(texts, pairs)
         if plan is None:
             return await self._scheduler.run_async_counted(texts, pairs, timeout)
         rows, tokens = await self._scheduler.run_async_counted(plan.sequences, None, timeout)
         return self._join_windows(plan, rows), tokens
+
+    async def _aplan(self, texts: list[str], pairs: list[str] | None) -> WindowPlan | None:
+        """``Overflow.plan`` for asyncio callers: counting a large request's tokens (the
+        whole text, unbounded) runs on a thread so the caller's loop keeps serving."""
+        if self._overflow.mode == "truncate":
+            return None
+        chars = sum(map(len, texts)) + (sum(map(len, pairs)) if pairs else 0)
+        if chars <= INLINE_PLAN_CHARS:
+            return self._overflow.plan(texts, pairs)
+        return await asyncio.to_thread(self._overflow.plan, texts, pairs)
 
     def _join_windows(self, plan: WindowPlan, rows):
         """Per text, one row again: long texts' windows joined by the task."""
