@@ -55,7 +55,7 @@ from benchmarks.loadgen import (
 HOST = "127.0.0.1"
 MODEL = "minilm"
 RERANKER = "reranker"
-DEFAULT_RERANK_DIR = ROOT / "artifacts" / "models" / "minilm-cross-encoder"
+DEFAULT_RERANK_DIR = ROOT / "artifacts" / "models" / "ms-marco-MiniLM-L-12-v2"  # the served one
 
 
 def request_mix(texts: list[str], n: int, seed: int = 0) -> list[list[str]]:
@@ -444,7 +444,7 @@ def _check_routes(args) -> None:
     if reranks and not (args.rerank_model_dir / "textfleet.json").is_file():
         if given:
             sys.exit(f"--rerank-model-dir {args.rerank_model_dir} is not a model directory")
-        how = "textfleet export minilm-cross-encoder -o " + str(DEFAULT_RERANK_DIR)
+        how = "textfleet export ms-marco-minilm-l12 -o " + str(DEFAULT_RERANK_DIR)
         print(f"no reranker at {args.rerank_model_dir} ({how}): rerank routes skipped")
         args.routes = [r for r in args.routes if r in EMBEDDING_ROUTES]
 
