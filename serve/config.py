@@ -49,8 +49,10 @@ MAX_REQUEST_TIMEOUT_S = 300.0
 """Longest deadline a model may set; HAProxy gives up on a replica a little after it."""
 
 # URL-safe and unambiguous in every route: no "/" (path segments) and no ":"
-# (KServe V1 puts ":predict" right after the name).
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+# (KServe V1 puts ":predict" right after the name). HAProxy checks a name taken
+# from a request against the same pattern (serve/haproxy_routes.py).
+MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+_NAME_RE = re.compile(MODEL_NAME_PATTERN)
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 
 

@@ -20,7 +20,7 @@ import ray
 from ray import serve
 from ray._private import ray_constants
 
-from textfleet.serve import ingress_policy, network, worker_setup
+from textfleet.serve import haproxy_routes, ingress_policy, network, worker_setup
 from textfleet.serve.network import LOOPBACK
 
 # Environment for Ray's processes (read at import, so set before Ray starts;
@@ -108,6 +108,7 @@ def start_ray(
         network.check_haproxy_template()
         network.haproxy_frontend_host(host)
         ingress_policy.check_haproxy_template()
+        haproxy_routes.check_haproxy_template()
     local_env = {**network.LOCAL_RAY_ENV, **LOCAL_SERVE_ENV, network.HTTP_HOST_ENV: host}
     if ingress == "haproxy":
         # Set, not defaulted: a directory and ports of an earlier server are stale.
@@ -126,7 +127,8 @@ def start_ray(
         _node_ip_address=LOOPBACK,
         namespace="serve",
         # Loopback binds (serve/network.py), the front door's timeouts and error
-        # replies (serve/ingress_policy.py): serve/worker_setup.py applies both.
+        # replies (serve/ingress_policy.py), the shared routes' rewrite
+        # (serve/haproxy_routes.py): serve/worker_setup.py applies all three.
         runtime_env={"worker_process_setup_hook": worker_setup.SETUP_HOOK},
         **init_kwargs,
     )

@@ -10,6 +10,11 @@ claims (models own ``/v2/models/<name>``, longest prefix wins):
 - ``/v2/models/<unknown>/...``: 404 naming the served models, or 503 for a
   model whose application is deploying or failed (with Ray's message).
 
+Under HAProxy the ``POST`` routes above that name a running model do not come
+here: HAProxy sends them to the model's own paths (serve/haproxy_routes.py,
+serve/model_routes.py). The gateway answers the rest: unknown or starting
+models, bodies too large for HAProxy's buffer, every request under Ray's proxy.
+
 A configured model that cannot answer now (deploying, its replica killed and
 restarting, Ray's queue for it full) is a 503 with a Retry-After, never a 404
 or a 500: see ``forward`` (serve/forwarding.py).

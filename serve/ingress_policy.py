@@ -14,7 +14,7 @@ Every Ray worker of a server started by ``start_ray`` (serve/deploy.py) runs
 policy into the process that builds the front door:
 
 - HAProxy (``haproxy_template``): request headers within
-  ``HEADER_TIMEOUT_S``, idle keep-alive connections closed after
+  ``HEADER_TIMEOUT_S`` (else 408), idle keep-alive connections closed after
   ``KEEP_ALIVE_TIMEOUT_S``, client inactivity cut after ``CLIENT_TIMEOUT_S``
   (environment, ``HAPROXY_ENV``), a replica given the longest deadline plus a
   margin (``timeout server``); its own errors answered as JSON: a replica
@@ -74,6 +74,7 @@ STARTING_MESSAGE = "the server is starting: no route serves this path yet; retry
 REPLICA_GONE_MESSAGE = "the model's replica is unavailable (starting or restarting); retry shortly"
 NO_REPLICA_MESSAGE = "no replica of this model is up (starting or restarting); retry shortly"
 TIMEOUT_MESSAGE = "the model's replica did not answer in time"
+REQUEST_TIMEOUT_MESSAGE = f"the request was not received within {HEADER_TIMEOUT_S} s"
 
 # Lines of Ray's template (ray/serve/_private/haproxy_templates.py) and ours.
 _ERRORFILES = (
@@ -118,6 +119,7 @@ def haproxy_errors() -> str:
     """HAProxy's own error replies as JSON (the defaults section)."""
     return (
         "    # textfleet: HAProxy's own errors as JSON (502 becomes a 503 in the frontend).\n"
+        + _http_error(408, REQUEST_TIMEOUT_MESSAGE, retry_after=False)
         + _http_error(502, REPLICA_GONE_MESSAGE, retry_after=True)
         + _http_error(503, NO_REPLICA_MESSAGE, retry_after=True)
         + _http_error(504, TIMEOUT_MESSAGE, retry_after=False)

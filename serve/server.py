@@ -1,9 +1,11 @@
 """``ModelServer``: the one Ray Serve deployment that serves any textfleet model.
 
 Each replica loads one ``Engine`` and answers, under its application's route
-prefix ``/v2/models/<name>``, the V2 metadata, ready and infer routes; the
-gateway forwards KServe V1 and OpenAI requests to it through a handle, and
-Python callers use ``embed`` / ``infer`` on ``serve.get_app_handle(name)``.
+prefix ``/v2/models/<name>``, the V2 metadata, ready and infer routes, and the
+shared routes' protocols (OpenAI embeddings, rerank, KServe V1 predict: see
+serve/model_routes.py), where HAProxy also sends the shared routes themselves;
+the gateway forwards them through a handle to the same handlers, and Python
+callers use ``embed`` / ``infer`` on ``serve.get_app_handle(name)``.
 
 The HTTP path is a plain ``async __call__`` with a three-way hand router: no
 ASGI framework, orjson, one await on the engine. Every error becomes a reply
@@ -21,12 +23,19 @@ from ray import serve
 from starlette.requests import Request
 from starlette.responses import Response
 
-from textfleet.engine.errors import ModelDirError
+from textfleet.engine.errors import InputError, ModelDirError
 from textfleet.serve import auth, deadlines
 from textfleet.serve.admission import AdmissionGate
 from textfleet.serve.config import DEPLOYMENT_NAME, ModelConfig
 from textfleet.serve.metrics import EngineStatsExporter, ModelMetrics
-from textfleet.serve.protocols import openai, v1, v2
+from textfleet.serve.model_routes import (
+    OPENAI_EMBEDDINGS,
+    RERANK,
+    V1_PREDICT,
+    ProtocolRoute,
+    protocol_route,
+)
+from textfleet.serve.protocols import openai, rerank, v1, v2
 from textfleet.serve.protocols.body import read_request_body
 from textfleet.serve.protocols.common import (
     MethodNotAllowed,
@@ -36,6 +45,7 @@ from textfleet.serve.protocols.common import (
     dumps,
     error_reply,
     loads,
+    short_repr,
 )
 from textfleet.serve.tasks import adapter_for
 
@@ -105,8 +115,11 @@ class ModelServer:
     # ------------------------------------------------------------ HTTP
 
     async def __call__(self, request: Request) -> Response:
-        start = time.perf_counter()
         self.exporter.start()
+        route = protocol_route(subpath(request.scope), self.name)
+        if route is not None:
+            return to_response(await self._protocol_http(request, route))
+        start = time.perf_counter()
         n_texts = 0
         try:
             asked = deadlines.parse_header(request.headers.get(deadlines.HEADER))
@@ -137,10 +150,43 @@ class ModelServer:
         where = f"{method[:16]} {request.scope['path'][:120]}"
         raise NotFound(f"no route {where} for model {self.name!r}")
 
-    # ------------------------------------------------------------ gateway calls
+    async def _protocol_http(self, request: Request, route: ProtocolRoute) -> Reply:
+        """A shared route's protocol below this model's prefix: the key and the method
+        (answered as the gateway answers them), the body's type and size (in the
+        protocol's error shape), then the handler the gateway calls."""
+        start = time.perf_counter()
+        try:
+            self.keys.check(request.headers)
+            _expect(request.method, "POST", subpath(request.scope))
+        except Exception as e:
+            return self._refused(route, error_reply(e), start)
+        try:
+            timeout = deadlines.parse_header(request.headers.get(deadlines.HEADER))
+            body = await read_request_body(request, self.config.limits.max_request_bytes)
+        except Exception as e:
+            return self._refused(route, route.error_reply(e), start)
+        return await getattr(self, route.handler)(body, timeout)
+
+    def _refused(self, route: ProtocolRoute, reply: Reply, start: float) -> Reply:
+        self.metrics.record(route.protocol, reply.status, time.perf_counter() - start, 0)
+        return reply
+
+    def _check_model(self, model: str) -> None:
+        """A body's ``model`` must name this model: the gateway routed on it, and on a
+        path below this model's prefix another name is a client's mistake."""
+        if model != self.name:
+            raise InputError(
+                "model",
+                f"{short_repr(model)} is not served here: this path is model {self.name!r}'s; "
+                "name it, or post to the shared route to choose any model",
+            )
+
+    # ------------------------------------------------------------ shared routes
+    # Called by the gateway through a handle, and by _protocol_http for the same
+    # protocols below this model's prefix (where HAProxy sends the shared routes).
 
     async def v1_predict(self, body: bytes, timeout: float | None = None) -> Reply:
-        """KServe V1 ``:predict`` forwarded by the gateway (``timeout``: the client's)."""
+        """KServe V1 ``:predict`` (``timeout``: the client's)."""
         start, n = time.perf_counter(), 0
         try:
             check_body_size(len(body), self.config.limits.max_request_bytes)
@@ -150,38 +196,42 @@ class ModelServer:
             reply = v1.predict_reply(predictions)
         except Exception as e:
             reply = error_reply(e)
-        self.metrics.record("v1", reply.status, time.perf_counter() - start, n)
+        self.metrics.record(V1_PREDICT.protocol, reply.status, time.perf_counter() - start, n)
         return reply
 
     async def openai_embeddings(self, body: bytes, timeout: float | None = None) -> Reply:
-        """OpenAI ``/v1/embeddings`` forwarded by the gateway (the raw body: this
-        model's size limit is checked before it is parsed; ``timeout``: the client's)."""
+        """OpenAI ``/v1/embeddings`` (the raw body: this model's size limit is checked
+        before it is parsed, the gateway's being the largest model's; ``timeout``: the
+        client's)."""
         start, obj = time.perf_counter(), None
         try:
             check_body_size(len(body), self.config.limits.max_request_bytes)
             obj = loads(body)
+            self._check_model(openai.model_of(obj))
             with deadlines.client_timeout(timeout):
                 reply = await self.task.openai_embeddings(obj)
         except Exception as e:
             reply = openai.error_reply(e)
         texts = obj.get("input") if isinstance(obj, dict) else None
         n = len(texts) if isinstance(texts, list) else int(isinstance(texts, str))
-        self.metrics.record("openai", reply.status, time.perf_counter() - start, n)
+        took = time.perf_counter() - start
+        self.metrics.record(OPENAI_EMBEDDINGS.protocol, reply.status, took, n)
         return reply
 
     async def rerank_http(self, body: bytes, timeout: float | None = None) -> Reply:
-        """``POST /v1/rerank`` forwarded by the gateway (the raw body, as above)."""
+        """``POST /v1/rerank`` (the raw body, as above)."""
         start, obj = time.perf_counter(), None
         try:
             check_body_size(len(body), self.config.limits.max_request_bytes)
             obj = loads(body)
+            self._check_model(rerank.model_of(obj))
             with deadlines.client_timeout(timeout):
                 reply = await self.task.rerank_http(obj)
         except Exception as e:
             reply = error_reply(e)
         docs = obj.get("documents", obj.get("texts")) if isinstance(obj, dict) else None
         n = len(docs) if isinstance(docs, list) else 0
-        self.metrics.record("rerank", reply.status, time.perf_counter() - start, n)
+        self.metrics.record(RERANK.protocol, reply.status, time.perf_counter() - start, n)
         return reply
 
     def v1_status(self) -> dict[str, Any]:

@@ -151,7 +151,7 @@ def test_haproxy_template_gets_timeouts_and_json_errors():
     out = ingress_policy.haproxy_template(haproxy_templates.HAPROXY_CONFIG_TEMPLATE)
     assert "timeout http-request 10s" in out and "timeout http-keep-alive 15s" in out
     assert "errorfile 50" not in out  # Ray's plain-text 500 for every error
-    assert out.count("http-error status") == 3
+    assert out.count("http-error status") == 4
     assert "http-after-response set-status 503 if { status 502 }" in out
     assert "status 404" not in out.split("backend default_backend", 1)[1].split("backend ")[0]
     with pytest.raises(RuntimeError, match="ray-proxy"):
