@@ -70,6 +70,10 @@ HAPROXY_ENV: dict[str, str] = {
     "RAY_SERVE_HAPROXY_RETRIES": "6",
 }
 
+CLUSTER_SETUP_HOOK = "textfleet.serve.ingress_policy.setup_worker"
+"""The hook for a cluster's workers: this policy only. serve/network.py's loopback
+binds are for one machine: on a cluster, replicas talk across nodes."""
+
 STARTING_MESSAGE = "the server is starting: no route serves this path yet; retry shortly"
 REPLICA_GONE_MESSAGE = "the model's replica is unavailable (starting or restarting); retry shortly"
 NO_REPLICA_MESSAGE = "no replica of this model is up (starting or restarting); retry shortly"
@@ -191,7 +195,8 @@ def check_haproxy_template() -> None:
 
 def patch_ray_proxy() -> None:
     """Ray's Python proxy: 503 + Retry-After for a path no route serves yet and for a
-    replica that died or cannot be reached (Ray answers 404 and 500)."""
+    replica that died or cannot be reached (Ray answers 404 and 500); 504 when the
+    proxy's own deadline passes (Ray answers 408, which clients take as their fault)."""
     from ray.exceptions import RayActorError
     from ray.serve._private import http_util, proxy
     from ray.serve._private.proxy_request_response import ResponseStatus
@@ -199,6 +204,8 @@ def patch_ray_proxy() -> None:
     status_of = http_util.get_http_response_status
 
     def response_status(exc: BaseException, request_timeout_s, request_id: str):
+        if isinstance(exc, TimeoutError):  # http_options.request_timeout_s; Ray says 408
+            return ResponseStatus(code=504, is_error=True, message=TIMEOUT_MESSAGE)
         if isinstance(exc, RayActorError):
             return ResponseStatus(
                 code=503,
@@ -221,7 +228,8 @@ def patch_ray_proxy() -> None:
 
 
 def setup_worker() -> None:
-    """Ray's ``worker_process_setup_hook`` for the workers of a local server."""
+    """Ray's ``worker_process_setup_hook``: of a local server's workers (through
+    serve/worker_setup.py), and alone on a cluster (``CLUSTER_SETUP_HOOK``)."""
     from ray.serve._private import haproxy
 
     haproxy.HAPROXY_CONFIG_TEMPLATE = haproxy_template(haproxy.HAPROXY_CONFIG_TEMPLATE)
