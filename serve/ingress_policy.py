@@ -223,7 +223,19 @@ def patch_ray_proxy() -> None:
             yield message
         yield ResponseStatus(code=503, is_error=True)
 
+    replies_on_exception = http_util.send_http_response_on_exception
+
+    def reply_on_exception(status, response_started: bool):
+        # Ray replies only to 408, 429 and 503 here; any other code leaves the
+        # client with uvicorn's bare 500.
+        if status.code == 504 and not response_started:
+            return http_util.convert_object_to_asgi_messages(
+                status.message, status_code=504, extra_headers=status.headers
+            )
+        return replies_on_exception(status, response_started)
+
     proxy.get_http_response_status = response_status  # imported by name there
+    proxy.send_http_response_on_exception = reply_on_exception
     proxy.HTTPProxy.not_found_response = starting_response
 
 
