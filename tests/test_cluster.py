@@ -35,7 +35,7 @@ import pytest
 from conftest import free_port
 
 from textfleet.serve import cluster, model_source
-from textfleet.serve.config import ServerConfig
+from textfleet.serve.config import MAX_REQUEST_TIMEOUT_S, ServerConfig
 
 pytestmark = pytest.mark.slow
 
@@ -310,3 +310,87 @@ def test_losing_the_node_fails_requests_within_the_deadline_and_the_model_return
     info["nodes"]["node2"] = Node(info["node2_args"], info["env"])
     wait_for_200(info["port"], 240)
     assert replica_nodes(info) == ["node2"]
+
+
+WATCH_REPLICAS = """
+import json, sys, time, ray
+from ray import serve
+ray.init(address=sys.argv[1], namespace="serve", log_to_driver=False)
+end = time.monotonic() + float(sys.argv[2])
+while time.monotonic() < end:
+    app = serve.status().applications.get("minilm")
+    states = app.deployments["ModelServer"].replica_states if app else {}
+    running = sum(n for k, n in states.items() if str(getattr(k, "value", k)) == "RUNNING")
+    print(json.dumps([round(time.time(), 1), running]), flush=True)
+    time.sleep(1)
+"""
+
+
+def test_autoscaling_adds_replicas_under_load_and_removes_them_after(two_nodes):
+    info = two_nodes
+    data = json.loads(info["models_yaml"].read_text())
+    (entry,) = data["models"]
+    entry.pop("ray_actor_options")
+    # The longest deadline: this test is about scaling, not admission. On two
+    # shared cores a replica that just started measures its throughput on its
+    # first (cold) batches, and the admission gate (serve/admission.py) then
+    # refuses some of 64 clients' requests with 503 under a 30 s deadline.
+    entry["request_timeout_s"] = MAX_REQUEST_TIMEOUT_S
+    entry.update(
+        ray_actor_options={"num_cpus": 0.25},
+        autoscaling={
+            "min_replicas": 1,
+            "max_replicas": 3,
+            "target_ongoing_requests": 2,
+            "upscale_delay_s": 1,
+            "downscale_delay_s": 5,
+        },
+    )
+    scaled = info["here"] / "autoscaling.yaml"
+    scaled.write_text(json.dumps(data))
+    out = serve_address(info, scaled)
+    assert out.returncode == 0, out.stdout + out.stderr
+    load_s, after_s = 40, 60
+    watcher = subprocess.Popen(
+        [sys.executable, "-P", "-c", WATCH_REPLICAS, info["address"], str(load_s + after_s)],
+        env=info["env"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    statuses: list[object] = []
+    failures: list[object] = []
+    stop = threading.Event()
+
+    def client() -> None:
+        while not stop.is_set():
+            try:
+                status, body = infer(info["port"], TEXTS[:1], timeout=60)
+            except OSError as e:
+                status, body = type(e).__name__, {}
+            statuses.append(status)
+            if status != 200:
+                failures.append(body.get("reply", status))
+
+    threads = [threading.Thread(target=client) for _ in range(64)]
+    for t in threads:
+        t.start()
+    time.sleep(load_s)
+    stop.set()
+    for t in threads:
+        t.join(90)
+    lines = watcher.communicate(timeout=after_s + 120)[0].splitlines()
+    counts = [json.loads(line) for line in lines if line.startswith("[")]
+    start = counts[0][0]
+    changes = [
+        (round(t - start), n) for i, (t, n) in enumerate(counts) if i == 0 or n != counts[i - 1][1]
+    ]
+    print(
+        f"\nRUNNING replicas (seconds from the load's start, count; load until {load_s} s):",
+        changes,
+    )
+    print(f"{len(statuses)} requests, {len(failures)} failed")
+    assert statuses and not failures, failures[:3]
+    peak = max(n for _, n in counts)
+    assert peak > 1, counts  # scaled up under 64 clients
+    assert counts[-1][1] == 1, counts  # and back down to min_replicas after
