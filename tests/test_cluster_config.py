@@ -303,3 +303,15 @@ def test_textfleet_is_imported_from_the_installed_package_not_a_path():
         check=True,
     )
     assert found.stdout.strip().endswith("app.py")
+
+
+def test_a_replica_refuses_a_model_other_than_its_pin(model_dir):
+    from textfleet.engine.errors import ModelDirError
+    from textfleet.serve.config import parse_model
+    from textfleet.serve.server import load_engine
+
+    cfg = parse_model(
+        {"name": "pinned", "model_dir": str(model_dir.path), "model_sha256": "0" * 64}
+    )
+    with pytest.raises(ModelDirError, match="model 'pinned': cannot load .*model_sha256 is 000"):
+        load_engine(cfg)
