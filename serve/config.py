@@ -35,6 +35,7 @@ from pydantic import (
 
 from textfleet.engine.config import EngineConfig
 from textfleet.engine.tasks.registry import TaskName
+from textfleet.serve.model_source import check_archive_path, check_model_uri
 
 GATEWAY_APP = "textfleet-gateway"
 """Ray Serve application name of the server-wide routes; no model may take it."""
@@ -104,9 +105,25 @@ class ModelConfig(EngineConfig):
     name: str
     """Model name used in routes, the OpenAI ``model`` field and handle lookups."""
 
+    model_uri: str | None = None
+    """A zip of the model directory that Ray delivers to every node running a
+    replica (``s3://``, ``gs://``, ``https://``, ``file://``; Ray's ``runtime_env``
+    ``working_dir`` of the model's application). ``model_dir`` is then the path
+    inside the unpacked archive (default ``.``). See serve/model_source.py."""
+
+    model_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+    """Pin of the model: sha256 (hex) of its ``textfleet.json``, which records the
+    sha256 of every other file; a replica whose model differs refuses to load."""
+
+    model_dir_shared: bool = False
+    """``model_dir`` is a path valid on every node of a cluster (a shared file
+    system, or baked into the image): taken as written, never resolved against
+    the yaml's folder. A cluster target accepts a plain path only when marked so."""
+
     model_dir: Path
     """Directory written by ``textfleet export``; relative paths are resolved
-    against the folder holding the models.yaml."""
+    against the folder holding the models.yaml (inside the archive with
+    ``model_uri``)."""
 
     task: TaskName | None = None
     """Task of the model; None takes the one recorded in the model directory.
@@ -142,7 +159,10 @@ class ModelConfig(EngineConfig):
     503 at once. -1: unbounded."""
 
     ray_actor_options: RayActorOptions = RayActorOptions()
-    """Resources of each replica."""
+    """Resources of each replica (``resources`` pins replicas to nodes offering them)."""
+
+    max_replicas_per_node: int | None = Field(None, ge=1, le=100)
+    """Most replicas of this model on one node (Ray Serve's option): spreads them."""
 
     @field_validator("name")
     @classmethod
@@ -156,9 +176,27 @@ class ModelConfig(EngineConfig):
             raise ValueError(f"{v!r} is reserved for the gateway application")
         return v
 
+    @model_validator(mode="before")
+    @classmethod
+    def _archive_root_by_default(cls, v: Any) -> Any:
+        if isinstance(v, dict) and v.get("model_uri") is not None and "model_dir" not in v:
+            v = {**v, "model_dir": "."}
+        return v
+
+    @field_validator("model_uri")
+    @classmethod
+    def _check_uri(cls, v: str | None) -> str | None:
+        return None if v is None else check_model_uri(v)
+
     @field_validator("model_dir")
     @classmethod
     def _resolve_dir(cls, v: Path, info: ValidationInfo) -> Path:
+        if info.data.get("model_uri") is not None:
+            return check_archive_path(v)
+        if info.data.get("model_dir_shared"):
+            if not v.is_absolute():
+                raise ValueError(f"got {str(v)!r}; a shared model_dir must be an absolute path")
+            return v
         base = (info.context or {}).get("base_dir")
         if not v.is_absolute() and base is not None:
             v = Path(base) / v
@@ -181,6 +219,8 @@ class ModelConfig(EngineConfig):
     def _cross_checks(self) -> ModelConfig:
         if self.num_replicas is not None and self.autoscaling is not None:
             raise ValueError("set num_replicas or autoscaling, not both")
+        if self.model_uri is not None and self.model_dir_shared:
+            raise ValueError("set model_uri or model_dir_shared, not both")
         if self.device.startswith("cuda") and self.ray_actor_options.num_gpus is None:
             opts = self.ray_actor_options.model_copy(update={"num_gpus": 1.0})
             object.__setattr__(self, "ray_actor_options", opts)
@@ -212,6 +252,8 @@ class ModelConfig(EngineConfig):
             opts["autoscaling_config"] = dict(self.autoscaling)
         else:
             opts["num_replicas"] = self.num_replicas or 1
+        if self.max_replicas_per_node is not None:
+            opts["max_replicas_per_node"] = self.max_replicas_per_node
         actor = self.ray_actor_options.model_dump(exclude_none=True)
         if actor:
             opts["ray_actor_options"] = actor
@@ -226,6 +268,7 @@ class ModelConfig(EngineConfig):
             "max_ongoing_requests",
             "max_queued_requests",
             "ray_actor_options",
+            "max_replicas_per_node",
         }
         args = self.model_dump(mode="json", exclude=deploy_keys, exclude_none=True)
         args["model_dir"] = str(self.model_dir)

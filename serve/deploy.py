@@ -148,8 +148,8 @@ def _apply_single_machine_switch() -> None:
     ray_constants.ENABLE_RAY_CLUSTER = os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] != "0"
 
 
-def connect(address: str = "auto") -> None:
-    """Join a running Ray as a driver (``textfleet status``).
+def connect(address: str = "auto", runtime_env: dict[str, Any] | None = None) -> None:
+    """Join a running Ray as a driver (``textfleet status``, ``textfleet serve --address``).
 
     Ray replaces a loopback address by the machine's outward one, where the Ray
     of ``textfleet serve`` does not listen; for a Ray found on loopback this
@@ -168,7 +168,7 @@ def connect(address: str = "auto") -> None:
         _apply_single_machine_switch()
     # The address as given: Ray turns on token authentication by itself only for
     # a Ray it found ("auto"); with an explicit one, set RAY_AUTH_MODE=token.
-    ray.init(address=address, namespace="serve", log_to_driver=False)
+    ray.init(address=address, namespace="serve", log_to_driver=False, runtime_env=runtime_env)
 
 
 def _is_ip(text: str) -> bool:

@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from textfleet.serve import model_source
 from textfleet.serve.auth import KEYS_ARG, key_digests
 from textfleet.serve.config import (
     DEPLOYMENT_NAME,
@@ -37,7 +38,7 @@ GATEWAY_BUILDER = "textfleet.serve.app:build_gateway_app"
 
 def model_application(m: ModelConfig, digests: list[str] | None = None) -> dict[str, Any]:
     user_config = {KEYS_ARG: list(digests or [])}
-    return {
+    app: dict[str, Any] = {
         "name": m.name,
         "route_prefix": f"/v2/models/{m.name}",
         "import_path": MODEL_BUILDER,
@@ -46,6 +47,10 @@ def model_application(m: ModelConfig, digests: list[str] | None = None) -> dict[
             {"name": DEPLOYMENT_NAME, **m.deployment_options(), "user_config": user_config}
         ],
     }
+    env = model_source.runtime_env(m.model_uri)  # Ray delivers the model to each node
+    if env is not None:
+        app["runtime_env"] = env
+    return app
 
 
 def gateway_application(models: ModelsFile, digests: list[str] | None = None) -> dict[str, Any]:
@@ -89,7 +94,7 @@ def missing_model_dirs(models: ModelsFile) -> list[str]:
     return [
         f"model {m.name!r}: model_dir {m.model_dir} does not exist on this machine"
         for m in models.models
-        if not Path(m.model_dir).is_dir()
+        if m.model_uri is None and not Path(m.model_dir).is_dir()
     ]
 
 

@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from textfleet.engine.errors import InputError, ModelDirError
-from textfleet.serve import auth, deadlines
+from textfleet.serve import auth, deadlines, model_source
 from textfleet.serve.admission import AdmissionGate
 from textfleet.serve.config import DEPLOYMENT_NAME, ModelConfig
 from textfleet.serve.metrics import EngineStatsExporter, ModelMetrics
@@ -56,16 +56,20 @@ def load_engine(cfg: ModelConfig):
     """Load the model's engine; any failure names the model and its directory."""
     from textfleet.engine.engine import Engine
 
-    if not cfg.model_dir.is_dir():
+    model_dir = model_source.replica_model_dir(cfg.model_dir)
+    if not model_dir.is_dir():
+        where = f" (unpacked from {cfg.model_uri})" if cfg.model_uri else ""
         raise ModelDirError(
-            f"model {cfg.name!r}: model_dir {cfg.model_dir} does not exist; "
+            f"model {cfg.name!r}: model_dir {model_dir}{where} does not exist; "
             "export it with `textfleet export` or fix model_dir in models.yaml"
         )
     try:
-        return Engine.load(cfg.model_dir, cfg.engine_config())
+        if cfg.model_sha256 is not None:
+            model_source.check_pin(model_dir, cfg.model_sha256)
+        return Engine.load(model_dir, cfg.engine_config())
     except Exception as e:
         raise ModelDirError(
-            f"model {cfg.name!r}: cannot load {cfg.model_dir}: {type(e).__name__}: {e}"
+            f"model {cfg.name!r}: cannot load {model_dir}: {type(e).__name__}: {e}"
         ) from e
 
 
