@@ -1,0 +1,307 @@
+"""Versioned models on a real Ray Serve over real HTTP: the split, the version routes
+and headers, sticky sessions, live weight changes, the shadow, removing a canary.
+
+One model ``mv`` with two versions of the default MiniLM (the same directory, so
+every answer can be checked against the engine), then the same models.yaml edited
+as a user would: weights shifted, a shadow added (the same directory: agreement 1,
+then a missing one: errors counted), the canary removed, each while requests flow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import numpy as np
+import orjson
+import pytest
+import yaml
+
+from textfleet.serve.config import GATEWAY_APP, load_models
+
+TEXTS = ["The quick brown fox.", "Zürich café ☕ naïve", "日本語のテキスト"]
+HEADER = "x-model-version"
+LEAN = {"threads": 1, "ray_actor_options": {"num_cpus": 0}}  # replicas fit on 2 cores
+
+
+def write_yaml(path: Path, model_dir: Path, port: int, weights: dict, shadow=None) -> Path:
+    versions = [
+        {"version": v, "model_dir": str(model_dir), "weight": w} for v, w in weights.items()
+    ]
+    entry = {"name": "mv", **LEAN, "versions": versions, "traffic": {"sticky_header": "x-session"}}
+    if shadow is not None:
+        entry["shadow"] = shadow
+    path.write_text(yaml.safe_dump({"server": {"port": port}, "models": [entry]}, sort_keys=False))
+    return path
+
+
+def apply(path: Path) -> dict:
+    from textfleet.serve import deploy
+    from textfleet.serve.generate import serve_config
+
+    models = load_models(path)
+    deploy.apply(serve_config(models))
+    return deploy.wait([*models.app_names(), GATEWAY_APP], timeout_s=300)
+
+
+@pytest.fixture(scope="module")
+def served(ray_serve, model_dir, tmp_path_factory):
+    port = ray_serve["port"]
+    path = tmp_path_factory.mktemp("versions") / "models.yaml"
+    write_yaml(path, model_dir.path, port, {"1": 90, "2": 10})
+    states = apply(path)
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+        yield {
+            "http": client,
+            "url": f"http://127.0.0.1:{port}",
+            "yaml": path,
+            "dir": model_dir.path,
+            "port": port,
+            "states": states,
+        }
+
+
+def v2_body(texts) -> bytes:
+    inp = {"name": "text", "datatype": "BYTES", "shape": [len(texts)], "data": texts}
+    return orjson.dumps({"inputs": [inp]})
+
+
+def infer(http, path="/v2/models/mv/infer", texts=TEXTS, **kw):
+    return http.post(
+        path, content=v2_body(texts), headers={"content-type": "application/json"}, **kw
+    )
+
+
+def embedding(r) -> np.ndarray:
+    out = r.json()["outputs"][0]
+    return np.asarray(out["data"], dtype=np.float32).reshape(out["shape"])
+
+
+def replica_ids(prefix: str) -> dict[str, str]:
+    import ray
+
+    out = {}
+    for entry in ray.util.list_named_actors(all_namespaces=True):
+        if isinstance(entry, dict) and entry["name"].startswith(f"SERVE_REPLICA::{prefix}"):
+            actor = ray.get_actor(entry["name"], namespace=entry["namespace"])
+            out[entry["name"]] = actor._actor_id.hex()
+    return out
+
+
+class Load:
+    """Requests in a loop on a thread, every answer kept, until stopped."""
+
+    def __init__(self, url: str):
+        self.url, self.results, self._stop = url, [], threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        with httpx.Client(base_url=self.url, timeout=60) as http:
+            while not self._stop.is_set():
+                try:
+                    r = infer(http, texts=["steady load"])
+                    self.results.append((r.status_code, r.headers.get(HEADER), r.text[:200]))
+                except httpx.HTTPError as e:
+                    self.results.append((0, None, repr(e)))
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(30)
+
+    def failures(self):
+        return [r for r in self.results if r[0] != 200]
+
+
+def router_status() -> dict:
+    from ray import serve
+
+    return serve.get_app_handle("mv").versions_status.remote().result(timeout_s=30)
+
+
+# ---------------------------------------------------------------- routes and headers
+
+
+def test_each_version_is_its_own_application_behind_the_model(served):
+    states = {n: str(a.status.value) for n, a in served["states"].items()}
+    assert states == {
+        "mv--v1": "RUNNING",
+        "mv--v2": "RUNNING",
+        "mv": "RUNNING",
+        GATEWAY_APP: "RUNNING",
+    }
+
+
+def test_infer_names_the_version_that_answered_and_equals_the_engine(served, engine):
+    want = engine.embed(TEXTS)
+    seen = set()
+    for _ in range(30):
+        r = infer(served["http"])
+        assert r.status_code == 200, r.text
+        assert r.json()["model_name"] == "mv"
+        assert r.json()["model_version"] == r.headers[HEADER]
+        np.testing.assert_allclose(embedding(r), want, atol=2e-5)
+        seen.add(r.headers[HEADER])
+    assert seen <= {"1", "2"} and "1" in seen
+
+
+@pytest.mark.parametrize("version", ["1", "2"])
+def test_version_route_always_reaches_that_version(served, version):
+    for _ in range(10):
+        r = infer(served["http"], f"/v2/models/mv/versions/{version}/infer")
+        assert r.status_code == 200, r.text
+        assert r.headers[HEADER] == version and r.json()["model_version"] == version
+    meta = served["http"].get(f"/v2/models/mv/versions/{version}").json()
+    assert meta["versions"] == [version]
+
+
+def test_unknown_version_is_404_naming_the_versions(served):
+    r = infer(served["http"], "/v2/models/mv/versions/9/infer")
+    assert r.status_code == 404 and "no version '9'" in r.text and "1, 2" in r.text
+
+
+def test_metadata_lists_every_version(served):
+    r = served["http"].get("/v2/models/mv")
+    assert r.status_code == 200 and r.json()["versions"] == ["1", "2"]
+    assert r.headers[HEADER] in ("1", "2")
+
+
+def test_gateway_routes_and_handle_calls_are_split_too(served, engine):
+    from ray import serve
+
+    r = served["http"].post("/v1/embeddings", json={"model": "mv", "input": TEXTS})
+    assert r.status_code == 200, r.text
+    assert r.headers[HEADER] in ("1", "2")
+    got = np.array([d["embedding"] for d in r.json()["data"]], dtype=np.float32)
+    np.testing.assert_allclose(got, engine.embed(TEXTS), atol=2e-5)
+    r = served["http"].post("/v1/models/mv:predict", json={"instances": TEXTS})
+    assert r.status_code == 200 and r.headers[HEADER] in ("1", "2")
+    vectors = serve.get_app_handle("mv").embed.remote(TEXTS).result(timeout_s=60)
+    np.testing.assert_allclose(vectors, engine.embed(TEXTS), atol=2e-5)
+
+
+# ---------------------------------------------------------------- the split
+
+
+async def _headers(url: str, n: int, sessions: list[str] | None = None, clients: int = 32):
+    """The version header of ``n`` metadata requests (``sessions``: sticky values)."""
+    out: list[tuple[str | None, str]] = []
+    limits = httpx.Limits(max_connections=clients)
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as http:
+        queue = list(range(n))
+
+        async def worker():
+            while queue:
+                i = queue.pop()
+                headers = {"x-session": sessions[i % len(sessions)]} if sessions else {}
+                r = await http.get("/v2/models/mv", headers=headers)
+                assert r.status_code == 200, r.text
+                out.append((headers.get("x-session"), r.headers[HEADER]))
+
+        await asyncio.gather(*(worker() for _ in range(clients)))
+    return out
+
+
+def test_90_10_split_over_10000_requests_lands_in_the_999_interval(served):
+    got = asyncio.run(_headers(served["url"], 10_000))
+    counts = Counter(v for _, v in got)
+    # 99.9% two-sided binomial interval for p = 0.1, n = 10,000: 1000 +- 3.29 * 30.
+    assert set(counts) == {"1", "2"}
+    assert abs(counts["2"] - 1000) <= 99, counts
+
+
+def test_sticky_header_gives_each_session_one_version(served):
+    sessions = [f"session-{i}" for i in range(300)]
+    got = asyncio.run(_headers(served["url"], 1500, sessions))
+    by_session: dict[str, set] = {}
+    for s, v in got:
+        by_session.setdefault(s, set()).add(v)
+    assert all(len(v) == 1 for v in by_session.values())
+    assert {next(iter(v)) for v in by_session.values()} == {"1", "2"}
+
+
+# ---------------------------------------------------------------- live changes
+
+
+def test_changing_weights_restarts_nothing_and_fails_no_request(served):
+    before = replica_ids("mv")
+    assert len(before) == 3  # two versions and the router
+    with Load(served["url"]) as load:
+        time.sleep(1.0)
+        write_yaml(served["yaml"], served["dir"], served["port"], {"1": 0, "2": 100})
+        apply(served["yaml"])
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if [r[1] for r in load.results[-30:]] == ["2"] * 30:
+                break
+            time.sleep(0.2)
+    assert not load.failures(), load.failures()[:3]
+    assert [r[1] for r in load.results[-30:]] == ["2"] * 30  # the new split
+    assert replica_ids("mv") == before
+    assert router_status()["weights"] == {"1": 0, "2": 100}
+
+
+def test_shadow_of_the_same_model_agrees_fully_and_leaves_the_primary_unchanged(served):
+    http = served["http"]
+    plain = infer(http, "/v2/models/mv/infer", texts=["one text alone"])
+    shadow = {"version": "s", "model_dir": str(served["dir"]), "percent": 100}
+    write_yaml(served["yaml"], served["dir"], served["port"], {"1": 0, "2": 100}, shadow)
+    states = apply(served["yaml"])
+    assert str(states["mv--vs"].status.value) == "RUNNING"
+    deadline = time.monotonic() + 30
+    while router_status()["shadow"]["version"] != "s" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    mirrored = infer(http, "/v2/models/mv/infer", texts=["one text alone"])
+    assert mirrored.content == plain.content  # byte for byte
+    assert mirrored.headers[HEADER] == "2"
+    for _ in range(20):
+        assert infer(http).status_code == 200
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        figures = router_status()["shadow"]["versions"].get("s", {})
+        if figures.get("ok", 0) >= 21:
+            break
+        time.sleep(0.2)
+    assert figures["ok"] >= 21 and figures["errors"] == 0, figures
+    assert figures["mean"]["cosine"] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_a_failing_shadow_never_fails_the_primary_and_is_counted(served):
+    broken = {"version": "x", "model_dir": str(served["yaml"].parent / "missing"), "percent": 100}
+    write_yaml(served["yaml"], served["dir"], served["port"], {"1": 0, "2": 100}, broken)
+    states = apply(served["yaml"])
+    assert str(states["mv--vx"].status.value) == "DEPLOY_FAILED"
+    time.sleep(1.5)  # the router's light update
+    for _ in range(20):
+        r = infer(served["http"])
+        assert r.status_code == 200 and r.headers[HEADER] == "2"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        figures = router_status()["shadow"]["versions"].get("x", {})
+        if figures.get("errors", 0) + figures.get("dropped", 0) >= 20:
+            break
+        time.sleep(0.2)
+    assert figures["errors"] + figures["dropped"] >= 20 and figures["ok"] == 0, figures
+
+
+def test_removing_the_canary_under_load_fails_no_request(served):
+    write_yaml(served["yaml"], served["dir"], served["port"], {"1": 50, "2": 50})
+    apply(served["yaml"])
+    with Load(served["url"]) as load:
+        time.sleep(1.0)
+        write_yaml(served["yaml"], served["dir"], served["port"], {"1": 100})
+        states = apply(served["yaml"])
+        time.sleep(3.0)
+    from ray import serve
+
+    assert "mv--v2" not in serve.status().applications
+    assert set(states) == {"mv--v1", "mv", GATEWAY_APP}
+    assert not load.failures(), load.failures()[:3]
+    assert {r[1] for r in load.results[-20:]} == {"1"}
