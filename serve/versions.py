@@ -253,6 +253,28 @@ class VersionRouter:
         }
 
 
+def status_lines(status: dict[str, Any]) -> list[str]:
+    """``versions_status()`` as the lines ``textfleet status`` prints under the model."""
+    shares = status.get("shares", {})
+    versions = ", ".join(
+        f"{v} (weight {w:g}, {100 * shares.get(v, 0):.0f}%)" for v, w in status["weights"].items()
+    )
+    sticky = status.get("sticky_header")
+    lines = [f"  versions: {versions}" + (f"; sticky header {sticky}" if sticky else "")]
+    shadow = status.get("shadow") or {}
+    for version, t in (shadow.get("versions") or {}).items():
+        live = version == shadow.get("version")
+        means = ", ".join(f"{k} {v:.4f}" for k, v in sorted(t["mean"].items()))
+        head = f"shadow {version}" + (f" ({shadow['percent']:g}% mirrored)" if live else " (was)")
+        lines.append(
+            f"  {head}: {t['ok']} compared, {t['errors']} errors, {t['dropped']} dropped"
+            + (f"; mean {means}" if means else "")
+        )
+    if shadow.get("version") and shadow["version"] not in (shadow.get("versions") or {}):
+        lines.append(f"  shadow {shadow['version']} ({shadow['percent']:g}% mirrored): nothing yet")
+    return lines
+
+
 def _stamped(reply: Reply, version: str) -> Reply:
     headers = (*reply.headers, (VERSION_HEADER, version))
     return Reply(reply.status, reply.body, headers, reply.media_type)

