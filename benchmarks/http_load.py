@@ -4,7 +4,11 @@ In one run, on the same exported model and onnxruntime thread count:
 
 1. ``fastapi``: FastAPI + uvicorn wrapper, tokenizer + onnxruntime per request;
 2. ``ray-batch``: a hand-written Ray Serve deployment with ``@serve.batch``;
-3. ``textfleet``: the V2 infer route of ``serve/``.
+3. ``textfleet``: the V2 infer route of ``serve/``;
+4. ``textfleet-versions`` / ``textfleet-shadow``: the same route of a versioned
+   model, two versions of the same directory at 50/50 behind the model's
+   router, and the same with a 100% shadow (a third copy): what the split
+   and the mirror cost next to the unversioned model.
 
 Each gets 1, 16 and 64 concurrent clients sending 1-4 texts per request
 drawn from the workload (benchmarks/data/texts.jsonl.gz), bounded by ``--max-requests`` and
@@ -160,27 +164,33 @@ def _wait_http(port: int, path: str, timeout_s: float = 120.0) -> None:
     raise TimeoutError(f"nothing answered 200 on port {port}{path}")
 
 
-def textfleet_config(args) -> dict:
+def textfleet_models(args, system: str = "textfleet"):
     from textfleet.serve.config import parse_models
+
+    entry = {
+        "name": MODEL,
+        "model_dir": str(args.model_dir),
+        # The same compute threads as the peers, split as textfleet
+        # splits them by default: `workers` batches side by side.
+        "threads": max(1, args.threads // args.workers),
+        "batching": {"workers": args.workers},
+        "ray_actor_options": {"num_cpus": 0},
+    }
+    if system in ("textfleet-versions", "textfleet-shadow"):
+        model_dir = entry.pop("model_dir")
+        entry["versions"] = [
+            {"version": "a", "model_dir": model_dir, "weight": 50},
+            {"version": "b", "model_dir": model_dir, "weight": 50},
+        ]
+    if system == "textfleet-shadow":
+        entry["shadow"] = {"version": "s", "model_dir": str(args.model_dir), "percent": 100}
+    return parse_models({"server": {"port": args.port}, "models": [entry]})
+
+
+def textfleet_config(args, system: str = "textfleet") -> dict:
     from textfleet.serve.generate import serve_config
 
-    models = parse_models(
-        {
-            "server": {"port": args.port},
-            "models": [
-                {
-                    "name": MODEL,
-                    "model_dir": str(args.model_dir),
-                    # The same compute threads as the peers, split as textfleet
-                    # splits them by default: `workers` batches side by side.
-                    "threads": max(1, args.threads // args.workers),
-                    "batching": {"workers": args.workers},
-                    "ray_actor_options": {"num_cpus": 0},
-                }
-            ],
-        }
-    )
-    return serve_config(models)
+    return serve_config(textfleet_models(args, system))
 
 
 def peer_config(args) -> dict:
@@ -198,7 +208,13 @@ def peer_config(args) -> dict:
     }
 
 
-RAY_SYSTEMS = ("ray-batch", "textfleet", "textfleet-ray-proxy")
+RAY_SYSTEMS = (
+    "ray-batch",
+    "textfleet",
+    "textfleet-ray-proxy",
+    "textfleet-versions",
+    "textfleet-shadow",
+)
 
 
 def run_ray_system(system: str, args) -> dict:
@@ -258,8 +274,9 @@ def _measure_ray_system(system: str, args, mix) -> tuple[list, dict, str]:
                 "ray-batch trivial", args.port, "GET", "/peer", b"", args
             )
             return rows, probes, ingress
-        deploy.apply(textfleet_config(args))
-        _check_running(deploy.wait([MODEL, GATEWAY_APP], timeout_s=300))
+        deploy.apply(textfleet_config(args, system))
+        apps = textfleet_models(args, system).app_names()
+        _check_running(deploy.wait([*apps, GATEWAY_APP], timeout_s=300))
         rows = measure(system, args.port, v2_requests(mix, args.port), args)
         one = v2_requests([[mix[0][0]]], args.port)[0].body
         ready, live = f"/v2/models/{MODEL}/ready", "/v2/health/live"
@@ -423,7 +440,7 @@ def parse_args():
     p.add_argument("--model-dir", type=Path, default=None, help=f"default: {DEFAULT_MODEL_DIR}")
     p.add_argument(
         "--systems",
-        default="fastapi,ray-batch,textfleet,textfleet-ray-proxy",
+        default=",".join(("fastapi", *RAY_SYSTEMS)),
         type=lambda s: s.split(","),
     )
     p.add_argument(

@@ -252,9 +252,14 @@ def test_shadow_of_the_same_model_agrees_fully_and_leaves_the_primary_unchanged(
     http = served["http"]
     plain = infer(http, "/v2/models/mv/infer", texts=["one text alone"])
     shadow = {"version": "s", "model_dir": str(served["dir"]), "percent": 100}
+    before = replica_ids("mv")
     write_yaml(served["yaml"], served["dir"], served["port"], {"1": 0, "2": 100}, shadow)
     states = apply(served["yaml"])
     assert str(states["mv--vs"].status.value) == "RUNNING"
+    # Adding a version (here the shadow) starts only its replicas.
+    after = replica_ids("mv")
+    assert {k: after[k] for k in before} == before
+    assert {k.split("#")[0] for k in set(after) - set(before)} == {"SERVE_REPLICA::mv--vs"}
     deadline = time.monotonic() + 30
     while router_status()["shadow"]["version"] != "s" and time.monotonic() < deadline:
         time.sleep(0.2)
