@@ -16,6 +16,7 @@ scores. ``compare`` then gives per-row measures, named as the metrics are:
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 import numpy as np
@@ -25,9 +26,16 @@ Canonical = tuple[str, Any]
 """(kind, rows): kind is "embedding", "classification", "spans" or "ranking"."""
 
 
+REPLY_METHODS = ("openai_embeddings", "v1_predict", "rerank_http")
+"""Gateway calls whose answer is an encoded reply (JSON), decoded to compare."""
+
+
 def canonical(method: str, result: Any) -> Canonical:
     """The canonical answer of a router-forwarded call (``method``: the ModelServer
-    method; ``v2_infer`` and ``infer`` by their output names)."""
+    method; ``v2_infer`` and ``infer`` by their output names, the gateway's calls
+    from their JSON replies)."""
+    if method in REPLY_METHODS:
+        return _from_reply(method, result)
     if method == "embed":
         return "embedding", np.asarray(result, dtype=np.float32)
     if method == "classify":
@@ -59,6 +67,32 @@ def _from_outputs(outputs: dict[str, np.ndarray]) -> Canonical:
     if "score" in outputs:
         return "ranking", np.asarray(outputs["score"], dtype=np.float64)
     raise ValueError(f"no comparison for outputs {sorted(outputs)}")
+
+
+def _from_reply(method: str, reply: Any) -> Canonical:
+    if reply.status != 200:
+        raise ValueError(f"an error reply ({reply.status}) has nothing to compare")
+    body = orjson.loads(reply.body)
+    if method == "openai_embeddings":
+        rows = sorted(body["data"], key=lambda d: d["index"])
+        return "embedding", np.array([_vector(d["embedding"]) for d in rows], dtype=np.float32)
+    if method == "rerank_http":
+        return "ranking", {int(r["index"]): float(r["relevance_score"]) for r in body["results"]}
+    preds = body["predictions"]
+    if all(isinstance(p, dict) for p in preds) and preds:  # classification: the best label
+        return "classification", [(str(p["label"]), float(p["score"])) for p in preds]
+    if all(isinstance(p, int | float) for p in preds) and preds:  # pair scores
+        return "ranking", np.asarray(preds, dtype=np.float64)
+    if all(isinstance(p, list) and all(isinstance(e, dict) for e in p) for p in preds):
+        return "spans", [{(e["start"], e["end"], e["label"]) for e in p} for p in preds]
+    return "embedding", np.asarray(preds, dtype=np.float32)
+
+
+def _vector(v: Any) -> np.ndarray:
+    """An OpenAI embedding: a list of floats, or base64 of little-endian float32."""
+    if isinstance(v, str):
+        return np.frombuffer(base64.b64decode(v), dtype="<f4")
+    return np.asarray(v, dtype=np.float32)
 
 
 def _text(x: Any) -> str:

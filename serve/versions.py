@@ -29,6 +29,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from textfleet.serve import auth, deadlines
+from textfleet.serve.compare import REPLY_METHODS
 from textfleet.serve.config import DEPLOYMENT_NAME, VERSION_DEPLOYMENT, version_app
 from textfleet.serve.forwarding import call
 from textfleet.serve.gateway import ModelDirectory
@@ -42,6 +43,7 @@ from textfleet.serve.protocols.common import (
     Unavailable,
     dumps,
     error_reply,
+    loads,
     short_repr,
 )
 from textfleet.serve.server import VERSION_HEADER, subpath, to_response
@@ -114,6 +116,8 @@ class VersionRouter:
         self.metrics.routed.inc(1, {"version": chosen, "protocol": protocol})
         if mirror:
             primary = result[1] if method == "v2_infer" else result
+            if method in REPLY_METHODS and result.status != 200:
+                primary = None
             if primary is not None:  # an error reply has nothing to compare
 
                 async def run(shadow_version: str) -> Any:
@@ -198,8 +202,9 @@ class VersionRouter:
 
     async def _forwarded(self, method: str, body: bytes, timeout, protocol: str) -> Reply:
         chosen, reply = await self._dispatch(
-            method, (body, timeout), timeout=timeout, protocol=protocol
-        )
+            method, (body, timeout), timeout=timeout, protocol=protocol,
+            inputs=lambda: _body_texts(body),
+        )  # fmt: skip
         return _stamped(reply, chosen)
 
     async def v1_status(self) -> dict[str, Any]:
@@ -289,6 +294,19 @@ def _v2_texts(body: bytes, header_length: str | None) -> dict[str, list[str]]:
     """The BYTES inputs of a V2 request, by name (for the shadow's record only)."""
     req = v2.parse_infer_request(body, header_length)
     return _named_texts(req)
+
+
+def _body_texts(body: bytes) -> dict[str, list[str]]:
+    """The texts of a gateway body (OpenAI ``input``, V1 ``instances``, rerank
+    ``query`` and ``documents``), for the shadow's record only."""
+    obj = loads(body)
+    out: dict[str, list[str]] = {}
+    for key in ("input", "instances", "query", "documents", "texts"):
+        value = obj.get(key) if isinstance(obj, dict) else None
+        if value is not None:
+            items = value if isinstance(value, list) else [value]
+            out[key] = [x if isinstance(x, str) else dumps(x).decode() for x in items]
+    return out
 
 
 def _dict_texts(request: dict[str, Any]) -> dict[str, list[str]]:

@@ -187,6 +187,30 @@ def test_pair_scoring_rank_correlation_and_top1():
     assert got == {"top1_agreement": [1.0], "rank_correlation": [1.0]}
 
 
+def test_gateway_replies_compare_like_their_structured_forms():
+    from textfleet.serve.protocols import openai, v1
+    from textfleet.serve.protocols.common import Reply, dumps
+
+    emb = np.array([[0.6, 0.8], [1.0, 0.0]], dtype=np.float32)
+    for fmt in ("float", "base64"):
+        req = openai.EmbeddingsRequest("m", ["a", "b"], fmt, None)
+        got = canonical("openai_embeddings", openai.embeddings_reply(req, emb, 3))
+        assert got[0] == "embedding"
+        np.testing.assert_array_equal(got[1], emb)
+    assert canonical("v1_predict", v1.predict_reply(list(emb)))[0] == "embedding"
+    labels = v1.predict_reply([{"label": "x", "score": 0.5}])
+    assert canonical("v1_predict", labels) == ("classification", [("x", 0.5)])
+    spans = v1.predict_reply(
+        [[{"label": "PER", "text": "Al", "start": 0, "end": 2, "score": 1.0}], []]
+    )
+    assert canonical("v1_predict", spans) == ("spans", [{(0, 2, "PER")}, set()])
+    assert canonical("v1_predict", v1.predict_reply([0.5, 0.25]))[0] == "ranking"
+    results = {"model": "m", "results": [{"index": 2, "relevance_score": 0.9}]}
+    assert canonical("rerank_http", Reply(200, dumps(results))) == ("ranking", {2: 0.9})
+    with pytest.raises(ValueError, match="error reply"):
+        canonical("v1_predict", Reply(503, b"{}"))
+
+
 # ---------------------------------------------------------------- the shadow's bound
 
 

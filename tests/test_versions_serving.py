@@ -268,13 +268,18 @@ def test_shadow_of_the_same_model_agrees_fully_and_leaves_the_primary_unchanged(
     assert mirrored.headers[HEADER] == "2"
     for _ in range(20):
         assert infer(http).status_code == 200
+    # The gateway's routes are mirrored too (their JSON replies compared).
+    for fmt in ("float", "base64"):
+        body = {"model": "mv", "input": TEXTS, "encoding_format": fmt}
+        assert http.post("/v1/embeddings", json=body).status_code == 200
+    assert http.post("/v1/models/mv:predict", json={"instances": TEXTS}).status_code == 200
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         figures = router_status()["shadow"]["versions"].get("s", {})
-        if figures.get("ok", 0) >= 21:
+        if figures.get("ok", 0) >= 24:
             break
         time.sleep(0.2)
-    assert figures["ok"] >= 21 and figures["errors"] == 0, figures
+    assert figures["ok"] >= 24 and figures["errors"] == 0, figures
     assert figures["mean"]["cosine"] == pytest.approx(1.0, abs=1e-5)
 
 
