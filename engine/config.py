@@ -101,6 +101,21 @@ def device_batching(device: str) -> dict[str, int]:
     return {} if cuda_index(device) is None else dict(GPU_BATCHING)
 
 
+OverflowMode = Literal["truncate", "error", "window"]
+
+
+class WindowConfig(BaseModel):
+    """How ``on_overflow: window`` cuts a long text into windows of ``max_length`` tokens."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    stride: int | None = Field(None, ge=0)
+    """Tokens each window shares with the one before it (Hugging Face's meaning of
+    stride), so a token near a window's edge is also seen with context on both
+    sides; None: a quarter of a window. Must be less than a window's text tokens
+    (``max_length`` less the special tokens), checked at load."""
+
+
 class EngineConfig(BaseModel):
     """How ``Engine.load`` runs a model directory; a models.yaml model entry holds the
     same fields, so an entry that validates is one the engine loads."""
@@ -121,6 +136,16 @@ class EngineConfig(BaseModel):
     max_length: int | None = Field(None, ge=4, le=8192)
     """Truncate inputs to this many tokens (special tokens included); None: the model
     directory's limit, which this may lower but not raise."""
+
+    on_overflow: OverflowMode | None = None
+    """What a text longer than ``max_length`` tokens gets: ``truncate`` (its first
+    ``max_length`` tokens), ``error`` (the request fails, 413, naming the text) or
+    ``window`` (the model runs on overlapping windows over the whole text and the
+    task joins them: embeddings and token classification). None: the task's
+    default (``window`` for token classification, else ``truncate``)."""
+
+    window: WindowConfig | None = None
+    """Window settings of ``on_overflow: window``; None: the defaults."""
 
     batching: BatchingConfig | None = None
     """Dynamic batching knobs; None: the model directory's defaults (``ModelInfo.batching``),

@@ -26,7 +26,7 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -125,18 +125,22 @@ def export(
     merge_gaps: bool = False,
     provenance: Source | None = None,
     quantize: str | None = None,
+    matryoshka_dims: Sequence[int] | None = None,
 ) -> ModelDir:
     """Export SOURCE into the model directory OUT_DIR and return it, opened.
 
     ``name`` overrides the model's name; ``provenance`` the recorded source
     (a recipe records the package its files came from). ``quantize="int8"``
-    stores a dynamically quantized graph (engine/quantize.py).
+    stores a dynamically quantized graph (engine/quantize.py). ``matryoshka_dims``
+    declares the narrower widths an embedding model was trained to be cut to
+    (requests may ask for them with ``dimensions``); prompts come from the source's
+    ``config_sentence_transformers.json``.
     """
     spec = lookup_task(task, "export")
     check_quantization(quantize)
     folder, src = resolve_source(source)
     config = check_source(folder)
-    per_task = task_fields(task, config, folder, aggregation, merge_gaps)
+    per_task = task_fields(task, config, folder, aggregation, merge_gaps, matryoshka_dims)
     length = read_max_length(folder, config, max_length)
     out_dir = Path(out_dir).expanduser().resolve()
     with staged_model_dir(out_dir, force) as tmp:

@@ -19,6 +19,7 @@ empty is always admitted: retrying it later would not help.
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -48,10 +49,12 @@ class Decision:
     """When refused: seconds until the queue has drained enough to admit it."""
 
 
-def estimate_tokens(texts: Iterable[str], max_length: int) -> int:
+def estimate_tokens(texts: Iterable[str], max_length: int | None) -> int:
     """Tokens of texts not yet tokenized: each its special tokens plus a token per
-    ``CHARS_PER_TOKEN`` characters, truncated at ``max_length``."""
-    return sum(min(max_length, 2 + len(t) // CHARS_PER_TOKEN) for t in texts)
+    ``CHARS_PER_TOKEN`` characters, truncated at ``max_length`` (None: an engine that
+    runs long texts in windows computes all of them)."""
+    cap = max_length or sys.maxsize
+    return sum(min(cap, 2 + len(t) // CHARS_PER_TOKEN) for t in texts)
 
 
 def decide(
@@ -147,7 +150,8 @@ class AdmissionGate:
     def check(self, texts: Iterable[str], deadline_s: float | None) -> tuple[Decision, int]:
         """The decision for ``texts`` and their estimated tokens; raises ``Overloaded``
         (503 + Retry-After) if they would miss the deadline."""
-        tokens = estimate_tokens(_strings(texts), self._engine.max_length)
+        windows = getattr(self._engine, "on_overflow", "truncate") == "window"
+        tokens = estimate_tokens(_strings(texts), None if windows else self._engine.max_length)
         if deadline_s is None:
             return Decision(True, 0.0), tokens
         stats = self._engine.stats()
@@ -164,15 +168,18 @@ class AdmissionGate:
             )
         return decision, tokens
 
-    async def _admit(self, texts: Any, deadline_s: float | None, method: str, *args: Any):
-        """``engine.<method>(*args, timeout=deadline_s)`` once admitted, counted until done."""
+    async def _admit(
+        self, texts: Any, deadline_s: float | None, method: str, *args: Any, **options: Any
+    ):
+        """``engine.<method>(*args, timeout=deadline_s, **options)`` once admitted, counted
+        until done."""
         _, tokens = self.check(texts, deadline_s)
         if self.outstanding_tokens == 0:  # idle until now: the idle time is no sample
             self._sample_start, self._done_tokens = self._clock(), 0
         self.outstanding_tokens += tokens
         finished = False
         try:
-            result = await getattr(self._engine, method)(*args, timeout=deadline_s)
+            result = await getattr(self._engine, method)(*args, timeout=deadline_s, **options)
             finished = True
             return result
         finally:
@@ -187,8 +194,11 @@ class AdmissionGate:
             self.meter.observe(self._done_tokens, now - self._sample_start)
             self._sample_start, self._done_tokens = now, 0
 
-    async def aembed(self, texts, timeout=None):
-        return await self._admit(texts, timeout, "aembed", texts)
+    async def aembed(self, texts, timeout=None, **options):
+        return await self._admit(texts, timeout, "aembed", texts, **options)
+
+    async def aembed_with_usage(self, texts, timeout=None, **options):
+        return await self._admit(texts, timeout, "aembed_with_usage", texts, **options)
 
     async def aclassify(self, texts, top_k=1, timeout=None):
         return await self._admit(texts, timeout, "aclassify", texts, top_k)

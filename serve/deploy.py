@@ -109,6 +109,9 @@ def start_ray(
         network.haproxy_frontend_host(host)
         ingress_policy.check_haproxy_template()
     local_env = {**network.LOCAL_RAY_ENV, **LOCAL_SERVE_ENV, network.HTTP_HOST_ENV: host}
+    if ingress == "haproxy":
+        # Set, not defaulted: a directory and ports of an earlier server are stale.
+        os.environ.update(network.haproxy_env())
     policy_env = ingress_policy.HAPROXY_ENV
     for k, v in {**LEAN_ENV, **local_env, **policy_env, **ingress_env, **(env or {})}.items():
         os.environ.setdefault(k, v)
@@ -223,6 +226,7 @@ def stop() -> None:
         pass
     finally:
         ray.shutdown()
+        network.remove_haproxy_dirs()
 
 
 def wait(names: list[str], timeout_s: float = 120.0, poll_s: float = 0.5) -> dict[str, Any]:

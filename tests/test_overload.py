@@ -212,8 +212,11 @@ def test_a_killed_replica_costs_503s_not_resets_or_500s(served):
         assert counts[(proto, "503 with Retry-After")] == counts[(proto, 503)], counts
     assert recovery is not None and recovery < 15, counts
     if resets:
-        # Requests in flight on the killed replica, straight through HAProxy: some
-        # keep-alive connections are still closed without an answer (HAProxy 2.6).
+        # HAProxy replays a request whose replica closed the connection (retry-on
+        # empty-response), but not one whose replica's kernel reset it (the request
+        # was still unread in the dead process's socket): on a keep-alive client
+        # connection HAProxy 2.6 then closes the client's connection without an
+        # answer, unlogged. Seen in about one run in four, one request.
         pytest.xfail(f"V2 requests in flight on the killed replica were reset: {resets}")
 
 

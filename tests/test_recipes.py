@@ -100,3 +100,21 @@ def test_categorium_tokenizer_is_uncased_wordpiece_without_accents(categorium_fo
     tok = Tokenizer.from_file(str(categorium_folder / "tokenizer.json"))
     assert tok.encode("Héllo WÖRLD").tokens == ["[CLS]", "hello", "world", "[SEP]"]
     assert tok.padding is None and tok.truncation is None
+
+
+# The texts scripts/demo.sh, README.md and models/README.md show categorium on: the
+# model is tiny and weak (most everyday sentences come out "sensitive subject"), so
+# a demo text must be one it gets right.
+DEMO_TOPICS = {
+    "Easy recipe for a chocolate cake": "food",
+    "travel guide to Rome": "travel",
+}
+
+
+def test_the_demo_texts_get_their_topics(categorium_dir):
+    from textfleet.engine.engine import Engine
+
+    with Engine.load(categorium_dir, threads=1) as topics:
+        got = topics.classify(list(DEMO_TOPICS), top_k=1)
+    assert [r[0].label for r in got] == list(DEMO_TOPICS.values())
+    assert all(r[0].score > 0.9 for r in got)

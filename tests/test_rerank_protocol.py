@@ -1,4 +1,5 @@
-"""``POST /v1/rerank`` bodies: Cohere and TEI request shapes, Cohere reply, clear errors."""
+"""``POST /v1/rerank`` bodies: Cohere and TEI request shapes, each answered in its own
+API's shape, clear errors."""
 
 from __future__ import annotations
 
@@ -30,13 +31,33 @@ def test_cohere_body_with_structured_documents():
     }
 
 
-def test_tei_body_texts_raw_scores_and_return_text():
+def test_cohere_reply_leaves_documents_out_unless_asked():
+    req = rerank.parse_rerank_request({"model": "ce", "query": "q", "documents": ["a", "b"]}, 8)
+    assert not req.return_documents and req.top_n is None and req.dialect == "cohere"
+    body = orjson.loads(rerank.rerank_reply(req, [Ranked(1, 0.75), Ranked(0, 0.25)]).body)
+    assert body == {
+        "model": "ce",
+        "results": [{"index": 1, "relevance_score": 0.75}, {"index": 0, "relevance_score": 0.25}],
+    }
+
+
+def test_tei_body_gets_tei_reply():
+    """TEI answers ``/rerank`` with a bare array of {index, score, text?}, best first."""
     req = rerank.parse_rerank_request(
         {"model": "ce", "query": "q", "texts": ["a", "b"], "raw_scores": True, "return_text": True},
         max_texts=8,
     )
     assert req.documents == ["a", "b"] and req.raw_scores and req.return_documents
-    assert req.top_n is None
+    assert req.top_n is None and req.dialect == "tei"
+    body = orjson.loads(rerank.rerank_reply(req, [Ranked(1, 2.5), Ranked(0, -1.0)]).body)
+    assert body == [
+        {"index": 1, "score": 2.5, "text": "b"},
+        {"index": 0, "score": -1.0, "text": "a"},
+    ]
+    plain = rerank.parse_rerank_request({"model": "ce", "query": "q", "texts": ["a"]}, 8)
+    assert orjson.loads(rerank.rerank_reply(plain, [Ranked(0, 0.5)]).body) == [
+        {"index": 0, "score": 0.5}
+    ]
 
 
 @pytest.mark.parametrize(

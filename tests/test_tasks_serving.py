@@ -1,10 +1,15 @@
-"""The three task models served by real Ray Serve on loopback, real clients.
+"""The task models served by real Ray Serve on loopback, real clients.
 
 One deployment of a models.yaml with a classifier (categorium), a PII tagger
-(rampart) and a cross-encoder: V2 metadata and infer with tritonclient.http
-(binary and JSON tensors), KServe V1 predict and ``POST /v1/rerank`` with
-httpx, and the Python handle calls. Results are compared with the engines of
-the same model directories in this process.
+(rampart), a cross-encoder with float weights (``ce``: MiniLM under a seeded
+head) and the default reranker (``rr``: ms-marco-MiniLM-L-12-v2, int8): V2
+metadata and infer with tritonclient.http (binary and JSON tensors), KServe V1
+predict and ``POST /v1/rerank`` with httpx, and the Python handle calls.
+Results are compared with the engines of the same model directories in this
+process. The int8 reranker's scores depend on batch composition
+(tests/test_reranker.py), so ``rr`` is checked on what its replies must hold
+(order, top_n, fields) and on passages whose ranking is clear, and the exact
+comparisons use ``ce``.
 
 Ray and Serve come from the session's ``ray_serve`` fixture (conftest.py);
 this module applies its own models.yaml on the shared HTTP port.
@@ -19,6 +24,7 @@ import numpy as np
 import orjson
 import pytest
 import yaml
+from rerank_pairs import RANKING
 
 from textfleet.engine.engine import Engine
 from textfleet.engine.errors import InputError
@@ -29,7 +35,9 @@ DOCS = ["cats purr on the sofa", "dogs bark at night", "the stock market fell"]
 
 
 @pytest.fixture(scope="module")
-def served(ray_serve, categorium_dir, rampart_dir, cross_encoder_dir, tmp_path_factory):
+def served(
+    ray_serve, categorium_dir, rampart_dir, cross_encoder_dir, reranker_dir, tmp_path_factory
+):
     from textfleet.serve import deploy
     from textfleet.serve.generate import serve_config
 
@@ -39,6 +47,7 @@ def served(ray_serve, categorium_dir, rampart_dir, cross_encoder_dir, tmp_path_f
         {"name": "topics", "model_dir": str(categorium_dir.path), "task": "classification"},
         {"name": "pii", "model_dir": str(rampart_dir.path), "task": "token-classification"},
         {"name": "ce", "model_dir": str(cross_encoder_dir.path), "task": "pair-scoring"},
+        {"name": "rr", "model_dir": str(reranker_dir.path), "task": "pair-scoring"},
     ]
     path = tmp_path_factory.mktemp("tasks-serve") / "models.yaml"
     config = {"server": {"port": port}, "models": [m | lean for m in models]}
@@ -155,7 +164,45 @@ def test_rerank_route(http, engines):
     )
     assert results[0]["document"]["text"] == DOCS[ranked[0].index]
     tei = http.post("/v1/rerank", json={"model": "ce", "query": "pets", "texts": DOCS}).json()
-    assert len(tei["results"]) == 3
+    assert [x["index"] for x in tei] == [x.index for x in engines["ce"].rerank("pets", DOCS)]
+
+
+def rerank(http, **body) -> dict | list:
+    r = http.post("/v1/rerank", json={"model": "rr", **body})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_rerank_like_cohere(http):
+    """Cohere: results best first as {index, relevance_score}; ``document`` {"text"} only
+    with return_documents; top_n keeps the best n, all when absent or larger."""
+    for query, docs in RANKING:
+        body = rerank(http, query=query, documents=docs)
+        assert body["model"] == "rr" and len(body["results"]) == len(docs)
+        assert all(set(x) == {"index", "relevance_score"} for x in body["results"])
+        scores = [x["relevance_score"] for x in body["results"]]
+        assert scores == sorted(scores, reverse=True) and all(0 < s < 1 for s in scores)
+        assert sorted(x["index"] for x in body["results"]) == list(range(len(docs)))
+        assert body["results"][0]["index"] == 0, (query, body)
+    query, docs = RANKING[1]
+    top = rerank(
+        http, query=query, documents=[{"text": d} for d in docs], top_n=2, return_documents=True
+    )["results"]
+    assert len(top) == 2 and top[0]["index"] == 0
+    assert [x["document"] for x in top] == [{"text": docs[x["index"]]} for x in top]
+    assert len(rerank(http, query=query, documents=docs, top_n=10)["results"]) == len(docs)
+
+
+def test_rerank_like_tei(http):
+    """TEI: a bare array best first, {index, score}, ``text`` only with return_text;
+    sigmoid scores unless raw_scores."""
+    query, docs = RANKING[0]
+    plain = rerank(http, query=query, texts=docs)
+    assert [set(x) for x in plain] == [{"index", "score"}] * len(docs)
+    assert plain[0]["index"] == 0 and all(0 < x["score"] < 1 for x in plain)
+    raw = rerank(http, query=query, texts=docs, raw_scores=True, return_text=True)
+    assert [x["text"] for x in raw] == [docs[x["index"]] for x in raw]
+    assert raw[0]["index"] == 0 and raw[0]["score"] > 5 and raw[-1]["score"] < -5
 
 
 @pytest.mark.parametrize(

@@ -1,15 +1,18 @@
-"""Recipe: a pair-scoring (cross-encoder) model from all-MiniLM-L6-v2's BERT.
+"""Recipe: a pair-scoring (cross-encoder) model from all-MiniLM-L6-v2's BERT, for tests.
 
-No cross-encoder ships inside a PyPI package, so this one exercises the pair
-path (two segments, token type ids, longest-first truncation, one logit) with
-all-MiniLM-L6-v2's encoder under a ``BertForSequenceClassification`` head
-with ``num_labels=1``. The head is random, drawn from a fixed seed, so the
-scores mean nothing, but they are reproducible and every number can be
-checked against transformers.
+The served reranker is ``ms-marco-minilm-l12`` (ms_marco_minilm.py), an int8
+ONNX graph without torch weights. This model exercises the pair path (two
+segments, token type ids, longest-first truncation, one logit) where torch
+weights are needed: comparisons with transformers and the torch backend. It
+puts all-MiniLM-L6-v2's encoder under a ``BertForSequenceClassification``
+head with ``num_labels=1``. The head is random, drawn from a fixed seed, so
+the scores mean nothing, but they are reproducible, do not depend on batch
+composition (float weights and activations), and every number can be checked
+against transformers.
 
-A real reranker (e.g. ``cross-encoder/ms-marco-MiniLM-L-6-v2``, or any
-``*ForSequenceClassification`` folder with one label) needs no recipe: its
-Hugging Face folder exports the same way,
+A reranker that ships as a Hugging Face folder (e.g.
+``cross-encoder/ms-marco-MiniLM-L-6-v2``, or any ``*ForSequenceClassification``
+folder with one label) needs no recipe:
 ``textfleet export PATH -o DIR --task pair-scoring``.
 
     python -m models.recipes.minilm_cross_encoder -o artifacts/models/minilm-cross-encoder

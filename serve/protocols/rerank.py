@@ -7,20 +7,27 @@ Requests in either common shape are accepted:
 - Hugging Face TEI: ``{"model", "query", "texts": [str], "raw_scores"?,
   "return_text"?}`` (TEI serves one model; here ``model`` picks it).
 
-The reply is Cohere's shape, best first::
+Each is answered in its own API's shape, best first, so either client reads
+the reply it expects. Cohere's::
 
     {"model": "...", "results": [{"index": 2, "relevance_score": 0.93,
                                   "document": {"text": "..."}}, ...]}
 
-``document`` only when ``return_documents`` (or ``return_text``) is true.
-Scores are sigmoid(logit) in 0..1 unless ``raw_scores`` asks for the logits.
+``document`` only when ``return_documents`` is true (Cohere's default is
+false). TEI's is a bare array, ``text`` only when ``return_text`` is true::
+
+    [{"index": 2, "score": 0.93, "text": "..."}, ...]
+
+``top_n`` keeps the best n (all when absent or larger than the list), in
+either shape. Scores are sigmoid(logit) in 0..1 unless ``raw_scores`` asks
+for the logits.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from textfleet.engine.errors import InputError
 from textfleet.serve.protocols.common import (
@@ -41,6 +48,9 @@ class RerankRequest:
     top_n: int | None
     return_documents: bool
     raw_scores: bool
+    dialect: Literal["cohere", "tei"] = "cohere"
+    """Which API the body is written for (``documents``: Cohere, ``texts``: TEI);
+    the reply takes the same API's shape."""
 
 
 def model_of(obj: Any) -> str:
@@ -70,6 +80,7 @@ def parse_rerank_request(obj: Any, max_texts: int) -> RerankRequest:
         top_n=_top_n(obj.get("top_n")),
         return_documents=_flag(obj, "return_documents") or _flag(obj, "return_text"),
         raw_scores=_flag(obj, "raw_scores"),
+        dialect="cohere" if key == "documents" else "tei",
     )
 
 
@@ -97,8 +108,10 @@ def _flag(obj: dict, name: str) -> bool:
     return value
 
 
-def rerank_body(req: RerankRequest, ranked: Sequence[Any]) -> dict[str, Any]:
+def rerank_body(req: RerankRequest, ranked: Sequence[Any]) -> dict[str, Any] | list[dict]:
     """``ranked``: items with ``index`` and ``score`` (engine.tasks.Ranked), best first."""
+    if req.dialect == "tei":
+        return [_tei_rank(req, r) for r in ranked]
     results = []
     for r in ranked:
         item: dict[str, Any] = {"index": int(r.index), "relevance_score": float(r.score)}
@@ -106,6 +119,13 @@ def rerank_body(req: RerankRequest, ranked: Sequence[Any]) -> dict[str, Any]:
             item["document"] = {"text": req.documents[r.index]}
         results.append(item)
     return {"model": req.model, "results": results}
+
+
+def _tei_rank(req: RerankRequest, r: Any) -> dict[str, Any]:
+    item: dict[str, Any] = {"index": int(r.index), "score": float(r.score)}
+    if req.return_documents:
+        item["text"] = req.documents[r.index]
+    return item
 
 
 def rerank_reply(req: RerankRequest, ranked: Sequence[Any]) -> Reply:

@@ -23,7 +23,8 @@ def add_export(sub) -> None:
     p.add_argument(
         "source",
         help="a local Hugging Face model folder, an installed package shipping one, or a "
-        "recipe name (categorium, rampart, minilm-cross-encoder; see models/recipes)",
+        "recipe name (categorium, rampart, ms-marco-minilm-l12, minilm-cross-encoder; "
+        "see models/recipes)",
     )
     p.add_argument("-o", "--output", required=True, help="model directory to write")
     p.add_argument(
@@ -42,25 +43,44 @@ def add_export(sub) -> None:
         "--merge-gaps", action="store_true",
         help="token-classification: merge same-type spans separated only by whitespace",
     )  # fmt: skip
+    p.add_argument(
+        "--matryoshka-dims", type=widths, default=None, metavar="D,D,...",
+        help="embedding: narrower widths the model was trained to be cut to (e.g. 64,128,256); "
+        "requests may ask for them with `dimensions`",
+    )  # fmt: skip
     p.add_argument("--force", action="store_true", help="replace an existing model directory")
     p.add_argument(
-        "--quantize", choices=["int8"], default=None, help="store a dynamically quantized graph"
-    )
+        "--quantize", choices=["int8"], default=None,
+        help="store a dynamically quantized graph (recipe ms-marco-minilm-l12: keep the "
+        "packaged int8 graph; faster, but scores move with what a pair is batched with)",
+    )  # fmt: skip
     p.set_defaults(func=cmd_export)
 
 
+def widths(value: str) -> list[int]:
+    """``64,128,256`` -> [64, 128, 256]."""
+    try:
+        return [int(part) for part in value.split(",") if part.strip()]
+    except ValueError:
+        message = f"expected widths like 64,128,256, got {value!r}"
+        raise argparse.ArgumentTypeError(message) from None
+
+
 def cmd_export(args: argparse.Namespace) -> int:
-    from textfleet.models.recipes import RECIPES
+    from textfleet.models.recipes import RECIPES, recipe_options
 
     options = {
         "max_length": args.max_length, "force": args.force, "name": args.name,
         "aggregation": args.aggregation, "merge_gaps": args.merge_gaps,
-        "quantize": args.quantize,
+        "quantize": args.quantize, "matryoshka_dims": args.matryoshka_dims,
     }  # fmt: skip
     if args.source in RECIPES and not Path(args.source).exists():
         from textfleet.models.recipes import build, prepare
 
-        prepared = prepare(args.source)
+        # Options the recipe takes itself (ms-marco-minilm-l12's quantize: keep the
+        # packaged int8 graph) go to its preparation, the rest to the exporter.
+        own = {k: options.pop(k) for k in recipe_options(args.source) if options.get(k)}
+        prepared = prepare(args.source, **own)
         if args.task is not None and args.task != prepared.task:
             raise ValueError(
                 f"--task {args.task}: recipe {args.source!r} makes a {prepared.task!r} model"

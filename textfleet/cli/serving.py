@@ -153,7 +153,7 @@ def _print_urls(server, states, models) -> None:
 
 def _print_listeners(server, ingress: str) -> None:
     """Every address the server's processes listen on, read from the sockets."""
-    from textfleet.serve.network import listeners
+    from textfleet.serve.network import HAPROXY_PORT_ENV, listeners
 
     roles = {
         server.port: f"HTTP ({ingress})",
@@ -161,10 +161,11 @@ def _print_listeners(server, ingress: str) -> None:
     }
     from ray.serve._private import constants as c
 
-    if ingress == "haproxy":
-        roles[c.RAY_SERVE_HAPROXY_STATS_PORT] = "HAProxy stats page"
-        roles[c.RAY_SERVE_HAPROXY_METRICS_PORT] = "HAProxy Prometheus page"
-        roles[c.RAY_SERVE_FALLBACK_PROXY_HTTP_PORT] = "Ray Serve's proxy (HAProxy's fallback)"
+    if ingress == "haproxy":  # ports picked when Ray started (serve/network.py, haproxy_env)
+        stats, metrics, fallback = (int(os.environ[k]) for k in HAPROXY_PORT_ENV)
+        roles[stats] = "HAProxy stats page"
+        roles[metrics] = "HAProxy Prometheus page"
+        roles[fallback] = "Ray Serve's proxy (HAProxy's fallback)"
     direct = range(
         c.RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT, c.RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT
     )
