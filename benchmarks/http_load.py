@@ -4,7 +4,11 @@ In one run, on the same exported model and onnxruntime thread count:
 
 1. ``fastapi``: FastAPI + uvicorn wrapper, tokenizer + onnxruntime per request;
 2. ``ray-batch``: a hand-written Ray Serve deployment with ``@serve.batch``;
-3. ``textfleet``: the V2 infer route of ``serve/``.
+3. ``textfleet``: the V2 infer route of ``serve/``;
+4. ``textfleet-versions`` / ``textfleet-shadow``: the same route of a versioned
+   model, two versions of the same directory at 50/50 behind the model's
+   router, and the same with a 100% shadow (a third copy): what the split
+   and the mirror cost next to the unversioned model.
 
 Each gets 1, 16 and 64 concurrent clients sending 1-4 texts per request
 drawn from the workload (benchmarks/data/texts.jsonl.gz), bounded by ``--max-requests`` and
@@ -167,11 +171,10 @@ def _wait_http(port: int, path: str, timeout_s: float = 120.0) -> None:
     raise TimeoutError(f"nothing answered 200 on port {port}{path}")
 
 
-def textfleet_config(args) -> dict:
+def textfleet_models(args, system: str = "textfleet"):
     from textfleet.serve.config import parse_models
-    from textfleet.serve.generate import serve_config
 
-    def entry(name: str, model_dir: Path) -> dict:
+    def entry_for(name: str, model_dir: Path) -> dict:
         return {
             "name": name,
             "model_dir": str(model_dir),
@@ -182,11 +185,26 @@ def textfleet_config(args) -> dict:
             "ray_actor_options": {"num_cpus": 0},
         }
 
+    entry = entry_for(MODEL, args.model_dir)
+    entries = [entry]
     # The reranker idles while the embedder is measured (and the other way round).
-    entries = [entry(MODEL, args.model_dir)]
     if any(r not in EMBEDDING_ROUTES for r in args.routes):
-        entries.append(entry(RERANKER, args.rerank_model_dir))
-    return serve_config(parse_models({"server": {"port": args.port}, "models": entries}))
+        entries.append(entry_for(RERANKER, args.rerank_model_dir))
+    if system in ("textfleet-versions", "textfleet-shadow"):
+        model_dir = entry.pop("model_dir")
+        entry["versions"] = [
+            {"version": "a", "model_dir": model_dir, "weight": 50},
+            {"version": "b", "model_dir": model_dir, "weight": 50},
+        ]
+    if system == "textfleet-shadow":
+        entry["shadow"] = {"version": "s", "model_dir": str(args.model_dir), "percent": 100}
+    return parse_models({"server": {"port": args.port}, "models": entries})
+
+
+def textfleet_config(args, system: str = "textfleet") -> dict:
+    from textfleet.serve.generate import serve_config
+
+    return serve_config(textfleet_models(args, system))
 
 
 def measure_routes(system: str, args, mix) -> dict[str, list[dict]]:
@@ -221,7 +239,13 @@ def peer_config(args) -> dict:
     }
 
 
-RAY_SYSTEMS = ("ray-batch", "textfleet", "textfleet-ray-proxy")
+RAY_SYSTEMS = (
+    "ray-batch",
+    "textfleet",
+    "textfleet-ray-proxy",
+    "textfleet-versions",
+    "textfleet-shadow",
+)
 
 
 def run_ray_system(system: str, args) -> dict:
@@ -287,7 +311,7 @@ def _measure_ray_system(system: str, args, mix) -> tuple[list, dict, str]:
                 "ray-batch trivial", args.port, "GET", "/peer", b"", args
             )
             return rows, probes, ingress
-        config = textfleet_config(args)
+        config = textfleet_config(args, system)
         deploy.apply(config)
         names = [app["name"] for app in config["applications"]]
         _check_running(deploy.wait(names, timeout_s=300))
@@ -482,7 +506,7 @@ def parse_args():
     p.add_argument("--model-dir", type=Path, default=None, help=f"default: {DEFAULT_MODEL_DIR}")
     p.add_argument(
         "--systems",
-        default="fastapi,ray-batch,textfleet,textfleet-ray-proxy",
+        default=",".join(("fastapi", *RAY_SYSTEMS)),
         type=lambda s: s.split(","),
     )
     p.add_argument(

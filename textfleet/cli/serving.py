@@ -14,7 +14,14 @@ import sys
 import time
 from pathlib import Path
 
-from textfleet.serve.config import DEPLOYMENT_NAME, GATEWAY_APP, ConfigError, load_models
+from textfleet.serve.config import (
+    DEPLOYMENT_NAME,
+    GATEWAY_APP,
+    VERSION_DEPLOYMENT,
+    ConfigError,
+    load_models,
+    version_app,
+)
 from textfleet.serve.network import LOOPBACK
 
 DEFAULT_MODELS = "models/models.yaml"
@@ -163,8 +170,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         deploy.apply(serve_config(models))
-        states = deploy.wait([*models.names(), GATEWAY_APP], timeout_s=600)
-        _print_urls(server, states)
+        states = deploy.wait([*models.app_names(), GATEWAY_APP], timeout_s=600)
+        _print_urls(server, states, models)
         _print_listeners(server, deploy.running_ingress())
         print("Ctrl-C to stop.", flush=True)
         while True:
@@ -234,15 +241,19 @@ def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
-def _print_urls(server, states) -> None:
+def _print_urls(server, states, models) -> None:
     base = f"http://{server.host}:{server.port}"
+    routes = {n: f"/v2/models/{n}" for n in models.names()}
+    for m in models.models:  # a version of a versioned model: its own route
+        for v in m.version_configs():
+            routes[version_app(m.name, v.version)] = f"/v2/models/{m.name}/versions/{v.version}"
     for name, app in states.items():
         if name == GATEWAY_APP:
             continue
         state = str(app.status.value)
-        print(f"  {name}: {state}  {base}/v2/models/{name}/infer")
+        print(f"  {name}: {state}  {base}{routes.get(name, f'/v2/models/{name}')}/infer")
         if state != "RUNNING":
-            dep = app.deployments.get(DEPLOYMENT_NAME)
+            dep = app.deployments.get(DEPLOYMENT_NAME) or app.deployments.get(VERSION_DEPLOYMENT)
             message = (dep.message if dep is not None and dep.message else app.message) or ""
             lines = message.strip().splitlines()
             print(f"    {lines[-1] if lines else 'no message'}")
