@@ -63,14 +63,16 @@ class BatchingConfig(BaseModel):
 
     workers: int | None = Field(None, ge=1, le=64)
     """Batches computed at the same time, each on its own executor thread; None: 2 on
-    a CPU with at least 2 cores, else 1. With more than one, the backend's threads
-    default to cores / workers, and a batch formed while other workers are idle is
-    split between them. On a small CPU shared with a server's other processes,
-    single-threaded runs side by side lose nothing when one thread is preempted,
-    where a multi-threaded run waits at every op for its slowest thread (measured
-    on 2 cores behind Ray Serve: +40% texts/s at 64 clients). The price: one
-    lone text runs on cores / workers threads (1.5x the latency in process on 2
-    cores); set 1 when single-text latency matters more than throughput."""
+    a CPU with at least 2 cores, else 1, and no more than the physical cores hold at
+    ``EngineConfig.threads`` each when those are set. With more than one, the
+    backend's threads default to cores / workers, and a batch formed while other
+    workers are idle is split between them. On a small CPU shared with a server's
+    other processes, single-threaded runs side by side lose nothing when one
+    thread is preempted, where a multi-threaded run waits at every op for its
+    slowest thread (measured on 2 cores behind Ray Serve: +40% texts/s at 64
+    clients). The price: one lone text runs on cores / workers threads (1.5x the
+    latency in process on 2 cores); set 1 when single-text latency matters more
+    than throughput."""
 
     tokenizer_threads: int | None = Field(None, ge=1, le=256)
     """Native threads that tokenize submitted texts; None: all cores."""
@@ -130,8 +132,8 @@ class EngineConfig(BaseModel):
     """``cpu``, ``cuda`` (the first visible GPU) or ``cuda:<index>``."""
 
     threads: int | None = Field(None, ge=1)
-    """Intra-op threads of the backend; None: the physical cores, shared among
-    ``batching.workers`` on a CPU."""
+    """Intra-op threads of the backend (of each run, when ``batching.workers`` compute
+    side by side); None: the physical cores, shared among the workers on a CPU."""
 
     max_length: int | None = Field(None, ge=4, le=8192)
     """Truncate inputs to this many tokens (special tokens included); None: the model

@@ -44,11 +44,23 @@ EMBED_CHUNK = 1024
 EMBED_WINDOW = 2
 
 
-def default_workers(device: str) -> int:
+def default_workers(device: str, threads: int | None = None) -> int:
     """Executor threads when ``BatchingConfig.workers`` is None: two on a CPU with
     cores to share (see the knob), one on a GPU (a second stream of batches there
-    needs its own CUDA stream to overlap, which the backends do not use)."""
-    return 2 if device == "cpu" and physical_cores() >= 2 else 1
+    needs its own CUDA stream to overlap, which the backends do not use).
+
+    ``threads`` set by hand are every run's: no more workers than the physical
+    cores hold at that many threads each. Two workers on two 2-thread runs would
+    keep three or four compute threads busy on two cores, and each run's
+    fork-join steps would wait for whichever of its threads was preempted.
+    """
+    if device != "cpu":
+        return 1
+    cores = physical_cores()
+    workers = 2 if cores >= 2 else 1
+    if threads is not None:
+        workers = min(workers, max(1, cores // threads))
+    return workers
 
 
 def effective_max_length(model_limit: int, requested: int | None) -> int:
@@ -174,7 +186,8 @@ class Engine(TaskMethods):
             num_threads=batching.tokenizer_threads,
         )
         if batching.workers is None:
-            batching = batching.model_copy(update={"workers": default_workers(config.device)})
+            workers = default_workers(config.device, config.threads)
+            batching = batching.model_copy(update={"workers": workers})
         threads, solo_threads = config.threads, None
         if threads is None and batching.workers > 1 and config.device == "cpu":
             # Each worker's runs get its share of the cores; a lone text, while no
