@@ -34,6 +34,7 @@ from textfleet.serve.config import DEPLOYMENT_NAME, VERSION_DEPLOYMENT, version_
 from textfleet.serve.forwarding import call
 from textfleet.serve.gateway import ModelDirectory
 from textfleet.serve.metrics import VersionMetrics
+from textfleet.serve.model_routes import protocol_route
 from textfleet.serve.protocols import v2
 from textfleet.serve.protocols.body import read_request_body
 from textfleet.serve.protocols.common import (
@@ -178,6 +179,17 @@ class VersionRouter:
         if sub == "/ready":
             _expect(method, "GET", sub)
             return Reply(200, dumps({"name": self.name, "ready": self.plan is not None}))
+        route = protocol_route(sub, self.name)
+        if route is not None and version is None:
+            # The shared routes' protocols below the model's prefix (where HAProxy
+            # also sends /v1/embeddings, /v1/rerank and V1 predict naming this model).
+            try:
+                _expect(method, "POST", sub)
+                timeout = deadlines.parse_header(request.headers.get(deadlines.HEADER))
+                body = await read_request_body(request, self.max_request_bytes)
+            except Exception as e:
+                return route.error_reply(e)
+            return await getattr(self, route.handler)(body, timeout)
         where = f"{method[:16]} {request.scope['path'][:120]}"
         raise NotFound(f"no route {where} for model {self.name!r}")
 

@@ -188,6 +188,20 @@ def test_gateway_routes_and_handle_calls_are_split_too(served, engine):
     np.testing.assert_allclose(vectors, engine.embed(TEXTS), atol=2e-5)
 
 
+def test_per_model_paths_of_a_versioned_model_are_split(served, engine):
+    """The OpenAI and V1 paths below the model's prefix (an SDK's base_url, and where
+    HAProxy sends the shared routes naming the model) reach a version too."""
+    r = served["http"].post("/v2/models/mv/v1/embeddings", json={"model": "mv", "input": TEXTS})
+    assert r.status_code == 200, r.text
+    assert r.headers[HEADER] in ("1", "2")
+    got = np.array([d["embedding"] for d in r.json()["data"]], dtype=np.float32)
+    np.testing.assert_allclose(got, engine.embed(TEXTS), atol=2e-5)
+    r = served["http"].post("/v2/models/mv/v1/models/mv:predict", json={"instances": TEXTS})
+    assert r.status_code == 200 and r.headers[HEADER] in ("1", "2")
+    r = served["http"].get("/v2/models/mv/v1/embeddings")
+    assert r.status_code == 405, r.text
+
+
 # ---------------------------------------------------------------- the split
 
 
