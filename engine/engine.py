@@ -356,6 +356,11 @@ class Engine(TaskMethods):
             return []
         return self.tokenizer.tokenize(texts).lengths.tolist()
 
+    def compute_totals(self) -> tuple[int, float]:
+        """Real tokens computed so far and the seconds their batches took, summed over
+        the workers (what an admission gate measures the engine's pace from)."""
+        return self._scheduler.compute_totals()
+
     def stats(self) -> EngineStats:
         """Counters since load, gauges of the queue now (see ``EngineStats``)."""
         return EngineStats.from_native(self._scheduler.stats())

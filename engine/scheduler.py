@@ -149,6 +149,8 @@ class Scheduler:
         self._closed = False
         self._running = workers  # executors still looping; the last one out fails the rest
         self._computing = 0  # executors inside a backend run
+        self._computed_tokens = 0  # real tokens of the batches computed (compute_totals)
+        self._compute_s = 0.0
         self._threads = [
             threading.Thread(
                 target=self._executor, name=f"textfleet-executor-{name}-{i}", daemon=True
@@ -328,7 +330,12 @@ class Scheduler:
             # it has this one's result, must see this worker as free.
             with self._lock:
                 self._computing -= 1
-        self._native.record_compute(time.perf_counter() - start, error is not None)
+        seconds = time.perf_counter() - start
+        self._native.record_compute(seconds, error is not None)
+        if error is None:
+            with self._lock:
+                self._computed_tokens += nb.real_tokens
+                self._compute_s += seconds
         if error is not None:
             log.warning("batch %d of %d rows failed: %r", nb.id, nb.rows, error)
             self._fail(dict.fromkeys(nb.request_ids, error))
@@ -415,6 +422,12 @@ class Scheduler:
             if thread is not threading.current_thread():
                 left = None if deadline is None else max(0.0, deadline - time.monotonic())
                 thread.join(left)
+
+    def compute_totals(self) -> tuple[int, float]:
+        """Real tokens of the batches computed so far, and the seconds those runs took
+        (summed over the workers): the engine's pace, from its own runs."""
+        with self._lock:
+            return self._computed_tokens, self._compute_s
 
     @property
     def busy(self) -> bool:
