@@ -189,7 +189,7 @@ class VersionRouter:
                 body = await read_request_body(request, self.max_request_bytes)
             except Exception as e:
                 return route.error_reply(e)
-            return await getattr(self, route.handler)(body, timeout)
+            return await self._forwarded(route.handler, body, timeout, route.protocol, key)
         where = f"{method[:16]} {request.scope['path'][:120]}"
         raise NotFound(f"no route {where} for model {self.name!r}")
 
@@ -212,9 +212,11 @@ class VersionRouter:
     async def rerank_http(self, body: bytes, timeout: float | None = None) -> Reply:
         return await self._forwarded("rerank_http", body, timeout, "rerank")
 
-    async def _forwarded(self, method: str, body: bytes, timeout, protocol: str) -> Reply:
+    async def _forwarded(
+        self, method: str, body: bytes, timeout, protocol: str, key: str | None = None
+    ) -> Reply:
         chosen, reply = await self._dispatch(
-            method, (body, timeout), timeout=timeout, protocol=protocol,
+            method, (body, timeout), timeout=timeout, protocol=protocol, key=key,
             inputs=lambda: _body_texts(body),
         )  # fmt: skip
         return _stamped(reply, chosen)

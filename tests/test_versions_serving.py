@@ -240,6 +240,12 @@ def test_sticky_header_gives_each_session_one_version(served):
         by_session.setdefault(s, set()).add(v)
     assert all(len(v) == 1 for v in by_session.values())
     assert {next(iter(v)) for v in by_session.values()} == {"1", "2"}
+    # The OpenAI path below the model's prefix keeps a session on its version too.
+    body = {"model": "mv", "input": TEXTS[:1]}
+    for s in sessions[:40]:
+        r = served["http"].post("/v2/models/mv/v1/embeddings", json=body, headers={"x-session": s})
+        assert r.status_code == 200, r.text
+        assert {r.headers[HEADER]} == by_session[s], s
 
 
 # ---------------------------------------------------------------- live changes
