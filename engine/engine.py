@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -342,6 +343,26 @@ class Engine(TaskMethods):
     def on_overflow(self) -> str:
         """What a text over ``max_length`` tokens gets: truncate, error or window."""
         return self._overflow.mode
+
+    def warmup(self) -> dict[int, float]:
+        """Run every path once per length bucket before real traffic: for widths of
+        8, 16, 32, ... up to ``max_length`` tokens, one lone text (the lone-text
+        session) and a batch of ``workers`` texts (split between the workers).
+        Returns the seconds each width took. Synthetic texts of repeated words:
+        what is warmed is the runtime at that shape, not any answer."""
+        took: dict[int, float] = {}
+        width = 8
+        while True:
+            width = min(width, self.max_length)
+            text = " ".join(["word"] * max(1, width - 3))
+            start = time.perf_counter()
+            for rows in (1, max(2, self.batching.workers or 1)):
+                texts = [text] * rows
+                self._forward(texts, texts if self.task.pairs else None)
+            took[width] = time.perf_counter() - start
+            if width >= self.max_length:
+                return took
+            width *= 2
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         """Tokens per text as the model sees one sequence (special tokens in, truncated at

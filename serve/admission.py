@@ -146,7 +146,8 @@ class AdmissionGate:
         self._engine = engine
         self.meter = ThroughputMeter()
         self.outstanding_tokens = 0
-        self._sampled = (0, 0.0)  # compute totals where the current sample began
+        # Compute totals where the current sample began (after a warmup, if any).
+        self._sampled: tuple[int, float] = engine.compute_totals()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._engine, name)

@@ -178,6 +178,12 @@ class ModelConfig(EngineConfig):
     and one that could not finish by then is refused at once with 503 and a
     Retry-After (serve/admission.py). None: no deadline (and no admission check)."""
 
+    warmup: bool = True
+    """Run one batch per length bucket (``Engine.warmup``) before the replica takes
+    traffic, so the first requests do not pay one-time costs (the runtime's first
+    runs, arena growth, page faults) and the admission gate's first measurement
+    is of a warm engine."""
+
     version: str = Field("1", pattern=r"^[A-Za-z0-9._-]{1,64}$")
     """Model version reported by the V2 metadata and accepted in
     ``/v2/models/<name>/versions/<version>/...`` routes."""

@@ -99,6 +99,9 @@ class ModelServer:
         self.name = self.config.name
         self.version = self.config.version
         self.engine = load_engine(self.config)
+        if self.config.warmup:  # Ray routes nothing here before __init__ returns
+            took = self.engine.warmup()
+            log.info("model %r warmed up: %s", self.name, {w: round(t, 3) for w, t in took.items()})
         # The adapters call the engine through the admission gate: a request that
         # could not finish before its deadline is refused on arrival (503).
         self.task = adapter_for(AdmissionGate(self.engine), self.config)

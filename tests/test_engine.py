@@ -334,3 +334,13 @@ def test_embedding_head_modes_and_normalisation():
         EmbeddingHead("mean", False, "h")({"h": hidden[:, :3]}, batch)
     with pytest.raises(ValueError, match="pooling must be one of"):
         EmbeddingHead("sum", False, "h")
+
+
+def test_warmup_runs_every_width_bucket_then_answers_as_before(engine):
+    before = engine.stats().batches
+    took = engine.warmup()
+    widths = list(took)
+    assert widths[0] == 8 and widths[-1] == engine.max_length
+    assert all(b == 2 * a for a, b in zip(widths, widths[1:-1], strict=False))
+    assert engine.stats().batches - before >= 2 * len(widths)  # a lone text and a batch each
+    np.testing.assert_allclose(engine.embed(SENTENCES[:2]), engine.embed(SENTENCES[:2]))
