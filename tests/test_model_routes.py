@@ -124,6 +124,7 @@ def test_an_openai_sdk_style_base_url_per_model(http, served):
 
 def test_the_openai_sdk_per_model_and_shared(http, served):
     import openai
+
     want = v2_embeddings(http, TEXTS[:2])
     for base in (f"{served['url']}/v2/models/minilm/v1", f"{served['url']}/v1"):
         client = openai.OpenAI(base_url=base, api_key=KEY, max_retries=0)
