@@ -11,8 +11,8 @@ Two methods, both over the MatMul / Gemm nodes (the bulk of a BERT's compute):
   longer depend on the batch; texts far outside the calibration ranges clip.
 
 ``keep_fp32`` leaves the most sensitive matmuls in fp32. Sensitivity is measured,
-not guessed: each matmul is quantized on its own and the graph's output error
-against fp32 (relative L2, calibration texts run alone) ranks it.
+not guessed: each matmul's product error under int8 rounding on calibration
+texts run alone ranks it (models/sensitivity.py).
 (textfleet.models.int8_export picks how many to keep, ``auto``: the fewest that
 pass the quality check.)
 
@@ -160,32 +160,11 @@ class Quantizer:
         )
 
     def sensitivity(self, probe: Feeds, threads: int | None = None) -> list[tuple[str, float]]:
-        """Each matmul's output error when quantized alone, most sensitive first."""
-        import onnxruntime as ort
+        """The quantized matmuls by measured error, most sensitive first (models/sensitivity.py)."""
+        from textfleet.models.sensitivity import matmul_sensitivity
 
-        def session(path: Path):
-            opts = ort.SessionOptions()
-            opts.intra_op_num_threads = threads or 0
-            return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-        def outputs(sess) -> list[np.ndarray]:
-            return [sess.run(None, feed)[0] for feed in probe.feeds]
-
-        reference = outputs(session(self.prepared))
-        errors = []
-        for node in matmul_nodes(self.prepared):
-            one = self.work / "one-node.onnx"
-            self.quantize(one, only=[node])
-            got = outputs(session(one))
-            err = np.mean(
-                [
-                    np.linalg.norm(g - r) / max(np.linalg.norm(r), 1e-12)
-                    for g, r in zip(got, reference, strict=True)
-                ]
-            )
-            errors.append((node, float(err)))
-        errors.sort(key=lambda e: -e[1])
-        return errors
+        nodes = matmul_nodes(self.prepared)
+        return matmul_sensitivity(self.prepared, nodes, probe.feeds, self.method, threads)
 
 
 def quantize_onnx(path: Path, mode: str) -> None:
