@@ -7,8 +7,9 @@ both run over the check texts (textfleet.models.quality) and the export is
 refused, figures in the message, when the task's figure is below the threshold.
 
 ``keep_fp32``: N keeps the N most sensitive matmuls in fp32 (ranked by
-textfleet.models.quantize.Quantizer.sensitivity on calibration texts); ``auto``
-tries 0, 1, 2, 4, ... and keeps the fewest that pass the check.
+textfleet.models.sensitivity on calibration texts); ``auto`` tries 0, 1, 2, 4, ...,
+then bisects between the last count that failed and the first that passed,
+and keeps the fewest that pass the check.
 """
 
 from __future__ import annotations
@@ -48,6 +49,35 @@ def keep_counts(keep_fp32: str | int | None, nodes: int) -> list[int]:
         counts.append(n)
         n *= 2
     return [*counts, nodes]
+
+
+def search_keep_count(attempt, counts: list[int]) -> tuple[int, QualityReport | None]:
+    """The fewest fp32 matmuls among ``counts`` (ascending) whose attempt passes, refined by
+    bisection between the last failing and the first passing count; the graph left in place
+    is the chosen one. With one count, that count and its report, passed or not."""
+    failed, passed = None, None
+    for kept in counts:
+        report = attempt(kept)
+        if report is None or report.passed:
+            passed = (kept, report)
+            break
+        failed = (kept, report)
+    if passed is None:
+        return failed
+    if failed is None or report is None:
+        return passed
+    lo, hi = failed[0], passed[0]  # lo fails, hi passes
+    last = hi
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        report, last = attempt(mid), mid
+        if report.passed:
+            hi, passed = mid, (mid, report)
+        else:
+            lo = mid
+    if last != passed[0]:
+        attempt(passed[0])  # put the chosen graph back in place
+    return passed
 
 
 def staged_model_dir(path: Path, info: dict[str, Any]) -> ModelDir:
@@ -97,20 +127,21 @@ def quantize_staged(
             step = max(1, len(calibration_items) // SENSITIVITY_TEXTS)
             ranking = quantizer.sensitivity(feeds(calibration_items[::step]), threads)
             log.info("matmul sensitivity, worst first: %s", ranking[:8])
-        report: QualityReport | None = None
-        for kept in keep_counts(keep_fp32, len(nodes)):
-            excluded = [name for name, _ in ranking[:kept]]
-            quantizer.quantize(staged / ONNX_FILE, exclude=excluded)
+
+        def attempt(kept: int) -> QualityReport | None:
+            quantizer.quantize(staged / ONNX_FILE, exclude=[n for n, _ in ranking[:kept]])
             if not check:
-                break
+                return None
             report = measure(
                 ref_dir, staged_model_dir(staged, info), held_out, sample, threshold, threads
             )
             log.info("%s keeping %d matmuls in fp32: %s", mode, kept, report)
-            if report.passed:
-                break
+            return report
+
+        kept, report = search_keep_count(attempt, keep_counts(keep_fp32, len(nodes)))
         if report is not None and not report.passed:
             raise QualityError(report, task)
+        excluded = [name for name, _ in ranking[:kept]]
     quantization = Quantization(
         method=method,
         keep_fp32=tuple(excluded),

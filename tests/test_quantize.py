@@ -22,7 +22,7 @@ from textfleet.engine import Engine
 from textfleet.engine.model_dir import INFO_FILE, ONNX_FILE
 from textfleet.models.check_samples import read_texts, sample_texts, text_pairs
 from textfleet.models.export import export
-from textfleet.models.int8_export import keep_counts
+from textfleet.models.int8_export import keep_counts, search_keep_count
 from textfleet.models.quality import QualityError, span_f1, spearman
 from textfleet.models.quantize import check_keep_fp32, check_quantization
 from textfleet.models.source import ExportError
@@ -92,6 +92,23 @@ def test_option_values_are_checked(tmp_path):
         export(DEFAULT_PACKAGE, tmp_path / "m", quantize="int4")
     with pytest.raises(ExportError, match="--keep-fp32 measure a quantized graph"):
         export(DEFAULT_PACKAGE, tmp_path / "m", check=True)
+
+
+def test_auto_keep_count_bisects_to_the_fewest_that_pass():
+    from types import SimpleNamespace
+
+    tried = []
+
+    def attempt(kept):  # passes from 21 matmuls kept on, as MiniLM's check did near there
+        tried.append(kept)
+        return SimpleNamespace(passed=kept >= 21, kept=kept)
+
+    kept, report = search_keep_count(attempt, keep_counts("auto", 36))
+    assert (kept, report.kept) == (21, 21)
+    assert tried[:7] == [0, 1, 2, 4, 8, 16, 32] and tried[-1] == 21  # the chosen graph last
+    tried.clear()
+    assert search_keep_count(attempt, [3])[0] == 3  # a fixed count: its report, failed or not
+    assert search_keep_count(lambda k: None, [5]) == (5, None)  # no check
 
 
 # ---------------------------------------------------------------- embeddings, dynamic int8
