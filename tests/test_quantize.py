@@ -222,3 +222,12 @@ def test_fused_graph_answers_like_the_unfused_one(source_dir, model_dir, workloa
 def test_quality_error_carries_the_report(int8_dir):
     err = QualityError(int8_dir.info.quality, "embedding")
     assert err.report is int8_dir.info.quality and "cosine_min" in str(err)
+
+
+def test_recipes_shipping_onnx_refuse_graph_options(tmp_path):
+    from textfleet.models.recipes import build
+    from textfleet.models.recipes.common import Prepared
+
+    shipped = Prepared(tmp_path, "onnx-folder", "token-classification", "rampart", "pkg==1")
+    with pytest.raises(ExportError, match="fuse, quantize: recipe 'rampart' ships its ONNX graph"):
+        build(shipped, tmp_path / "out", quantize="int8", fuse=True)
