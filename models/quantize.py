@@ -130,6 +130,7 @@ class Quantizer:
     def quantize(
         self, out: Path, exclude: Sequence[str] = (), only: Sequence[str] | None = None
     ) -> None:
+        import onnx
         from onnxruntime.quantization import (
             QuantFormat,
             QuantType,
@@ -145,6 +146,9 @@ class Quantizer:
             "weight_type": QuantType.QInt8,
             "nodes_to_exclude": list(exclude),
             "nodes_to_quantize": list(only),
+            # A fused graph's com.microsoft ops defeat onnx shape inference; their outputs
+            # are float32 (the quantizer otherwise refuses the matmuls that read them).
+            "extra_options": {"DefaultTensorType": onnx.TensorProto.FLOAT},
         }
         if self.method == "dynamic":
             quantize_dynamic(self.prepared, out, **common)

@@ -219,6 +219,13 @@ def test_fused_graph_answers_like_the_unfused_one(source_dir, model_dir, workloa
         assert np.abs(a.embed(texts) - b.embed(texts)).max() < 1e-4
 
 
+def test_fused_graph_quantizes(source_dir):
+    options = {"fuse": True, "quantize": "int8", **CHECK}
+    md = cached_export(DEFAULT_PACKAGE, CACHE, task="embedding", **options)
+    assert md.info.fused and {"SkipLayerNormalization", "MatMulInteger"} <= set(node_ops(md))
+    assert md.info.quality.alone.cosine_min > 0.95
+
+
 def test_quality_error_carries_the_report(int8_dir):
     err = QualityError(int8_dir.info.quality, "embedding")
     assert err.report is int8_dir.info.quality and "cosine_min" in str(err)
