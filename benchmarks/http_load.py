@@ -4,14 +4,22 @@ In one run, on the same exported model and onnxruntime thread count:
 
 1. ``fastapi``: FastAPI + uvicorn wrapper, tokenizer + onnxruntime per request;
 2. ``ray-batch``: a hand-written Ray Serve deployment with ``@serve.batch``;
-3. ``textfleet``: the V2 infer route of ``serve/``.
+3. ``textfleet``: the V2 infer route of ``serve/``;
+4. ``textfleet-versions`` / ``textfleet-shadow``: the same route of a versioned
+   model, two versions of the same directory at 50/50 behind the model's
+   router, and the same with a 100% shadow (a third copy): what the split
+   and the mirror cost next to the unversioned model.
 
 Each gets 1, 16 and 64 concurrent clients sending 1-4 texts per request
 drawn from the workload (benchmarks/data/texts.jsonl.gz), bounded by ``--max-requests`` and
 ``--max-seconds`` per level. Also measured: the offline compute limit of the
 same texts (tokenized ahead, length-sorted batches of 32, onnxruntime only),
-the latency of trivial routes (the fixed cost of each HTTP path), and the CPU
-each process spends per request (where the time goes).
+the latency of trivial routes (the fixed cost of each HTTP path), the CPU
+each process spends per request (where the time goes), and textfleet's other
+routes beside V2 on the same server (benchmarks/http_routes.py: OpenAI
+``/v1/embeddings`` and ``/v1/rerank``, shared and per model, at
+``--route-levels`` clients, taking turns; the reranker from
+``--rerank-model-dir``, skipped when that directory is missing).
 
 Writes benchmarks/results/http_load.{json,md,png}.
 
@@ -39,6 +47,7 @@ from benchmarks.common import (
     load_texts,
     machine_info,
 )
+from benchmarks.http_routes import EMBEDDING_ROUTES, ROUTES, compare_routes, route_requests
 from benchmarks.loadgen import (
     Request,
     cpu_by_role,
@@ -49,6 +58,8 @@ from benchmarks.loadgen import (
 
 HOST = "127.0.0.1"
 MODEL = "minilm"
+RERANKER = "reranker"
+DEFAULT_RERANK_DIR = ROOT / "artifacts" / "models" / "ms-marco-MiniLM-L-12-v2"  # the served one
 
 
 def request_mix(texts: list[str], n: int, seed: int = 0) -> list[list[str]]:
@@ -160,27 +171,57 @@ def _wait_http(port: int, path: str, timeout_s: float = 120.0) -> None:
     raise TimeoutError(f"nothing answered 200 on port {port}{path}")
 
 
-def textfleet_config(args) -> dict:
+def textfleet_models(args, system: str = "textfleet"):
     from textfleet.serve.config import parse_models
+
+    def entry_for(name: str, model_dir: Path) -> dict:
+        return {
+            "name": name,
+            "model_dir": str(model_dir),
+            # The same compute threads as the peers, split as textfleet
+            # splits them by default: `workers` batches side by side.
+            "threads": max(1, args.threads // args.workers),
+            "batching": {"workers": args.workers},
+            "ray_actor_options": {"num_cpus": 0},
+        }
+
+    entry = entry_for(MODEL, args.model_dir)
+    entries = [entry]
+    # The reranker idles while the embedder is measured (and the other way round).
+    if any(r not in EMBEDDING_ROUTES for r in args.routes):
+        entries.append(entry_for(RERANKER, args.rerank_model_dir))
+    if system in ("textfleet-versions", "textfleet-shadow"):
+        model_dir = entry.pop("model_dir")
+        entry["versions"] = [
+            {"version": "a", "model_dir": model_dir, "weight": 50},
+            {"version": "b", "model_dir": model_dir, "weight": 50},
+        ]
+    if system == "textfleet-shadow":
+        entry["shadow"] = {"version": "s", "model_dir": str(args.model_dir), "percent": 100}
+    return parse_models({"server": {"port": args.port}, "models": entries})
+
+
+def textfleet_config(args, system: str = "textfleet") -> dict:
     from textfleet.serve.generate import serve_config
 
-    models = parse_models(
-        {
-            "server": {"port": args.port},
-            "models": [
-                {
-                    "name": MODEL,
-                    "model_dir": str(args.model_dir),
-                    # The same compute threads as the peers, split as textfleet
-                    # splits them by default: `workers` batches side by side.
-                    "threads": max(1, args.threads // args.workers),
-                    "batching": {"workers": args.workers},
-                    "ray_actor_options": {"num_cpus": 0},
-                }
-            ],
-        }
+    return serve_config(textfleet_models(args, system))
+
+
+def measure_routes(system: str, args, mix) -> dict[str, list[dict]]:
+    """textfleet's routes side by side on this server (benchmarks/http_routes.py)."""
+    print(f"  {system}: routes side by side", flush=True)
+    requests = {
+        route: route_requests(route, mix, HOST, args.port, MODEL, RERANKER) for route in args.routes
+    }
+    return compare_routes(
+        requests,
+        HOST,
+        args.port,
+        args.route_levels,
+        args.route_max_requests,
+        args.route_max_seconds,
+        args.route_rounds,
     )
-    return serve_config(models)
 
 
 def peer_config(args) -> dict:
@@ -198,7 +239,13 @@ def peer_config(args) -> dict:
     }
 
 
-RAY_SYSTEMS = ("ray-batch", "textfleet", "textfleet-ray-proxy")
+RAY_SYSTEMS = (
+    "ray-batch",
+    "textfleet",
+    "textfleet-ray-proxy",
+    "textfleet-versions",
+    "textfleet-shadow",
+)
 
 
 def run_ray_system(system: str, args) -> dict:
@@ -223,10 +270,17 @@ def child_main(args) -> int:
     """Runs in the subprocess of ``run_ray_system``."""
     mix = request_mix(load_texts(args.pool), args.max_requests)
     args.overhead = {}
+    args.routes_out = {}
     rows, probes, ingress = _measure_ray_system(args.child, args, mix)
     args.child_out.write_bytes(
         orjson.dumps(
-            {"rows": rows, "probes": probes, "overhead": args.overhead, "ingress": ingress}
+            {
+                "rows": rows,
+                "probes": probes,
+                "overhead": args.overhead,
+                "ingress": ingress,
+                "routes": args.routes_out,
+            }
         )
     )
     return 0
@@ -237,7 +291,6 @@ def _measure_ray_system(system: str, args, mix) -> tuple[list, dict, str]:
     from ray import serve
 
     from textfleet.serve import deploy
-    from textfleet.serve.config import GATEWAY_APP
 
     env = dict(kv.split("=", 1) for kv in args.ray_env)
     if system == "ray-batch":  # the usual way: Ray's defaults
@@ -258,8 +311,10 @@ def _measure_ray_system(system: str, args, mix) -> tuple[list, dict, str]:
                 "ray-batch trivial", args.port, "GET", "/peer", b"", args
             )
             return rows, probes, ingress
-        deploy.apply(textfleet_config(args))
-        _check_running(deploy.wait([MODEL, GATEWAY_APP], timeout_s=300))
+        config = textfleet_config(args, system)
+        deploy.apply(config)
+        names = [app["name"] for app in config["applications"]]
+        _check_running(deploy.wait(names, timeout_s=300))
         rows = measure(system, args.port, v2_requests(mix, args.port), args)
         one = v2_requests([[mix[0][0]]], args.port)[0].body
         ready, live = f"/v2/models/{MODEL}/ready", "/v2/health/live"
@@ -278,6 +333,8 @@ def _measure_ray_system(system: str, args, mix) -> tuple[list, dict, str]:
         args.overhead[f"{system} GET /v2/health/live"] = saturate(
             f"{system} live", args.port, "GET", live, b"", args
         )
+        if args.routes:
+            args.routes_out.update(measure_routes(system, args, mix))
         return rows, probes, ingress
     finally:
         serve.shutdown()
@@ -355,6 +412,7 @@ def engine_latency(args, text: str, n: int = 100) -> float:
 def main() -> int:
     args = parse_args()
     args.model_dir = ensure_model_dir(args.model_dir)
+    _check_routes(args)
     if args.workers is None:
         from textfleet.engine.engine import default_workers
 
@@ -373,9 +431,12 @@ def main() -> int:
         results["systems"]["fastapi"] = rows
         results["probes_p50_ms"].update(probes)
     results["ingress"] = {}
+    results["routes"] = {}
     for system in (s for s in RAY_SYSTEMS if s in args.systems):
         got = run_ray_system(system, args)
         results["systems"][system] = got["rows"]
+        if got.get("routes"):
+            results["routes"][system] = got["routes"]
         results["probes_p50_ms"].update(got["probes"])
         results["overhead_16_clients"].update(got["overhead"])
         results["ingress"][system] = got["ingress"]
@@ -394,6 +455,22 @@ def main() -> int:
     paths = write_reports(results, args.out)
     print("wrote " + ", ".join(str(p) for p in paths))
     return 0
+
+
+def _check_routes(args) -> None:
+    """Unknown route names are an error; without a reranker its routes are skipped."""
+    unknown = [r for r in args.routes if r not in ROUTES]
+    if unknown:
+        sys.exit(f"--routes: unknown {', '.join(unknown)}; routes: {', '.join(ROUTES)}")
+    given = args.rerank_model_dir is not None
+    args.rerank_model_dir = Path(args.rerank_model_dir or DEFAULT_RERANK_DIR)
+    reranks = any(r not in EMBEDDING_ROUTES for r in args.routes)
+    if reranks and not (args.rerank_model_dir / "textfleet.json").is_file():
+        if given:
+            sys.exit(f"--rerank-model-dir {args.rerank_model_dir} is not a model directory")
+        how = "textfleet export ms-marco-minilm-l12 -o " + str(DEFAULT_RERANK_DIR)
+        print(f"no reranker at {args.rerank_model_dir} ({how}): rerank routes skipped")
+        args.routes = [r for r in args.routes if r in EMBEDDING_ROUTES]
 
 
 def _lean_env() -> dict:
@@ -415,6 +492,12 @@ def _config(args) -> dict:
         "cpus": os.cpu_count(),
         "machine": machine_info(),
         "texts_per_request": "1-4",
+        "routes": args.routes,
+        "route_levels": args.route_levels,
+        "route_rounds": args.route_rounds,
+        "route_max_requests": args.route_max_requests,
+        "route_max_seconds": args.route_max_seconds,
+        "rerank_model_dir": str(args.rerank_model_dir),
     }
 
 
@@ -423,7 +506,7 @@ def parse_args():
     p.add_argument("--model-dir", type=Path, default=None, help=f"default: {DEFAULT_MODEL_DIR}")
     p.add_argument(
         "--systems",
-        default="fastapi,ray-batch,textfleet,textfleet-ray-proxy",
+        default=",".join(("fastapi", *RAY_SYSTEMS)),
         type=lambda s: s.split(","),
     )
     p.add_argument(
@@ -460,6 +543,21 @@ def parse_args():
         default=[],
         metavar="KEY=VALUE",
         help="environment for Ray's processes (repeatable)",
+    )
+    p.add_argument(
+        "--routes",
+        default=",".join(ROUTES),
+        type=lambda s: [r for r in s.split(",") if r],
+        help="textfleet routes measured side by side (benchmarks/http_routes.py); '' for none",
+    )
+    p.add_argument("--route-levels", default="1,64", type=lambda s: [int(x) for x in s.split(",")])
+    p.add_argument("--route-rounds", type=int, default=3, help="turns the routes take per level")
+    p.add_argument("--route-max-requests", type=int, default=600, help="per route and level")
+    p.add_argument("--route-max-seconds", type=float, default=12.0, help="per route and level")
+    p.add_argument(
+        "--rerank-model-dir",
+        default=None,
+        help=f"pair-scoring model of the rerank routes (default: {DEFAULT_RERANK_DIR})",
     )
     p.add_argument("--out", type=Path, default=RESULTS / "http_load")
     return p.parse_args()

@@ -5,12 +5,21 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-SYSTEMS = ("fastapi", "ray-batch", "textfleet", "textfleet-ray-proxy")
+SYSTEMS = (
+    "fastapi",
+    "ray-batch",
+    "textfleet",
+    "textfleet-ray-proxy",
+    "textfleet-versions",
+    "textfleet-shadow",
+)
 LABELS = {
     "fastapi": "FastAPI + uvicorn wrapper",
     "ray-batch": "Ray Serve @serve.batch (hand-written, Ray's defaults)",
     "textfleet": "textfleet (V2 infer, as `textfleet serve` runs it)",
     "textfleet-ray-proxy": "textfleet through Ray Serve's Python proxy",
+    "textfleet-versions": "textfleet, two versions 50/50 behind the model's router",
+    "textfleet-shadow": "textfleet, two versions 50/50 and a 100% shadow",
 }
 
 
@@ -67,7 +76,7 @@ def markdown(results: dict) -> str:
                 f"{row['texts_per_s'] / offline:.2f} | {row['p50_ms']:.1f} | "
                 f"{row['p99_ms']:.1f} | {row['errors']} |"
             )
-    lines += ["", *targets(results), "", "## Where the time goes", ""]
+    lines += ["", *targets(results), *routes_section(results), "", "## Where the time goes", ""]
     lines += ["Fixed cost of each HTTP path (p50 of one client, sequential):", ""]
     lines += ["| route | p50 ms |", "|---|---:|"]
     for name, ms in results["probes_p50_ms"].items():
@@ -141,6 +150,71 @@ def targets(results: dict) -> list[str]:
             f"- p50 at 1 client: textfleet {low_tf['p50_ms']:.1f} ms vs FastAPI "
             f"{low_fa['p50_ms']:.1f} ms ({low_tf['p50_ms'] - low_fa['p50_ms']:+.1f} ms)"
         )
+    for system in ("textfleet-versions", "textfleet-shadow"):
+        top_v, low_v = _row(results, system, top), _row(results, system, 1)
+        if tf and top_v:
+            out.append(
+                f"- {system} / textfleet unversioned: throughput at {top} clients "
+                f"{top_v['texts_per_s'] / tf['texts_per_s']:.2f}x"
+            )
+        if low_tf and low_v:
+            out.append(
+                f"- {system}: p50 at 1 client {low_v['p50_ms']:.1f} ms "
+                f"({low_v['p50_ms'] - low_tf['p50_ms']:+.1f} ms vs unversioned)"
+            )
+    return out
+
+
+def routes_section(results: dict) -> list[str]:
+    """textfleet's routes side by side (benchmarks/http_routes.py), per system."""
+    from benchmarks.http_routes import LABELS as ROUTE_LABELS
+
+    routes = results.get("routes") or {}
+    if not routes:
+        return []
+    cfg = results["config"]
+    out = [
+        "",
+        "## Routes side by side",
+        "",
+        "The same request mix on textfleet's other routes, on the same server; the routes "
+        f"take turns ({cfg.get('route_rounds', 1)} rounds per level, each route at most "
+        f"{cfg.get('route_max_requests')} requests or {cfg.get('route_max_seconds')} s per "
+        "level in all). Reranker: "
+        f"`{Path(cfg.get('rerank_model_dir', '')).name}`, the request's texts as documents.",
+        "",
+        "| system | route | clients | texts/s | p50 ms | p99 ms | errors |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for system, by_route in routes.items():
+        for route, rows in by_route.items():
+            for row in rows:
+                out.append(
+                    f"| {system} | {ROUTE_LABELS.get(route, route)} | {row['clients']} | "
+                    f"{row['texts_per_s']:.1f} | {row['p50_ms']:.1f} | {row['p99_ms']:.1f} | "
+                    f"{row['errors']} |"
+                )
+    out += ["", "Against V2 on the same server:", ""]
+    for system, by_route in routes.items():
+        for route, base in (
+            ("openai", "v2"),
+            ("openai-model", "v2"),
+            ("rerank", "v2-pairs"),
+            ("rerank-model", "v2-pairs"),
+        ):
+            if route not in by_route or base not in by_route:
+                continue
+            pairs = zip(by_route[route], by_route[base], strict=True)
+            parts = [
+                f"{r['clients']} client{'s' * (r['clients'] > 1)}: p50 "
+                f"{r['p50_ms'] - b['p50_ms']:+.1f} ms, texts/s "
+                f"{r['texts_per_s'] / b['texts_per_s']:.2f}x"
+                for r, b in pairs
+                if b["texts_per_s"]
+            ]
+            out.append(
+                f"- {system}, {ROUTE_LABELS[route]} vs {ROUTE_LABELS[base]}: " + "; ".join(parts)
+            )
     return out
 
 

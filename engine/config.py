@@ -63,14 +63,16 @@ class BatchingConfig(BaseModel):
 
     workers: int | None = Field(None, ge=1, le=64)
     """Batches computed at the same time, each on its own executor thread; None: 2 on
-    a CPU with at least 2 cores, else 1. With more than one, the backend's threads
-    default to cores / workers, and a batch formed while other workers are idle is
-    split between them. On a small CPU shared with a server's other processes,
-    single-threaded runs side by side lose nothing when one thread is preempted,
-    where a multi-threaded run waits at every op for its slowest thread (measured
-    on 2 cores behind Ray Serve: +40% texts/s at 64 clients). The price: one
-    lone text runs on cores / workers threads (1.5x the latency in process on 2
-    cores); set 1 when single-text latency matters more than throughput."""
+    a CPU with at least 2 cores, else 1, and no more than the physical cores hold at
+    ``EngineConfig.threads`` each when those are set. With more than one, the
+    backend's threads default to cores / workers, and a batch formed while other
+    workers are idle is split between them. On a small CPU shared with a server's
+    other processes, single-threaded runs side by side lose nothing when one
+    thread is preempted, where a multi-threaded run waits at every op for its
+    slowest thread (measured on 2 cores behind Ray Serve: +40% texts/s at 64
+    clients). The price: one lone text runs on cores / workers threads (1.5x the
+    latency in process on 2 cores); set 1 when single-text latency matters more
+    than throughput."""
 
     tokenizer_threads: int | None = Field(None, ge=1, le=256)
     """Native threads that tokenize submitted texts; None: all cores."""
@@ -101,6 +103,21 @@ def device_batching(device: str) -> dict[str, int]:
     return {} if cuda_index(device) is None else dict(GPU_BATCHING)
 
 
+OverflowMode = Literal["truncate", "error", "window"]
+
+
+class WindowConfig(BaseModel):
+    """How ``on_overflow: window`` cuts a long text into windows of ``max_length`` tokens."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    stride: int | None = Field(None, ge=0)
+    """Tokens each window shares with the one before it (Hugging Face's meaning of
+    stride), so a token near a window's edge is also seen with context on both
+    sides; None: a quarter of a window. Must be less than a window's text tokens
+    (``max_length`` less the special tokens), checked at load."""
+
+
 class EngineConfig(BaseModel):
     """How ``Engine.load`` runs a model directory; a models.yaml model entry holds the
     same fields, so an entry that validates is one the engine loads."""
@@ -115,12 +132,22 @@ class EngineConfig(BaseModel):
     """``cpu``, ``cuda`` (the first visible GPU) or ``cuda:<index>``."""
 
     threads: int | None = Field(None, ge=1)
-    """Intra-op threads of the backend; None: the physical cores, shared among
-    ``batching.workers`` on a CPU."""
+    """Intra-op threads of the backend (of each run, when ``batching.workers`` compute
+    side by side); None: the physical cores, shared among the workers on a CPU."""
 
     max_length: int | None = Field(None, ge=4, le=8192)
     """Truncate inputs to this many tokens (special tokens included); None: the model
     directory's limit, which this may lower but not raise."""
+
+    on_overflow: OverflowMode | None = None
+    """What a text longer than ``max_length`` tokens gets: ``truncate`` (its first
+    ``max_length`` tokens), ``error`` (the request fails, 413, naming the text) or
+    ``window`` (the model runs on overlapping windows over the whole text and the
+    task joins them: embeddings and token classification). None: the task's
+    default (``window`` for token classification, else ``truncate``)."""
+
+    window: WindowConfig | None = None
+    """Window settings of ``on_overflow: window``; None: the defaults."""
 
     batching: BatchingConfig | None = None
     """Dynamic batching knobs; None: the model directory's defaults (``ModelInfo.batching``),

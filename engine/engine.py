@@ -12,6 +12,7 @@ engine is safe to call from many threads and tasks at once.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Sequence
 
@@ -22,12 +23,19 @@ from textfleet.engine.backends.base import Backend, create_backend, physical_cor
 from textfleet.engine.batch import Batch
 from textfleet.engine.config import BatchingConfig, EngineConfig, device_batching
 from textfleet.engine.errors import EngineError
+from textfleet.engine.memory import IdleMemoryRelease
 from textfleet.engine.model_dir import ModelDir, ModelInfo
+from textfleet.engine.overflow import Overflow, WindowPlan
 from textfleet.engine.scheduler import Scheduler
 from textfleet.engine.stats import EngineStats
+from textfleet.engine.tasks import embedding
 from textfleet.engine.tasks.api import TaskMethods
 from textfleet.engine.tasks.registry import get_task
 from textfleet.engine.tokenizer import Tokenizer, check_texts, default_threads
+
+# Characters of a request whose tokens an asyncio caller counts on its own loop
+# (on_overflow error or window); a larger request is counted on a thread.
+INLINE_PLAN_CHARS = 16_384
 
 # Texts per request when embed() splits a large input, and how many such
 # requests it keeps queued: enough for length-aware batches without filling
@@ -36,11 +44,23 @@ EMBED_CHUNK = 1024
 EMBED_WINDOW = 2
 
 
-def default_workers(device: str) -> int:
+def default_workers(device: str, threads: int | None = None) -> int:
     """Executor threads when ``BatchingConfig.workers`` is None: two on a CPU with
     cores to share (see the knob), one on a GPU (a second stream of batches there
-    needs its own CUDA stream to overlap, which the backends do not use)."""
-    return 2 if device == "cpu" and physical_cores() >= 2 else 1
+    needs its own CUDA stream to overlap, which the backends do not use).
+
+    ``threads`` set by hand are every run's: no more workers than the physical
+    cores hold at that many threads each. Two workers on two 2-thread runs would
+    keep three or four compute threads busy on two cores, and each run's
+    fork-join steps would wait for whichever of its threads was preempted.
+    """
+    if device != "cpu":
+        return 1
+    cores = physical_cores()
+    workers = 2 if cores >= 2 else 1
+    if threads is not None:
+        workers = min(workers, max(1, cores // threads))
+    return workers
 
 
 def effective_max_length(model_limit: int, requested: int | None) -> int:
@@ -88,8 +108,18 @@ class Engine(TaskMethods):
         self.task = task
         self.head = task.head(model_dir.info)
         self._task = task.load_state(model_dir)  # TaskState: labels etc., errors at load
+        self._overflow = Overflow.for_engine(
+            self.config, task, model_dir.info, tokenizer, model_dir.tokenizer_path,
+            batching.tokenizer_threads,
+        )  # fmt: skip
         self._closed = False
         self._scheduler = self._start_scheduler()
+        self._memory = IdleMemoryRelease(
+            activity=lambda: self._scheduler.stats().batches,
+            busy=lambda: self._scheduler.busy,
+            release=getattr(backend, "release_memory", lambda: None),
+            name=model_dir.info.name,
+        )
 
     def _start_scheduler(self) -> Scheduler:
         cfg = self.batching
@@ -156,7 +186,8 @@ class Engine(TaskMethods):
             num_threads=batching.tokenizer_threads,
         )
         if batching.workers is None:
-            batching = batching.model_copy(update={"workers": default_workers(config.device)})
+            workers = default_workers(config.device, config.threads)
+            batching = batching.model_copy(update={"workers": workers})
         threads, solo_threads = config.threads, None
         if threads is None and batching.workers > 1 and config.device == "cpu":
             # Each worker's runs get its share of the cores; a lone text, while no
@@ -179,42 +210,78 @@ class Engine(TaskMethods):
         """Tokens per sequence this engine keeps (special tokens included)."""
         return self.tokenizer.max_length
 
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
-        """float32 [len(texts), dim], row i for texts[i].
+    def embed(
+        self,
+        texts: Sequence[str],
+        *,
+        dimensions: int | None = None,
+        prompt_name: str | None = None,
+    ) -> np.ndarray:
+        """float32 [len(texts), dimensions or dim], row i for texts[i].
 
-        A non-str item raises InputError naming its index; texts longer than
-        ``max_length`` tokens are truncated.
+        ``dimensions``: one of the model's Matryoshka widths (``ModelInfo.matryoshka_dims``)
+        or ``dim``: the first components, re-normalised when the model normalises; any
+        other width is an InputError naming the allowed ones. ``prompt_name``: one of
+        ``ModelInfo.prompts``, prepended to every text before tokenizing (None: the
+        model's ``default_prompt_name``, if any). A non-str item raises InputError naming
+        its index; a text longer than ``max_length`` tokens is handled as
+        ``on_overflow`` says (truncated by default).
         """
         self._require("embed")
-        texts = check_texts(texts, "texts")
+        texts, cut = self._embed_args(texts, dimensions, prompt_name)
         if not texts:
-            return np.empty((0, self.info.dim), dtype=np.float32)
-        return self._forward(texts)
+            return np.empty((0, cut or self.info.dim), dtype=np.float32)
+        return embedding.shorten(self._forward(texts), cut, self.info.normalize)
 
-    async def aembed(self, texts: Sequence[str], timeout: float | None = None) -> np.ndarray:
+    async def aembed(
+        self,
+        texts: Sequence[str],
+        timeout: float | None = None,
+        *,
+        dimensions: int | None = None,
+        prompt_name: str | None = None,
+    ) -> np.ndarray:
         """``embed`` for asyncio callers: the result is delivered on the caller's loop.
 
         ``timeout`` (seconds): past it the caller gets TimeoutError and the request's
         sequences not yet computed leave the queue. Overloaded when the queue is full.
         """
-        self._require("aembed")
-        texts = check_texts(texts, "texts")
-        if not texts:
-            return np.empty((0, self.info.dim), dtype=np.float32)
-        return await self._aforward(texts, None, timeout)
+        out, _ = await self._aembed(
+            "aembed", texts, timeout, dimensions=dimensions, prompt_name=prompt_name
+        )
+        return out
 
     async def aembed_with_usage(
-        self, texts: Sequence[str], timeout: float | None = None
+        self,
+        texts: Sequence[str],
+        timeout: float | None = None,
+        *,
+        dimensions: int | None = None,
+        prompt_name: str | None = None,
     ) -> tuple[np.ndarray, int]:
         """``aembed``, and the tokens the model computed for these texts (special
-        tokens in, truncated at ``max_length``: OpenAI's ``usage.prompt_tokens``),
-        counted from the request's own batches rather than by tokenizing again."""
-        self._require("aembed_with_usage")
-        texts = check_texts(texts, "texts")
+        tokens and prompts in, truncated at ``max_length``, every window's tokens when
+        a text ran in windows: OpenAI's ``usage.prompt_tokens``), counted from the
+        request's own batches rather than by tokenizing again."""
+        return await self._aembed(
+            "aembed_with_usage", texts, timeout, dimensions=dimensions, prompt_name=prompt_name
+        )
+
+    async def _aembed(self, method, texts, timeout, *, dimensions, prompt_name):
+        self._require(method)
+        texts, cut = self._embed_args(texts, dimensions, prompt_name)
         if not texts:
-            return np.empty((0, self.info.dim), dtype=np.float32), 0
-        self._check_open()
-        return await self._scheduler.run_async_counted(texts, None, timeout)
+            return np.empty((0, cut or self.info.dim), dtype=np.float32), 0
+        rows, tokens = await self._aforward_counted(texts, None, timeout)
+        return embedding.shorten(rows, cut, self.info.normalize), tokens
+
+    def _embed_args(self, texts, dimensions, prompt_name) -> tuple[list[str], int | None]:
+        """The texts with the prompt before each, and the narrower width asked for
+        (checked; None: the full width)."""
+        texts = check_texts(texts, "texts")
+        cut = embedding.check_dimensions(self.info, dimensions)
+        prefix = embedding.prompt_prefix(self.info, prompt_name)
+        return ([prefix + t for t in texts] if prefix else texts), cut
 
     def _forward(self, texts: list[str], pairs: list[str] | None = None):
         """One head row per text (or pair), in input order, from a blocking caller.
@@ -228,22 +295,57 @@ class Engine(TaskMethods):
         self._check_open()
         if not texts:
             return []
-        parts = self._scheduler.run_chunked(texts, pairs, chunk=EMBED_CHUNK, window=EMBED_WINDOW)
+        plan = self._overflow.plan(texts, pairs)
+        work, pairs = (texts, pairs) if plan is None else (plan.sequences, None)
+        parts = self._scheduler.run_chunked(work, pairs, chunk=EMBED_CHUNK, window=EMBED_WINDOW)
         if len(parts) == 1:
-            return parts[0]
-        if isinstance(parts[0], np.ndarray):
-            return np.concatenate(parts)
-        return [row for part in parts for row in part]
+            rows = parts[0]
+        elif isinstance(parts[0], np.ndarray):
+            rows = np.concatenate(parts)
+        else:
+            rows = [row for part in parts for row in part]
+        return rows if plan is None else self._join_windows(plan, rows)
 
     async def _aforward(self, texts: list[str], pairs: list[str] | None, timeout: float | None):
         """``_forward`` for asyncio callers: one request, resolved on the caller's loop."""
-        self._check_open()
         if not texts:
+            self._check_open()
             return []
-        return await self._scheduler.run_async(texts, pairs, timeout)
+        rows, _ = await self._aforward_counted(texts, pairs, timeout)
+        return rows
+
+    async def _aforward_counted(self, texts: list[str], pairs, timeout: float | None):
+        """``_aforward``'s rows and the tokens the model computed for them."""
+        self._check_open()
+        plan = await self._aplan(texts, pairs)
+        if plan is None:
+            return await self._scheduler.run_async_counted(texts, pairs, timeout)
+        rows, tokens = await self._scheduler.run_async_counted(plan.sequences, None, timeout)
+        return self._join_windows(plan, rows), tokens
+
+    async def _aplan(self, texts: list[str], pairs: list[str] | None) -> WindowPlan | None:
+        """``Overflow.plan`` for asyncio callers: counting a large request's tokens (the
+        whole text, unbounded) runs on a thread so the caller's loop keeps serving."""
+        if self._overflow.mode == "truncate":
+            return None
+        chars = sum(map(len, texts)) + (sum(map(len, pairs)) if pairs else 0)
+        if chars <= INLINE_PLAN_CHARS:
+            return self._overflow.plan(texts, pairs)
+        return await asyncio.to_thread(self._overflow.plan, texts, pairs)
+
+    def _join_windows(self, plan: WindowPlan, rows):
+        """Per text, one row again: long texts' windows joined by the task."""
+        joined = self._overflow.join(plan, rows)
+        return joined if self.task.ragged else np.stack(joined)
+
+    @property
+    def on_overflow(self) -> str:
+        """What a text over ``max_length`` tokens gets: truncate, error or window."""
+        return self._overflow.mode
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        """Tokens per text as the model sees them (special tokens in, truncated at max_length).
+        """Tokens per text as the model sees one sequence (special tokens in, truncated at
+        max_length; a windowed text's windows hold more, see ``aembed_with_usage``).
 
         Tokenizes again (at most max_length tokens of work per text); a request's
         own count comes with its result from ``aembed_with_usage``.
@@ -253,6 +355,11 @@ class Engine(TaskMethods):
         if not texts:
             return []
         return self.tokenizer.tokenize(texts).lengths.tolist()
+
+    def compute_totals(self) -> tuple[int, float]:
+        """Real tokens computed so far and the seconds their batches took, summed over
+        the workers (what an admission gate measures the engine's pace from)."""
+        return self._scheduler.compute_totals()
 
     def stats(self) -> EngineStats:
         """Counters since load, gauges of the queue now (see ``EngineStats``)."""
@@ -266,6 +373,7 @@ class Engine(TaskMethods):
         backend. Further calls raise EngineError. Idempotent."""
         if not self._closed:
             self._closed = True
+            self._memory.close()
             self._scheduler.close(drain=False)
             self.backend.unload()
 

@@ -71,6 +71,16 @@ class ModelInfo(BaseModel):
     """How token vectors become one vector (embedding task only)."""
     normalize: bool = False
     """L2-normalise pooled vectors (embedding task only)."""
+    matryoshka_dims: tuple[int, ...] = ()
+    """Narrower widths the embeddings may be cut to (embedding task only): the model was
+    trained so that the first d components, re-normalised, are an embedding themselves
+    (Matryoshka representation learning). A request asks for one with ``dimensions``."""
+    prompts: dict[str, str] = Field(default_factory=dict)
+    """Instruction prefixes by name (embedding task only), from sentence-transformers'
+    ``config_sentence_transformers.json``: ``{"query": "query: ", ...}``. A request
+    picks one with ``prompt_name``; it is prepended to each text before tokenizing."""
+    default_prompt_name: str | None = None
+    """The prompt a request gets when it names none (one of ``prompts``); None: no prefix."""
     aggregation: Aggregation | None = None
     """Default entity aggregation (token-classification only; transformers' strategies)."""
     merge_gaps: bool = False
@@ -106,6 +116,17 @@ class ModelInfo(BaseModel):
         problem = task.check_info(self)
         if problem:
             raise ValueError(problem)
+        bad = [d for d in self.matryoshka_dims if not 1 <= d < self.dim]
+        if bad or list(self.matryoshka_dims) != sorted(set(self.matryoshka_dims)):
+            raise ValueError(
+                f"matryoshka_dims {list(self.matryoshka_dims)} must be increasing widths "
+                f"between 1 and {self.dim - 1} (dim {self.dim} is always served)"
+            )
+        if self.default_prompt_name is not None and self.default_prompt_name not in self.prompts:
+            raise ValueError(
+                f"default_prompt_name {self.default_prompt_name!r} is not one of prompts "
+                f"{sorted(self.prompts)}"
+            )
         unknown = set(self.inputs) - {"input_ids", "attention_mask", "token_type_ids"}
         if unknown:
             raise ValueError(

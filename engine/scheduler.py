@@ -31,6 +31,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -49,6 +50,21 @@ Finalize = Callable[[list], Any]
 
 Pretokenize = Callable[[list[str], "list[str] | None"], tuple[list, list]]
 """Tokenizes in Python (the Hugging Face fallback): ``(ids, type_ids)`` per text."""
+
+
+@dataclass(frozen=True)
+class Sequences:
+    """Sequences tokenized already (special tokens in), queued as they are instead of
+    texts: the windows of long texts (engine/overflow.py). Sliced like a list of texts."""
+
+    ids: list[list[int]]
+    type_ids: list[list[int]]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, part: slice) -> Sequences:
+        return Sequences(self.ids[part], self.type_ids[part])
 
 
 class EngineClosed(EngineError):
@@ -133,6 +149,8 @@ class Scheduler:
         self._closed = False
         self._running = workers  # executors still looping; the last one out fails the rest
         self._computing = 0  # executors inside a backend run
+        self._computed_tokens = 0  # real tokens of the batches computed (compute_totals)
+        self._compute_s = 0.0
         self._threads = [
             threading.Thread(
                 target=self._executor, name=f"textfleet-executor-{name}-{i}", daemon=True
@@ -144,13 +162,15 @@ class Scheduler:
 
     # ---- callers ---------------------------------------------------------------
 
-    async def run_async(self, texts: list[str], pairs=None, timeout: float | None = None):
+    async def run_async(
+        self, texts: list[str] | Sequences, pairs=None, timeout: float | None = None
+    ):
         """The request's result; raises TimeoutError, Overloaded, TooLarge or the batch error."""
         result, _ = await self.run_async_counted(texts, pairs, timeout)
         return result
 
     async def run_async_counted(
-        self, texts: list[str], pairs=None, timeout: float | None = None
+        self, texts: list[str] | Sequences, pairs=None, timeout: float | None = None
     ) -> tuple[Any, int]:
         """``run_async``'s result and the request's tokens: the real (unpadded) tokens
         of its rows as the model computed them, special tokens in, truncated."""
@@ -169,16 +189,20 @@ class Scheduler:
             if timer is not None:
                 timer.cancel()
 
-    def submit(self, texts: list[str], pairs=None, timeout: float | None = None) -> Ticket:
+    def submit(
+        self, texts: list[str] | Sequences, pairs=None, timeout: float | None = None
+    ) -> Ticket:
         """Queue a request for a thread to wait on (``Ticket.result()``)."""
         pending = _Pending(len(texts))
         return Ticket(self, self._submit(texts, pairs, timeout, pending), pending, timeout)
 
-    def run_sync(self, texts: list[str], pairs=None, timeout: float | None = None):
+    def run_sync(self, texts: list[str] | Sequences, pairs=None, timeout: float | None = None):
         """``run_async``, blocking the calling thread."""
         return self.submit(texts, pairs, timeout).result()
 
-    def run_chunked(self, texts: list[str], pairs=None, chunk: int = 1024, window: int = 2):
+    def run_chunked(
+        self, texts: list[str] | Sequences, pairs=None, chunk: int = 1024, window: int = 2
+    ):
         """Results of consecutive chunks of a large input, each its own request.
 
         At most ``window`` chunks wait in the queue at a time. A chunk larger than
@@ -226,7 +250,9 @@ class Scheduler:
                 raise EngineClosed("the engine is closed")
             self._pending[rid] = pending
         try:
-            if self._pretokenize is None:
+            if isinstance(texts, Sequences):
+                self._native.submit_tokens(rid, texts.ids, texts.type_ids, timeout)
+            elif self._pretokenize is None:
                 self._native.submit(rid, texts, pairs, timeout)
             else:
                 ids, type_ids = self._pretokenize(texts, pairs)
@@ -304,7 +330,12 @@ class Scheduler:
             # it has this one's result, must see this worker as free.
             with self._lock:
                 self._computing -= 1
-        self._native.record_compute(time.perf_counter() - start, error is not None)
+        seconds = time.perf_counter() - start
+        self._native.record_compute(seconds, error is not None)
+        if error is None:
+            with self._lock:
+                self._computed_tokens += nb.real_tokens
+                self._compute_s += seconds
         if error is not None:
             log.warning("batch %d of %d rows failed: %r", nb.id, nb.rows, error)
             self._fail(dict.fromkeys(nb.request_ids, error))
@@ -391,6 +422,18 @@ class Scheduler:
             if thread is not threading.current_thread():
                 left = None if deadline is None else max(0.0, deadline - time.monotonic())
                 thread.join(left)
+
+    def compute_totals(self) -> tuple[int, float]:
+        """Real tokens of the batches computed so far, and the seconds those runs took
+        (summed over the workers): the engine's pace, from its own runs."""
+        with self._lock:
+            return self._computed_tokens, self._compute_s
+
+    @property
+    def busy(self) -> bool:
+        """A request is waiting for its results, or a batch is computing."""
+        with self._lock:
+            return bool(self._pending) or self._computing > 0
 
     @property
     def alive(self) -> bool:

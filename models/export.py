@@ -26,7 +26,7 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -130,11 +130,15 @@ def export(
     check_threshold: float | None = None,
     check_texts: list[str | os.PathLike] | None = None,
     fuse: bool = False,
+    matryoshka_dims: Sequence[int] | None = None,
 ) -> ModelDir:
     """Export SOURCE into the model directory OUT_DIR and return it, opened.
 
     ``name`` overrides the model's name; ``provenance`` the recorded source
-    (a recipe records the package its files came from).
+    (a recipe records the package its files came from). ``matryoshka_dims``
+    declares the narrower widths an embedding model was trained to be cut to
+    (requests may ask for them with ``dimensions``); prompts come from the source's
+    ``config_sentence_transformers.json``.
 
     ``quantize``: ``int8`` (dynamic) or ``int8-static`` (calibrated QDQ), with
     ``keep_fp32`` (N or ``auto``) of the most sensitive matmuls left in fp32 and, with
@@ -153,7 +157,7 @@ def export(
         )
     folder, src = resolve_source(source)
     config = check_source(folder)
-    per_task = task_fields(task, config, folder, aggregation, merge_gaps)
+    per_task = task_fields(task, config, folder, aggregation, merge_gaps, matryoshka_dims)
     length = read_max_length(folder, config, max_length)
     out_dir = Path(out_dir).expanduser().resolve()
     with staged_model_dir(out_dir, force) as tmp:

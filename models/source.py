@@ -9,6 +9,7 @@ import importlib.util
 import json
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from textfleet.engine.errors import EngineError, ModelDirError
@@ -174,9 +175,15 @@ def _pooling_mode(path: Path, cfg: dict) -> str:
 
 
 def task_fields(
-    task: str, config: dict, where: Path, aggregation: str | None = None, merge_gaps: bool = False
+    task: str,
+    config: dict,
+    where: Path,
+    aggregation: str | None = None,
+    merge_gaps: bool = False,
+    matryoshka_dims: Sequence[int] | None = None,
 ) -> dict:
-    """ModelInfo fields that depend on the task: the output width, entity options.
+    """ModelInfo fields that depend on the task: the output width, entity options,
+    embedding pooling, prompts and Matryoshka widths.
 
     Classifiers must name their labels (``id2label`` without gaps) and a
     pair scorer must have exactly one: checked here, before any export work.
@@ -193,7 +200,41 @@ def task_fields(
         raise ExportError(f"--aggregation and --merge-gaps apply to --task {', '.join(owners)}")
     if "pooling" in spec.options:
         fields["pooling"], fields["normalize"] = read_pooling(where)
+        fields |= read_prompts(where)
+    if matryoshka_dims:
+        if "matryoshka_dims" not in spec.options:
+            raise ExportError(f"--matryoshka-dims applies to embedding models, not --task {task}")
+        fields["matryoshka_dims"] = check_matryoshka_dims(matryoshka_dims, fields["dim"])
     return fields
+
+
+def check_matryoshka_dims(dims: Sequence[int], dim: int) -> tuple[int, ...]:
+    """The declared widths, increasing; each must be narrower than the model's ``dim``."""
+    widths = sorted(set(dims))
+    if any(isinstance(d, bool) or not isinstance(d, int) or not 1 <= d < dim for d in widths):
+        raise ExportError(
+            f"--matryoshka-dims {','.join(map(str, dims))}: each width must be between 1 and "
+            f"{dim - 1} (the model's embeddings have {dim} dimensions)"
+        )
+    return tuple(widths)
+
+
+def read_prompts(folder: Path) -> dict:
+    """``prompts`` and ``default_prompt_name`` from sentence-transformers'
+    ``config_sentence_transformers.json`` (none when the file or the keys are absent)."""
+    path = folder / "config_sentence_transformers.json"
+    if not path.is_file():
+        return {}
+    cfg = read_json(path)
+    prompts = cfg.get("prompts") or {}
+    if not isinstance(prompts, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in prompts.items()
+    ):
+        raise ExportError(f"{path}: prompts must map names to prefix strings")
+    default = cfg.get("default_prompt_name")
+    if default is not None and default not in prompts:
+        raise ExportError(f"{path}: default_prompt_name {default!r} is not one of its prompts")
+    return {"prompts": dict(prompts), "default_prompt_name": default} if prompts else {}
 
 
 def position_limit(config: dict) -> int:

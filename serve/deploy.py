@@ -20,7 +20,7 @@ import ray
 from ray import serve
 from ray._private import ray_constants
 
-from textfleet.serve import ingress_policy, network, worker_setup
+from textfleet.serve import haproxy_routes, ingress_policy, network, worker_setup
 from textfleet.serve.network import LOOPBACK
 
 # Environment for Ray's processes (read at import, so set before Ray starts;
@@ -108,6 +108,7 @@ def start_ray(
         network.check_haproxy_template()
         network.haproxy_frontend_host(host)
         ingress_policy.check_haproxy_template()
+        haproxy_routes.check_haproxy_template()
     local_env = {**network.LOCAL_RAY_ENV, **LOCAL_SERVE_ENV, network.HTTP_HOST_ENV: host}
     if ingress == "haproxy":
         # Set, not defaulted: a directory and ports of an earlier server are stale.
@@ -126,7 +127,8 @@ def start_ray(
         _node_ip_address=LOOPBACK,
         namespace="serve",
         # Loopback binds (serve/network.py), the front door's timeouts and error
-        # replies (serve/ingress_policy.py): serve/worker_setup.py applies both.
+        # replies (serve/ingress_policy.py), the shared routes' rewrite
+        # (serve/haproxy_routes.py): serve/worker_setup.py applies all three.
         runtime_env={"worker_process_setup_hook": worker_setup.SETUP_HOOK},
         **init_kwargs,
     )
@@ -146,8 +148,8 @@ def _apply_single_machine_switch() -> None:
     ray_constants.ENABLE_RAY_CLUSTER = os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] != "0"
 
 
-def connect(address: str = "auto") -> None:
-    """Join a running Ray as a driver (``textfleet status``).
+def connect(address: str = "auto", runtime_env: dict[str, Any] | None = None) -> None:
+    """Join a running Ray as a driver (``textfleet status``, ``textfleet serve --address``).
 
     Ray replaces a loopback address by the machine's outward one, where the Ray
     of ``textfleet serve`` does not listen; for a Ray found on loopback this
@@ -166,7 +168,7 @@ def connect(address: str = "auto") -> None:
         _apply_single_machine_switch()
     # The address as given: Ray turns on token authentication by itself only for
     # a Ray it found ("auto"); with an explicit one, set RAY_AUTH_MODE=token.
-    ray.init(address=address, namespace="serve", log_to_driver=False)
+    ray.init(address=address, namespace="serve", log_to_driver=False, runtime_env=runtime_env)
 
 
 def _is_ip(text: str) -> bool:
@@ -244,9 +246,11 @@ def wait(names: list[str], timeout_s: float = 120.0, poll_s: float = 0.5) -> dic
 
 
 def status_text() -> str:
-    """Applications and deployments with their status and message, like ``serve status``."""
+    """Applications and deployments with their status and message, like ``serve status``;
+    under a versioned model, its versions, weights and the shadow's agreement so far."""
     lines = []
-    for name, app in serve.status().applications.items():
+    apps = serve.status().applications
+    for name, app in apps.items():
         lines.append(f"{name}: {app.status.value}")
         if app.message:
             lines.append(f"  message: {app.message}")
@@ -256,4 +260,26 @@ def status_text() -> str:
             if dep.message:
                 msg = dep.message.strip().splitlines()
                 lines.append(f"    message: {msg[-1] if msg else ''}")
+        if str(app.status.value) == "RUNNING" and _has_versions(name, apps):
+            lines.extend(_versions_lines(name))
     return "\n".join(lines)
+
+
+def _has_versions(name: str, apps: dict[str, Any]) -> bool:
+    from textfleet.serve.config import VERSION_DEPLOYMENT, version_app
+
+    prefix = version_app(name, "")
+    return any(
+        n.startswith(prefix) and VERSION_DEPLOYMENT in a.deployments for n, a in apps.items()
+    )
+
+
+def _versions_lines(name: str) -> list[str]:
+    """The router's view of a versioned model (one router replica's figures)."""
+    from textfleet.serve.versions import status_lines
+
+    try:
+        status = serve.get_app_handle(name).versions_status.remote().result(timeout_s=10)
+    except Exception as e:  # status must print whatever a router says or not
+        return [f"  versions: unavailable ({type(e).__name__})"]
+    return status_lines(status)

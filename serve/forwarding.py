@@ -36,6 +36,19 @@ async def forward(
     models: Any, name: str, method: str, payload: Any, timeout: float | None
 ) -> Reply:
     """``models.handle(name).<method>.remote(payload, timeout)``, its failures mapped."""
+    return await call(models, name, method, (payload, timeout), {}, timeout)
+
+
+async def call(
+    models: Any,
+    name: str,
+    method: str,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    timeout: float | None,
+) -> Any:
+    """``models.handle(name).<method>.remote(*args, **kwargs)``, bounded by ``timeout``
+    (the request's deadline, None: none) plus ``GRACE_S``, its failures mapped."""
     start = time.monotonic()
     for attempt in (1, 2):
         handle = await models.handle(name)
@@ -43,7 +56,7 @@ async def forward(
         if attempt == 2:
             limit = RECOVERY_WAIT_S if limit is None else min(limit, RECOVERY_WAIT_S)
         try:
-            return await _bounded(getattr(handle, method).remote(payload, timeout), limit)
+            return await _bounded(getattr(handle, method).remote(*args, **kwargs), limit)
         except RayActorError as e:
             models.forget(name)
             if attempt == 2:
@@ -70,7 +83,7 @@ async def forward(
     raise AssertionError("unreachable")
 
 
-async def _bounded(response: Any, limit: float | None) -> Reply:
+async def _bounded(response: Any, limit: float | None) -> Any:
     """Await a ``DeploymentResponse``; past ``limit`` seconds cancel it, TimeoutError."""
     if limit is None:
         return await response
@@ -81,5 +94,5 @@ async def _bounded(response: Any, limit: float | None) -> Reply:
         raise
 
 
-async def _await(response: Any) -> Reply:
+async def _await(response: Any) -> Any:
     return await response

@@ -10,6 +10,11 @@ claims (models own ``/v2/models/<name>``, longest prefix wins):
 - ``/v2/models/<unknown>/...``: 404 naming the served models, or 503 for a
   model whose application is deploying or failed (with Ray's message).
 
+Under HAProxy the ``POST`` routes above that name a running model do not come
+here: HAProxy sends them to the model's own paths (serve/haproxy_routes.py,
+serve/model_routes.py). The gateway answers the rest: unknown or starting
+models, bodies too large for HAProxy's buffer, every request under Ray's proxy.
+
 A configured model that cannot answer now (deploying, its replica killed and
 restarting, Ray's queue for it full) is a 503 with a Retry-After, never a 404
 or a 500: see ``forward`` (serve/forwarding.py).
@@ -60,8 +65,9 @@ MISS_MAX_AGE_S = 0.1
 class ModelDirectory:
     """Which models exist and their handles, from ``serve.status()`` cached briefly."""
 
-    def __init__(self, ttl_s: float = 1.0):
+    def __init__(self, ttl_s: float = 1.0, deployment: str = DEPLOYMENT_NAME):
         self._ttl_s = ttl_s
+        self._deployment = deployment  # the applications that count: those holding it
         self._statuses: dict[str, Any] = {}
         self._fetched = 0.0
         self._handles: dict[str, Any] = {}
@@ -80,7 +86,7 @@ class ModelDirectory:
                 self._statuses = {
                     name: app
                     for name, app in status.applications.items()
-                    if DEPLOYMENT_NAME in app.deployments or not app.deployments
+                    if self._deployment in app.deployments or not app.deployments
                 }
                 self._fetched = time.monotonic()
         return self._statuses

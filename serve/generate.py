@@ -15,18 +15,23 @@ from typing import Any
 
 import yaml
 
+from textfleet.serve import model_source
 from textfleet.serve.auth import KEYS_ARG, key_digests
 from textfleet.serve.config import (
     DEPLOYMENT_NAME,
     GATEWAY_APP,
     GATEWAY_DEPLOYMENT,
+    VERSION_DEPLOYMENT,
     ModelConfig,
     ModelsFile,
     load_models,
+    version_app,
 )
 
 MODEL_BUILDER = "textfleet.serve.app:build_model_app"
 GATEWAY_BUILDER = "textfleet.serve.app:build_gateway_app"
+VERSION_BUILDER = "textfleet.serve.app:build_version_app"
+ROUTER_BUILDER = "textfleet.serve.app:build_router_app"
 
 
 # The API key digests and the gateway's body cap travel as each deployment's
@@ -37,7 +42,7 @@ GATEWAY_BUILDER = "textfleet.serve.app:build_gateway_app"
 
 def model_application(m: ModelConfig, digests: list[str] | None = None) -> dict[str, Any]:
     user_config = {KEYS_ARG: list(digests or [])}
-    return {
+    app: dict[str, Any] = {
         "name": m.name,
         "route_prefix": f"/v2/models/{m.name}",
         "import_path": MODEL_BUILDER,
@@ -46,6 +51,77 @@ def model_application(m: ModelConfig, digests: list[str] | None = None) -> dict[
             {"name": DEPLOYMENT_NAME, **m.deployment_options(), "user_config": user_config}
         ],
     }
+    env = model_source.runtime_env(m.model_uri)  # Ray delivers the model to each node
+    if env is not None:
+        app["runtime_env"] = env
+    return app
+
+
+def model_applications(m: ModelConfig, digests: list[str] | None = None) -> list[dict[str, Any]]:
+    """A model's applications: one, or for a versioned model one per version (and the
+    shadow) then the model's router at ``/v2/models/<name>``."""
+    if m.versions is None:
+        return [model_application(m, digests)]
+    return [version_application(v, digests) for v in m.version_configs()] + [
+        router_application(m, digests)
+    ]
+
+
+def version_application(v: ModelConfig, digests: list[str] | None = None) -> dict[str, Any]:
+    """One version: a ModelServer at ``/v2/models/<name>/versions/<v>`` (the longest
+    prefix, so that route reaches it without the router)."""
+    return {
+        "name": version_app(v.name, v.version),
+        "route_prefix": f"/v2/models/{v.name}/versions/{v.version}",
+        "import_path": VERSION_BUILDER,
+        "args": v.builder_args(),
+        "deployments": [
+            {
+                "name": VERSION_DEPLOYMENT,
+                **v.deployment_options(),
+                "user_config": {KEYS_ARG: list(digests or [])},
+            }
+        ],
+    }
+
+
+def router_application(m: ModelConfig, digests: list[str] | None = None) -> dict[str, Any]:
+    """The model's router: its only arg is the name; versions, weights, the shadow and
+    the body cap are its user_config, so changing them restarts nothing."""
+    return {
+        "name": m.name,
+        "route_prefix": f"/v2/models/{m.name}",
+        "import_path": ROUTER_BUILDER,
+        "args": {"name": m.name},
+        "deployments": [
+            {
+                "name": DEPLOYMENT_NAME,
+                "num_replicas": m.traffic.router_replicas,
+                "user_config": router_user_config(m, digests),
+            }
+        ],
+    }
+
+
+def router_user_config(m: ModelConfig, digests: list[str] | None = None) -> dict[str, Any]:
+    shadow = None
+    if m.shadow is not None:
+        record = m.shadow.record.model_dump(mode="json") if m.shadow.record else None
+        shadow = {
+            "version": m.shadow.version,
+            "percent": m.shadow.percent,
+            "max_in_flight": m.shadow.max_in_flight,
+            "record": record,
+        }
+    configs = m.version_configs()
+    return {
+        KEYS_ARG: list(digests or []),
+        "weights": {v.version: v.weight for v in m.versions or ()},
+        "sticky_header": m.traffic.sticky_header,
+        "shadow": shadow,
+        "max_request_bytes": max(c.limits.max_request_bytes for c in configs),
+        "request_timeout_s": max((c.request_timeout_s or 0.0) for c in configs) or None,
+    }
 
 
 def gateway_application(models: ModelsFile, digests: list[str] | None = None) -> dict[str, Any]:
@@ -53,7 +129,7 @@ def gateway_application(models: ModelsFile, digests: list[str] | None = None) ->
     largest body any model takes (the most it reads). No model list: adding a
     model within the largest limit leaves it untouched."""
     user_config = {
-        "max_request_bytes": max(m.limits.max_request_bytes for m in models.models),
+        "max_request_bytes": max(_largest_body(m) for m in models.models),
         KEYS_ARG: list(digests or []),
     }
     return {
@@ -79,18 +155,27 @@ def serve_config(models: ModelsFile) -> dict[str, Any]:
             "log_level": server.log_level,
             "enable_access_log": server.access_log,
         },
-        "applications": [model_application(m, digests) for m in models.models]
+        "applications": [app for m in models.models for app in model_applications(m, digests)]
         + [gateway_application(models, digests)],
     }
 
 
+def _largest_body(m: ModelConfig) -> int:
+    return max(c.limits.max_request_bytes for c in [m, *m.version_configs()])
+
+
 def missing_model_dirs(models: ModelsFile) -> list[str]:
     """Warnings for model directories absent here (they may exist on the cluster)."""
-    return [
-        f"model {m.name!r}: model_dir {m.model_dir} does not exist on this machine"
-        for m in models.models
-        if not Path(m.model_dir).is_dir()
-    ]
+    out = []
+    for m in models.models:
+        for c in m.version_configs() or [m]:
+            if c.model_uri is None and not Path(c.model_dir).is_dir():
+                which = f"version {c.version!r}: " if m.versions is not None else ""
+                out.append(
+                    f"model {m.name!r}: {which}model_dir {c.model_dir} "
+                    "does not exist on this machine"
+                )
+    return out
 
 
 def dump(config: dict[str, Any], source: str = "models.yaml") -> str:

@@ -14,7 +14,7 @@ Every Ray worker of a server started by ``start_ray`` (serve/deploy.py) runs
 policy into the process that builds the front door:
 
 - HAProxy (``haproxy_template``): request headers within
-  ``HEADER_TIMEOUT_S``, idle keep-alive connections closed after
+  ``HEADER_TIMEOUT_S`` (else 408), idle keep-alive connections closed after
   ``KEEP_ALIVE_TIMEOUT_S``, client inactivity cut after ``CLIENT_TIMEOUT_S``
   (environment, ``HAPROXY_ENV``), a replica given the longest deadline plus a
   margin (``timeout server``); its own errors answered as JSON: a replica
@@ -70,10 +70,15 @@ HAPROXY_ENV: dict[str, str] = {
     "RAY_SERVE_HAPROXY_RETRIES": "6",
 }
 
+CLUSTER_SETUP_HOOK = "textfleet.serve.ingress_policy.setup_worker"
+"""The hook for a cluster's workers: this policy only. serve/network.py's loopback
+binds are for one machine: on a cluster, replicas talk across nodes."""
+
 STARTING_MESSAGE = "the server is starting: no route serves this path yet; retry shortly"
 REPLICA_GONE_MESSAGE = "the model's replica is unavailable (starting or restarting); retry shortly"
 NO_REPLICA_MESSAGE = "no replica of this model is up (starting or restarting); retry shortly"
 TIMEOUT_MESSAGE = "the model's replica did not answer in time"
+REQUEST_TIMEOUT_MESSAGE = f"the request was not received within {HEADER_TIMEOUT_S} s"
 
 # Lines of Ray's template (ray/serve/_private/haproxy_templates.py) and ours.
 _ERRORFILES = (
@@ -118,6 +123,7 @@ def haproxy_errors() -> str:
     """HAProxy's own error replies as JSON (the defaults section)."""
     return (
         "    # textfleet: HAProxy's own errors as JSON (502 becomes a 503 in the frontend).\n"
+        + _http_error(408, REQUEST_TIMEOUT_MESSAGE, retry_after=False)
         + _http_error(502, REPLICA_GONE_MESSAGE, retry_after=True)
         + _http_error(503, NO_REPLICA_MESSAGE, retry_after=True)
         + _http_error(504, TIMEOUT_MESSAGE, retry_after=False)
@@ -191,7 +197,8 @@ def check_haproxy_template() -> None:
 
 def patch_ray_proxy() -> None:
     """Ray's Python proxy: 503 + Retry-After for a path no route serves yet and for a
-    replica that died or cannot be reached (Ray answers 404 and 500)."""
+    replica that died or cannot be reached (Ray answers 404 and 500); 504 when the
+    proxy's own deadline passes (Ray answers 408, which clients take as their fault)."""
     from ray.exceptions import RayActorError
     from ray.serve._private import http_util, proxy
     from ray.serve._private.proxy_request_response import ResponseStatus
@@ -199,6 +206,8 @@ def patch_ray_proxy() -> None:
     status_of = http_util.get_http_response_status
 
     def response_status(exc: BaseException, request_timeout_s, request_id: str):
+        if isinstance(exc, TimeoutError):  # http_options.request_timeout_s; Ray says 408
+            return ResponseStatus(code=504, is_error=True, message=TIMEOUT_MESSAGE)
         if isinstance(exc, RayActorError):
             return ResponseStatus(
                 code=503,
@@ -216,12 +225,25 @@ def patch_ray_proxy() -> None:
             yield message
         yield ResponseStatus(code=503, is_error=True)
 
+    replies_on_exception = http_util.send_http_response_on_exception
+
+    def reply_on_exception(status, response_started: bool):
+        # Ray replies only to 408, 429 and 503 here; any other code leaves the
+        # client with uvicorn's bare 500.
+        if status.code == 504 and not response_started:
+            return http_util.convert_object_to_asgi_messages(
+                status.message, status_code=504, extra_headers=status.headers
+            )
+        return replies_on_exception(status, response_started)
+
     proxy.get_http_response_status = response_status  # imported by name there
+    proxy.send_http_response_on_exception = reply_on_exception
     proxy.HTTPProxy.not_found_response = starting_response
 
 
 def setup_worker() -> None:
-    """Ray's ``worker_process_setup_hook`` for the workers of a local server."""
+    """Ray's ``worker_process_setup_hook``: of a local server's workers (through
+    serve/worker_setup.py), and alone on a cluster (``CLUSTER_SETUP_HOOK``)."""
     from ray.serve._private import haproxy
 
     haproxy.HAPROXY_CONFIG_TEMPLATE = haproxy_template(haproxy.HAPROXY_CONFIG_TEMPLATE)

@@ -159,3 +159,41 @@ class EngineStatsExporter:
             m.set_default_tags({"model": self._model})
             self._metrics[f.name] = m
         return m
+
+
+# Agreement measures lie in [0, 1] (a rank correlation may dip below 0: the first
+# bucket); fine steps near 1, where a good shadow's values are.
+AGREEMENT_BOUNDARIES = [0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 0.9999, 1.0]
+
+
+class VersionMetrics:
+    """A versioned model's router: the requests each version got, and its shadow's
+    mirrors, latency and agreement with the primary (histogram ``_sum / _count``
+    is the mean)."""
+
+    def __init__(self, model: str):
+        self.routed = Counter(
+            "textfleet_version_requests",
+            description="Requests a versioned model's router sent to each version.",
+            tag_keys=("model", "version", "protocol"),
+        )
+        self.mirrors = Counter(
+            "textfleet_shadow_requests",
+            description="Mirrored requests by outcome: ok, error or dropped (past max_in_flight).",
+            tag_keys=("model", "version", "outcome"),
+        )
+        self.latency = Histogram(
+            "textfleet_shadow_latency_ms",
+            description="Time the shadow took to answer a mirrored request, in ms.",
+            boundaries=LATENCY_BOUNDARIES_MS,
+            tag_keys=("model", "version"),
+        )
+        self.agreement = Histogram(
+            "textfleet_shadow_agreement",
+            description="Per-row agreement of the shadow with the primary, by measure "
+            "(cosine, top1_agreement, score_diff, span_f1, rank_correlation, ...).",
+            boundaries=AGREEMENT_BOUNDARIES,
+            tag_keys=("model", "version", "primary", "measure"),
+        )
+        for m in (self.routed, self.mirrors, self.latency, self.agreement):
+            m.set_default_tags({"model": model})

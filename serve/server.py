@@ -1,9 +1,11 @@
 """``ModelServer``: the one Ray Serve deployment that serves any textfleet model.
 
 Each replica loads one ``Engine`` and answers, under its application's route
-prefix ``/v2/models/<name>``, the V2 metadata, ready and infer routes; the
-gateway forwards KServe V1 and OpenAI requests to it through a handle, and
-Python callers use ``embed`` / ``infer`` on ``serve.get_app_handle(name)``.
+prefix ``/v2/models/<name>``, the V2 metadata, ready and infer routes, and the
+shared routes' protocols (OpenAI embeddings, rerank, KServe V1 predict: see
+serve/model_routes.py), where HAProxy also sends the shared routes themselves;
+the gateway forwards them through a handle to the same handlers, and Python
+callers use ``embed`` / ``infer`` on ``serve.get_app_handle(name)``.
 
 The HTTP path is a plain ``async __call__`` with a three-way hand router: no
 ASGI framework, orjson, one await on the engine. Every error becomes a reply
@@ -21,12 +23,19 @@ from ray import serve
 from starlette.requests import Request
 from starlette.responses import Response
 
-from textfleet.engine.errors import ModelDirError
-from textfleet.serve import auth, deadlines
+from textfleet.engine.errors import InputError, ModelDirError
+from textfleet.serve import auth, deadlines, model_source
 from textfleet.serve.admission import AdmissionGate
 from textfleet.serve.config import DEPLOYMENT_NAME, ModelConfig
 from textfleet.serve.metrics import EngineStatsExporter, ModelMetrics
-from textfleet.serve.protocols import openai, v1, v2
+from textfleet.serve.model_routes import (
+    OPENAI_EMBEDDINGS,
+    RERANK,
+    V1_PREDICT,
+    ProtocolRoute,
+    protocol_route,
+)
+from textfleet.serve.protocols import openai, rerank, v1, v2
 from textfleet.serve.protocols.body import read_request_body
 from textfleet.serve.protocols.common import (
     MethodNotAllowed,
@@ -36,26 +45,34 @@ from textfleet.serve.protocols.common import (
     dumps,
     error_reply,
     loads,
+    short_repr,
 )
 from textfleet.serve.tasks import adapter_for
 
 log = logging.getLogger(__name__)
+
+VERSION_HEADER = "x-model-version"
+"""Response header naming the version that answered (versioned models only)."""
 
 
 def load_engine(cfg: ModelConfig):
     """Load the model's engine; any failure names the model and its directory."""
     from textfleet.engine.engine import Engine
 
-    if not cfg.model_dir.is_dir():
+    model_dir = model_source.replica_model_dir(cfg.model_dir)
+    if not model_dir.is_dir():
+        where = f" (unpacked from {cfg.model_uri})" if cfg.model_uri else ""
         raise ModelDirError(
-            f"model {cfg.name!r}: model_dir {cfg.model_dir} does not exist; "
+            f"model {cfg.name!r}: model_dir {model_dir}{where} does not exist; "
             "export it with `textfleet export` or fix model_dir in models.yaml"
         )
     try:
-        return Engine.load(cfg.model_dir, cfg.engine_config())
+        if cfg.model_sha256 is not None:
+            model_source.check_pin(model_dir, cfg.model_sha256)
+        return Engine.load(model_dir, cfg.engine_config())
     except Exception as e:
         raise ModelDirError(
-            f"model {cfg.name!r}: cannot load {cfg.model_dir}: {type(e).__name__}: {e}"
+            f"model {cfg.name!r}: cannot load {model_dir}: {type(e).__name__}: {e}"
         ) from e
 
 
@@ -74,8 +91,10 @@ def subpath(scope: dict[str, Any]) -> str:
 # application is built; the decorator only names the deployment.
 @serve.deployment(name=DEPLOYMENT_NAME)
 class ModelServer:
-    def __init__(self, config: dict[str, Any]):
+    def __init__(self, config: dict[str, Any], announce_version: bool = False):
         self.config = ModelConfig.model_validate(config)
+        # A version of a versioned model names itself in a header on every HTTP reply.
+        self._version_headers = ((VERSION_HEADER, self.config.version),) if announce_version else ()
         self.keys = auth.KeyCheck()  # no keys unless user_config names some
         self.name = self.config.name
         self.version = self.config.version
@@ -92,6 +111,7 @@ class ModelServer:
             f"textfleet_{self.config.backend}",
             self.task.inputs,
             self.task.outputs,
+            self.task.metadata_parameters(),
         )
         self._metadata_reply = Reply(200, dumps(self._metadata))
         self._ready_reply = Reply(200, dumps({"name": self.name, "ready": True}))
@@ -104,8 +124,11 @@ class ModelServer:
     # ------------------------------------------------------------ HTTP
 
     async def __call__(self, request: Request) -> Response:
-        start = time.perf_counter()
         self.exporter.start()
+        route = protocol_route(subpath(request.scope), self.name)
+        if route is not None:
+            return to_response(await self._protocol_http(request, route))
+        start = time.perf_counter()
         n_texts = 0
         try:
             asked = deadlines.parse_header(request.headers.get(deadlines.HEADER))
@@ -114,6 +137,9 @@ class ModelServer:
         except Exception as e:  # a bad request never takes the replica down
             reply = error_reply(e)
         self.metrics.record("v2", reply.status, time.perf_counter() - start, n_texts)
+        if self._version_headers:
+            reply = Reply(reply.status, reply.body, reply.headers + self._version_headers,
+                          reply.media_type)  # fmt: skip
         return to_response(reply)
 
     async def _route(self, request: Request) -> tuple[Reply, int]:
@@ -136,10 +162,66 @@ class ModelServer:
         where = f"{method[:16]} {request.scope['path'][:120]}"
         raise NotFound(f"no route {where} for model {self.name!r}")
 
-    # ------------------------------------------------------------ gateway calls
+    async def _protocol_http(self, request: Request, route: ProtocolRoute) -> Reply:
+        """A shared route's protocol below this model's prefix: the key and the method
+        (answered as the gateway answers them), the body's type and size (in the
+        protocol's error shape), then the handler the gateway calls."""
+        start = time.perf_counter()
+        try:
+            self.keys.check(request.headers)
+            _expect(request.method, "POST", subpath(request.scope))
+        except Exception as e:
+            return self._refused(route, error_reply(e), start)
+        try:
+            timeout = deadlines.parse_header(request.headers.get(deadlines.HEADER))
+            body = await read_request_body(request, self.config.limits.max_request_bytes)
+        except Exception as e:
+            return self._refused(route, route.error_reply(e), start)
+        return await getattr(self, route.handler)(body, timeout)
+
+    def _refused(self, route: ProtocolRoute, reply: Reply, start: float) -> Reply:
+        self.metrics.record(route.protocol, reply.status, time.perf_counter() - start, 0)
+        return reply
+
+    def _check_model(self, model: str) -> None:
+        """A body's ``model`` must name this model: the gateway routed on it, and on a
+        path below this model's prefix another name is a client's mistake."""
+        if model != self.name:
+            raise InputError(
+                "model",
+                f"{short_repr(model)} is not served here: this path is model {self.name!r}'s; "
+                "name it, or post to the shared route to choose any model",
+            )
+
+    # ------------------------------------------------------------ shared routes
+    # Called by the gateway through a handle, and by _protocol_http for the same
+    # protocols below this model's prefix (where HAProxy sends the shared routes).
+
+    async def v2_infer(
+        self,
+        body: bytes,
+        timeout: float | None = None,
+        header_length: str | None = None,
+        keep_outputs: bool = False,
+    ):
+        """V2 infer forwarded by a versioned model's router: the raw body (its type
+        checked there, this model's size limit here). ``keep_outputs``: also return the
+        output arrays (None on failure), for the router's shadow comparison."""
+        start, outputs = time.perf_counter(), None
+        try:
+            check_body_size(len(body), self.config.limits.max_request_bytes)
+            req = v2.parse_infer_request(body, header_length)
+            with deadlines.client_timeout(timeout):
+                outputs = await self.task.infer(req)
+            reply = v2.infer_response(self.name, self.version, req, outputs)
+        except Exception as e:
+            reply, outputs = error_reply(e), None
+        n = 0 if outputs is None else _rows(outputs)
+        self.metrics.record("v2", reply.status, time.perf_counter() - start, n)
+        return (reply, outputs) if keep_outputs else reply
 
     async def v1_predict(self, body: bytes, timeout: float | None = None) -> Reply:
-        """KServe V1 ``:predict`` forwarded by the gateway (``timeout``: the client's)."""
+        """KServe V1 ``:predict`` (``timeout``: the client's)."""
         start, n = time.perf_counter(), 0
         try:
             check_body_size(len(body), self.config.limits.max_request_bytes)
@@ -149,38 +231,42 @@ class ModelServer:
             reply = v1.predict_reply(predictions)
         except Exception as e:
             reply = error_reply(e)
-        self.metrics.record("v1", reply.status, time.perf_counter() - start, n)
+        self.metrics.record(V1_PREDICT.protocol, reply.status, time.perf_counter() - start, n)
         return reply
 
     async def openai_embeddings(self, body: bytes, timeout: float | None = None) -> Reply:
-        """OpenAI ``/v1/embeddings`` forwarded by the gateway (the raw body: this
-        model's size limit is checked before it is parsed; ``timeout``: the client's)."""
+        """OpenAI ``/v1/embeddings`` (the raw body: this model's size limit is checked
+        before it is parsed, the gateway's being the largest model's; ``timeout``: the
+        client's)."""
         start, obj = time.perf_counter(), None
         try:
             check_body_size(len(body), self.config.limits.max_request_bytes)
             obj = loads(body)
+            self._check_model(openai.model_of(obj))
             with deadlines.client_timeout(timeout):
                 reply = await self.task.openai_embeddings(obj)
         except Exception as e:
             reply = openai.error_reply(e)
         texts = obj.get("input") if isinstance(obj, dict) else None
         n = len(texts) if isinstance(texts, list) else int(isinstance(texts, str))
-        self.metrics.record("openai", reply.status, time.perf_counter() - start, n)
+        took = time.perf_counter() - start
+        self.metrics.record(OPENAI_EMBEDDINGS.protocol, reply.status, took, n)
         return reply
 
     async def rerank_http(self, body: bytes, timeout: float | None = None) -> Reply:
-        """``POST /v1/rerank`` forwarded by the gateway (the raw body, as above)."""
+        """``POST /v1/rerank`` (the raw body, as above)."""
         start, obj = time.perf_counter(), None
         try:
             check_body_size(len(body), self.config.limits.max_request_bytes)
             obj = loads(body)
+            self._check_model(rerank.model_of(obj))
             with deadlines.client_timeout(timeout):
                 reply = await self.task.rerank_http(obj)
         except Exception as e:
             reply = error_reply(e)
         docs = obj.get("documents", obj.get("texts")) if isinstance(obj, dict) else None
         n = len(docs) if isinstance(docs, list) else 0
-        self.metrics.record("rerank", reply.status, time.perf_counter() - start, n)
+        self.metrics.record(RERANK.protocol, reply.status, time.perf_counter() - start, n)
         return reply
 
     def v1_status(self) -> dict[str, Any]:
@@ -188,9 +274,17 @@ class ModelServer:
 
     # ------------------------------------------------------------ Python callers
 
-    async def embed(self, texts: list[str], timeout: float | None = None) -> np.ndarray:
-        """``await handle.embed.remote(texts)`` -> float32 [n, dim]."""
-        return await self._handle_call(self.task.embed(texts, timeout), len)
+    async def embed(
+        self,
+        texts: list[str],
+        timeout: float | None = None,
+        dimensions: int | None = None,
+        prompt_name: str | None = None,
+    ) -> np.ndarray:
+        """``await handle.embed.remote(texts, dimensions=256, prompt_name="query")``
+        -> float32 [n, dimensions or dim]."""
+        call = self.task.embed(texts, timeout, dimensions=dimensions, prompt_name=prompt_name)
+        return await self._handle_call(call, len)
 
     async def classify(self, texts: list[str], top_k: int | None = 1, timeout=None):
         """``await handle.classify.remote(texts, top_k)`` -> per text [LabelScore], best first."""

@@ -48,6 +48,10 @@ class TaskAdapter:
         self.inputs = self.spec.v2_inputs
         self.outputs = tuple(t.sized(int(engine.info.dim)) for t in self.spec.v2_outputs)
 
+    def metadata_parameters(self) -> dict[str, Any]:
+        """What the V2 model metadata shows under ``parameters``."""
+        return {"max_length": self.engine.max_length, "on_overflow": self.engine.on_overflow}
+
     def timeout(self, requested: float | None) -> float | None:
         """The request's deadline: the model's, shortened by the client's (any route)."""
         return deadlines.effective(self.config.request_timeout_s, requested, deadlines.requested())
@@ -63,7 +67,7 @@ class TaskAdapter:
     async def openai_embeddings(self, obj: dict[str, Any]) -> Reply:
         raise self._wrong_task("/v1/embeddings", "embed")
 
-    async def embed(self, texts: list[str], timeout: float | None = None) -> np.ndarray:
+    async def embed(self, texts: list[str], timeout: float | None = None, **options) -> np.ndarray:
         raise self._wrong_task("embed")
 
     async def classify(self, texts: list[str], top_k: int | None = 1, timeout=None):
@@ -101,18 +105,34 @@ class EmbeddingTask(TaskAdapter):
         super().__init__(engine, config)
         self.dim = int(engine.info.dim)
 
-    async def embed(self, texts: list[str], timeout: float | None = None) -> np.ndarray:
-        """The Python handle call: a list of str -> float32 [n, dim]."""
+    def metadata_parameters(self) -> dict[str, Any]:
+        info = self.engine.info
+        return super().metadata_parameters() | {
+            "dimensions": embedding.widths(info),
+            "prompts": dict(info.prompts),
+            "default_prompt_name": info.default_prompt_name,
+        }
+
+    async def embed(
+        self,
+        texts: list[str],
+        timeout: float | None = None,
+        dimensions: int | None = None,
+        prompt_name: str | None = None,
+    ) -> np.ndarray:
+        """The Python handle call: a list of str -> float32 [n, dimensions or dim]."""
         if isinstance(texts, str) or not isinstance(texts, list | tuple):
             raise InputError("texts", f"expected a list of str, got {type(texts).__name__}")
         check_count(len(texts), self.max_texts, "texts")
         for i, t in enumerate(texts):
             if not isinstance(t, str):
                 raise InputError(f"texts[{i}]", f"expected str, got {type(t).__name__}")
-        return await self._run(list(texts), timeout)
+        return await self._run(list(texts), timeout, dimensions, prompt_name)
 
-    async def _run(self, texts: list[str], timeout: float | None) -> np.ndarray:
-        out = await self.engine.aembed(texts, timeout=self.timeout(timeout))
+    async def _run(self, texts: list[str], timeout: float | None, dimensions, prompt_name):
+        out = await self.engine.aembed(
+            texts, timeout=self.timeout(timeout), dimensions=dimensions, prompt_name=prompt_name
+        )
         if len(out) != len(texts):  # every text gets exactly one row back, in order
             raise RuntimeError(f"engine returned {len(out)} embeddings for {len(texts)} texts")
         return out
@@ -120,17 +140,22 @@ class EmbeddingTask(TaskAdapter):
     async def infer(self, req: v2.InferRequest) -> dict[str, np.ndarray]:
         v2.check_input_names(req, self.inputs)
         texts = v2.texts_input(req, "text", self.max_texts)
-        return {"embedding": await self._run(texts, req.timeout_s)}
+        dimensions = _param(req, "dimensions", int, None)
+        prompt_name = _param(req, "prompt_name", str, None)
+        return {"embedding": await self._run(texts, req.timeout_s, dimensions, prompt_name)}
 
     async def v1_predictions(self, instances: list[Any]) -> list[Any]:
         texts = v1.texts_from_instances(instances, self.max_texts)
-        return list(await self._run(texts, None))
+        return list(await self._run(texts, None, None, None))
 
     async def openai_embeddings(self, obj: dict[str, Any]) -> Reply:
         req = openai.parse_embeddings_request(obj, self.max_texts)
-        openai.check_dimensions(req, self.dim)
-        # usage: the tokens of the engine's own batches, counted off the event loop.
-        emb, tokens = await self.engine.aembed_with_usage(req.texts, timeout=self.timeout(None))
+        # usage: the tokens of the engine's own batches (prompts and windows in),
+        # counted off the event loop.
+        emb, tokens = await self.engine.aembed_with_usage(
+            req.texts, timeout=self.timeout(None), dimensions=req.dimensions,
+            prompt_name=req.prompt_name,
+        )  # fmt: skip
         if len(emb) != len(req.texts):  # every text gets exactly one row back, in order
             raise RuntimeError(f"engine returned {len(emb)} embeddings for {len(req.texts)} texts")
         return openai.embeddings_reply(req, emb, tokens)

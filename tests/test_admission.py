@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import subprocess
+import time
 
 import pytest
 
@@ -71,14 +72,16 @@ def test_estimate_tokens_truncates_at_max_length():
 def test_meter_measures_finished_tokens_per_busy_second():
     meter = ThroughputMeter(alpha=0.5, min_s=0.1)
     assert meter.tokens_per_s is None
+    meter.observe(5, 2.0)  # a fresh replica's first sample: one-time costs, skipped
+    assert meter.tokens_per_s is None
     meter.observe(100, 0.05)  # too short to judge
     assert meter.tokens_per_s is None
     meter.observe(1000, 1.0)
     assert meter.tokens_per_s == pytest.approx(1000)
-    # Slower now (500 tokens in 2 s): the latest pace wins over the average.
+    # Slower now (500 tokens in 2 s): EWMA of tokens (750) and seconds (1.5).
     meter.observe(500, 2.0)
-    assert meter.tokens_per_s == pytest.approx(250)
-    # Faster again (2000 in 1 s): EWMA of tokens (750 -> 1375) and seconds (1.5 -> 1.25).
+    assert meter.tokens_per_s == pytest.approx(500)
+    # Faster again (2000 in 1 s): tokens 750 -> 1375, seconds 1.5 -> 1.25.
     meter.observe(2000, 1.0)
     assert meter.tokens_per_s == pytest.approx(1375 / 1.25)
 
@@ -92,9 +95,13 @@ def test_gate_refuses_what_cannot_meet_its_deadline(model_dir):
     long_text = "word " * 400
 
     async def burst():
-        # Measure first, then fill the queue far past what 0.5 s computes.
-        for _ in range(3):
-            await gate.aembed([long_text] * 4, timeout=30)
+        # Measure first (samples of at least min_s, the first one skipped), then
+        # fill the queue far past what 0.5 s computes.
+        # Requests overlap, as under load: an idle engine's time is no sample.
+        for _ in range(30):
+            await asyncio.gather(*(gate.aembed([long_text] * 4, timeout=30) for _ in range(4)))
+            if gate.meter.tokens_per_s:
+                break
         rate = gate.meter.tokens_per_s
         assert rate and rate > 0
         backlog = [asyncio.ensure_future(eng.aembed([long_text] * 8)) for _ in range(20)]
@@ -112,6 +119,31 @@ def test_gate_refuses_what_cannot_meet_its_deadline(model_dir):
     try:
         assert asyncio.run(burst()).shape == (1, eng.info.dim)
         assert gate.info is eng.info  # everything else is the engine's
+    finally:
+        eng.close()
+
+
+def test_gate_measures_the_pace_the_engine_keeps_under_load(model_dir):
+    """The meter's rate agrees with the tokens a saturated engine got through per
+    second of the same run (loosely: both see whatever shares the cores)."""
+    eng = Engine.load(model_dir)
+    gate = AdmissionGate(eng)
+    text = "word " * 100
+
+    async def load():
+        return await asyncio.gather(*(gate.aembed([text] * 4, timeout=60) for _ in range(40)))
+
+    try:
+        asyncio.run(load())  # the first sample (a fresh engine's) is skipped
+        tokens0, _ = eng.compute_totals()
+        start = time.perf_counter()
+        asyncio.run(load())
+        wall = time.perf_counter() - start
+        tokens1, _ = eng.compute_totals()
+        achieved = (tokens1 - tokens0) / wall
+        rate = gate.meter.tokens_per_s
+        assert rate is not None
+        assert 0.5 * achieved < rate < 2.0 * achieved, (rate, achieved)
     finally:
         eng.close()
 
@@ -151,7 +183,7 @@ def test_haproxy_template_gets_timeouts_and_json_errors():
     out = ingress_policy.haproxy_template(haproxy_templates.HAPROXY_CONFIG_TEMPLATE)
     assert "timeout http-request 10s" in out and "timeout http-keep-alive 15s" in out
     assert "errorfile 50" not in out  # Ray's plain-text 500 for every error
-    assert out.count("http-error status") == 3
+    assert out.count("http-error status") == 4
     assert "http-after-response set-status 503 if { status 502 }" in out
     assert "status 404" not in out.split("backend default_backend", 1)[1].split("backend ")[0]
     with pytest.raises(RuntimeError, match="ray-proxy"):

@@ -415,7 +415,7 @@ for cid, body, text in [
     ("dimensions-string", oa(dimensions="384"), "dimensions"),
     ("dimensions-zero", oa(dimensions=0), "dimensions"),
     ("dimensions-bool", oa(dimensions=True), "dimensions"),
-    ("dimensions-other", oa(dimensions=17), "dimensions: model 'minilm' gives 384"),
+    ("dimensions-other", oa(dimensions=17), "dimensions: the model gives embeddings of 384 "),
     (
         "dimensions-nested-1000",
         f'{{"model": "minilm", "input": "a", "dimensions": {nested(1000, "1")}}}'.encode(),

@@ -114,9 +114,9 @@ def test_huge_texts_are_refused_or_bounded_and_leave_no_growth(served):
         assert out["shape"] == [1, 384]
         assert np.isfinite(out["data"]).all()
     p99 = float(np.percentile(latencies, 99))
-    print(f"\nsmall requests during the big ones: {len(latencies)}, p99 {p99 * 1000:.0f} ms")
-    assert p99 < 0.2, sorted(latencies)[-5:]
-    time.sleep(1.0)
+    time.sleep(3.0)  # the engine gives memory back once quiet for a second (engine/memory.py)
     grown = rss_mib(pid) - base
+    print(f"\nsmall requests during the big ones: {len(latencies)}, p99 {p99 * 1000:.0f} ms")
     print(f"replica RSS {base:.0f} MiB before, +{grown:.0f} MiB after")
     assert grown < 50
+    assert p99 < 0.2, sorted(latencies)[-5:]

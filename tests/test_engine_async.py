@@ -211,6 +211,7 @@ def test_batching_knobs_come_from_the_model_dir_and_the_caller(model_dir, tmp_pa
 
     from pydantic import ValidationError
 
+    from textfleet.engine.backends.base import physical_cores
     from textfleet.engine.config import BatchingConfig
     from textfleet.engine.engine import default_workers
 
@@ -228,6 +229,10 @@ def test_batching_knobs_come_from_the_model_dir_and_the_caller(model_dir, tmp_pa
         assert eng.batching == BatchingConfig(workers=default_workers("cpu"))
     with Engine.load(local, threads=1, batching={"workers": 1}) as eng:
         assert eng.batching.workers == 1
+    # Threads set by hand are each run's: as many as the cores leave room for one worker.
+    cores = physical_cores()
+    with Engine.load(local, threads=cores) as eng:
+        assert (eng.batching.workers, eng.backend.threads) == (1, cores)
     with pytest.raises(ValidationError, match="max_batch_size"):
         Engine.load(local, threads=1, batching={"max_batch_size": 0})
     with pytest.raises(ValidationError, match="max_wait_msec"):

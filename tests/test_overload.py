@@ -139,10 +139,11 @@ def test_burst_of_2000_short_requests(served):
 
 def test_burst_of_300_heavy_requests_with_a_5s_deadline_completes_work(served):
     url, headers = served["url"], {"x-request-timeout": "5"}
-    with httpx.Client(base_url=url, timeout=30) as client:  # the replica measures its pace
-        for _ in range(3):
-            r = client.post(f"/v2/models/{MODEL}/infer", content=v2_body([HEAVY_TEXT] * 4))
-            assert r.status_code == 200, r.text
+    # The replica measures its pace on overlapping requests (serve/admission.py).
+    warm = [v2_body([HEAVY_TEXT] * 4) for _ in range(8)]
+    for _ in range(3):
+        counts, _ = asyncio.run(_burst(url, warm, {}))
+        assert counts[200] == len(warm), counts
     bodies = [v2_body([HEAVY_TEXT]) for _ in range(300)]
     counts, took = asyncio.run(_burst(url, bodies, headers))
     print(f"\n300 heavy, 5 s deadline ({served['ingress']}): {dict(counts)} in {took:.1f} s")
@@ -205,7 +206,11 @@ def test_a_killed_replica_costs_503s_not_resets_or_500s(served):
     recovery = back_at[0] - killed_at[0] if back_at else (None if failed else 0.0)
     print(f"\nkill -9 under load ({served['ingress']}): {dict(counts)}; back after {recovery} s")
     resets = {k: v for k, v in counts.items() if str(k[1]).endswith("Error")}
-    assert not [k for k in resets if not k[0].startswith("/v2/")], counts  # gateway: none
+    # Through the gateway (under Ray's proxy, the V1 route) a request is retried on
+    # another replica: no reset. Under HAProxy the V1 route goes straight to the
+    # replica like V2 (serve/haproxy_routes.py) and shares V2's fate.
+    straight = ("/v2/", "/v1/") if served["ingress"] == "haproxy" else ("/v2/",)
+    assert not [k for k in resets if not k[0].startswith(straight)], counts
     assert not [k for k in counts if k[1] == 500], counts
     assert {k[1] for k in counts if isinstance(k[1], int)} <= {200, 503, 504}, counts
     for proto in ("/v2", "/v1"):
@@ -217,7 +222,7 @@ def test_a_killed_replica_costs_503s_not_resets_or_500s(served):
         # was still unread in the dead process's socket): on a keep-alive client
         # connection HAProxy 2.6 then closes the client's connection without an
         # answer, unlogged. Seen in about one run in four, one request.
-        pytest.xfail(f"V2 requests in flight on the killed replica were reset: {resets}")
+        pytest.xfail(f"requests in flight on the killed replica were reset: {resets}")
 
 
 def test_half_sent_headers_are_cut_off(served):

@@ -278,10 +278,12 @@ def test_openai_bad_requests(obj, field):
     assert body["error"]["param"] == field and body["error"]["type"] == "invalid_request_error"
 
 
-def test_openai_dimensions_must_match_the_model():
-    req = openai.parse_embeddings_request({"model": "m", "input": "a", "dimensions": 128}, 10)
-    with pytest.raises(InputError, match="gives 384-dimensional embeddings, not 128"):
-        openai.check_dimensions(req, 384)
+def test_openai_dimensions_and_prompt_name_are_read_for_the_engine_to_check():
+    obj = {"model": "m", "input": "a", "dimensions": 128, "prompt_name": "query"}
+    req = openai.parse_embeddings_request(obj, 10)
+    assert req.dimensions == 128 and req.prompt_name == "query"
+    with pytest.raises(InputError, match="prompt_name: expected a string"):
+        openai.parse_embeddings_request({**obj, "prompt_name": 3}, 10)
 
 
 @pytest.mark.parametrize("fmt", ["float", "base64"])

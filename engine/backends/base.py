@@ -47,6 +47,9 @@ class Backend(Protocol):
     def unload(self) -> None:
         """Release the session and its memory. Idempotent."""
 
+    # Optional: ``release_memory()``, called when the engine has gone quiet after
+    # work (engine/memory.py), gives cached memory (arenas, allocator caches) back.
+
 
 def physical_cores() -> int:
     """Physical cores available to this process (SMT siblings share one core's FPUs)."""

@@ -129,6 +129,19 @@ class OnnxRuntimeBackend:
         values = session.run(None, feeds, options)
         return dict(zip(self._outputs, values, strict=True))
 
+    def release_memory(self) -> None:
+        """Shrink every session's arena now: a run of one two-token row with the
+        shrinking option (onnxruntime shrinks at the end of a run)."""
+        sessions = [s for s in (self._session, self._solo) if s is not None]
+        if not sessions or cuda_index(self.device) is not None:
+            return
+        feeds = {name: np.zeros((1, 2), dtype=np.int64) for name in self._inputs}
+        feeds.get("attention_mask", np.empty(0))[...] = 1
+        now = time.monotonic()
+        for session in sessions:
+            session.run(None, feeds, self._shrinking_run)
+            self._last_shrink[id(session)] = now
+
     def health(self) -> bool:
         return self._session is not None
 

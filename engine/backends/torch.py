@@ -143,6 +143,13 @@ class TorchBackend:
             tensor = tensor[:, :width]
         return tensor.cpu().numpy().astype(np.float32, copy=False)
 
+    def release_memory(self) -> None:
+        """Hand the CUDA caching allocator's free blocks back to the device."""
+        if self.gpu is not None:
+            import torch
+
+            torch.cuda.empty_cache()
+
     def health(self) -> bool:
         return self._model is not None
 

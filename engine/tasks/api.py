@@ -55,7 +55,8 @@ class TaskMethods:
 
         ``aggregation``: none | simple | first | average | max (transformers'
         token-classification strategies); default: the model directory's.
-        Text past ``max_length`` tokens is truncated, so it yields no spans.
+        A text past ``max_length`` tokens runs in overlapping windows (``on_overflow``
+        window, the default here) and its spans carry offsets into the whole text.
         """
         texts, aggregation = self._entities_args(texts, aggregation)
         return self._entities_rows(texts, self._forward(texts), aggregation)
@@ -66,9 +67,9 @@ class TaskMethods:
         return check_texts(texts, "texts"), aggregation
 
     def _entities_rows(self, texts, rows, aggregation):
-        # Offsets come from the same tokenizer with the same max_length, so
-        # encoding i has exactly the tokens of row i.
-        encodings = self.tokenizer.encode_batch(texts)
+        # Offsets come from the tokenizer the rows came from (the truncating one, or
+        # the whole text's when windows were joined), so encoding i has the tokens of row i.
+        encodings = self._overflow.offsets_tokenizer.encode_batch(texts)
         out = []
         for text, enc, probs in zip(texts, encodings, rows, strict=True):
             if len(enc.ids) != probs.shape[0]:

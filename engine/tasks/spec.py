@@ -97,6 +97,11 @@ class TaskSpec:
     ``textfleet export`` reads them for this one, and ``describe`` prints them."""
     check_info: Callable[[ModelInfo], str | None] = no_check
     """More rules for textfleet.json: an error message, or None when the info is valid."""
+    join_windows: Callable[..., Any] | None = None
+    """``(rows, spans, prefix, suffix, info)`` -> the row of a whole text from the rows of
+    its windows (engine/windows.py); None: the task cannot run ``on_overflow: window``."""
+    default_overflow: str = "truncate"
+    """``EngineConfig.on_overflow`` when the config leaves it unset."""
 
 
 def short(text: str) -> str:

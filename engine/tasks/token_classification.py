@@ -13,6 +13,7 @@ import numpy as np
 from textfleet.engine.tasks.classification import OutputHead, label_count, load_labels, softmax
 from textfleet.engine.tasks.entities import Vocab
 from textfleet.engine.tasks.spec import TaskSpec, TaskState, TensorSpec, per_text_lines
+from textfleet.engine.windows import merge_token_rows
 
 if TYPE_CHECKING:
     from textfleet.engine.batch import Batch
@@ -39,6 +40,12 @@ def load_labels_and_vocab(md: ModelDir) -> TaskState:
     return TaskState(state.labels, state.activation, Vocab.from_tokenizer_json(md.tokenizer_path))
 
 
+def join_windows(rows, spans, prefix: int, suffix: int, info) -> np.ndarray:
+    """Per-token probabilities of the whole text: each token's from the window where it
+    has the most context on both sides, so a span is grouped once, over the whole text."""
+    return merge_token_rows(rows, spans, prefix, suffix)
+
+
 def predict(engine, texts, aggregation: str | None = None, **options) -> list[str]:
     return per_text_lines(texts, engine.entities(texts, aggregation=aggregation))
 
@@ -57,4 +64,6 @@ TASK = TaskSpec(
     predict=predict,
     load_state=load_labels_and_vocab,
     options=("aggregation", "merge_gaps"),
+    join_windows=join_windows,
+    default_overflow="window",
 )

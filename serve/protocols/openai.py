@@ -28,6 +28,8 @@ class EmbeddingsRequest:
     texts: list[str]
     encoding_format: Literal["float", "base64"]
     dimensions: int | None
+    prompt_name: str | None = None
+    """An extra field (not OpenAI's): the model's instruction prompt to prepend."""
 
 
 def model_of(obj: Any) -> str:
@@ -59,17 +61,11 @@ def parse_embeddings_request(obj: Any, max_texts: int) -> EmbeddingsRequest:
     dims = obj.get("dimensions")
     if dims is not None and (not isinstance(dims, int) or isinstance(dims, bool) or dims < 1):
         raise InputError("dimensions", f"expected a positive integer, got {short_repr(dims)}")
-    return EmbeddingsRequest(model, list(texts), fmt, dims)
-
-
-def check_dimensions(req: EmbeddingsRequest, dim: int) -> None:
-    """Only the model's own width is on offer; truncation would silently change results."""
-    if req.dimensions is not None and req.dimensions != dim:
-        raise InputError(
-            "dimensions",
-            f"model {short_repr(req.model)} gives {dim}-dimensional embeddings, "
-            f"not {req.dimensions}",
-        )
+    prompt = obj.get("prompt_name")
+    if prompt is not None and not isinstance(prompt, str):
+        raise InputError("prompt_name", f"expected a string, got {short_repr(prompt)}")
+    # Which widths and prompts the model has is the engine's to check (400 naming them).
+    return EmbeddingsRequest(model, list(texts), fmt, dims, prompt)
 
 
 def embeddings_reply(req: EmbeddingsRequest, embeddings: np.ndarray, prompt_tokens: int) -> Reply:

@@ -388,14 +388,21 @@ def model_metadata(
     platform: str,
     inputs: tuple[TensorSpec, ...],
     outputs: tuple[TensorSpec, ...],
+    parameters: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    return {
+    """The model metadata object; ``parameters`` (optional in the protocol) says what
+    requests may ask of the model: its token limit, what long texts get, and for
+    embeddings the widths (``dimensions``) and prompts (``prompt_name``) on offer."""
+    out = {
         "name": name,
         "versions": [version],
         "platform": platform,
         "inputs": [s.as_dict() for s in inputs],
         "outputs": [s.as_dict() for s in outputs],
     }
+    if parameters:
+        out["parameters"] = parameters
+    return out
 
 
 def split_version(sub: str, version: str, model: str) -> str:

@@ -2,7 +2,7 @@
 
     textfleet export | import-onnx      write model directories   (textfleet/cli/build.py)
     textfleet embed | predict           run one on a few texts    (textfleet/cli/run.py)
-    textfleet config | serve | status   serve models.yaml         (textfleet/cli/serving.py)
+    textfleet config | pack | serve | status   serve models.yaml  (textfleet/cli/serving.py)
 
 A user error (missing folder, folder without weights or tokenizer, unknown
 task, broken model directory, bad option value) prints one line

@@ -45,6 +45,11 @@ def add_export(sub) -> None:
         "--merge-gaps", action="store_true",
         help="token-classification: merge same-type spans separated only by whitespace",
     )  # fmt: skip
+    p.add_argument(
+        "--matryoshka-dims", type=widths, default=None, metavar="D,D,...",
+        help="embedding: narrower widths the model was trained to be cut to (e.g. 64,128,256); "
+        "requests may ask for them with `dimensions`",
+    )  # fmt: skip
     p.add_argument("--force", action="store_true", help="replace an existing model directory")
     add_graph_options(p)
     p.set_defaults(func=cmd_export)
@@ -52,6 +57,15 @@ def add_export(sub) -> None:
 
 # Exit status of an export refused by its quality check (2 is a usage error).
 EXIT_QUALITY = 3
+
+
+def widths(value: str) -> list[int]:
+    """``64,128,256`` -> [64, 128, 256]."""
+    try:
+        return [int(part) for part in value.split(",") if part.strip()]
+    except ValueError:
+        message = f"expected widths like 64,128,256, got {value!r}"
+        raise argparse.ArgumentTypeError(message) from None
 
 
 def keep_count(value: str) -> str | int:
@@ -75,7 +89,8 @@ def add_graph_options(p) -> None:
     g.add_argument(
         "--quantize", choices=["int8", "int8-static"], default=None,
         help="int8: dynamic (per-channel int8 weights, activations scaled per batch); "
-        "int8-static: activation scales calibrated on sample texts (QDQ), batch-independent",
+        "int8-static: activation scales calibrated on sample texts (QDQ), batch-independent "
+        "(recipe ms-marco-minilm-l12: int8 keeps its packaged int8 graph)",
     )  # fmt: skip
     g.add_argument(
         "--keep-fp32", type=keep_count, default=None, metavar="auto|N",
@@ -106,7 +121,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         "aggregation": args.aggregation, "merge_gaps": args.merge_gaps,
         "quantize": args.quantize, "keep_fp32": args.keep_fp32, "check": args.check,
         "check_threshold": args.check_threshold, "check_texts": args.check_texts,
-        "fuse": args.fuse,
+        "fuse": args.fuse, "matryoshka_dims": args.matryoshka_dims,
     }  # fmt: skip
     from textfleet.models.quality import QualityError, format_report
 
@@ -122,12 +137,15 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def export_source(args: argparse.Namespace, options: dict):
-    from textfleet.models.recipes import RECIPES
+    from textfleet.models.recipes import RECIPES, recipe_options
 
     if args.source in RECIPES and not Path(args.source).exists():
         from textfleet.models.recipes import build, prepare
 
-        prepared = prepare(args.source)
+        # Options the recipe takes itself (ms-marco-minilm-l12's quantize: keep the
+        # packaged int8 graph) go to its preparation, the rest to the exporter.
+        own = {k: options.pop(k) for k in recipe_options(args.source) if options.get(k)}
+        prepared = prepare(args.source, **own)
         if args.task is not None and args.task != prepared.task:
             raise ValueError(
                 f"--task {args.task}: recipe {args.source!r} makes a {prepared.task!r} model"

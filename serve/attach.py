@@ -1,0 +1,97 @@
+"""Deploy onto a Ray cluster someone else started: ``textfleet serve --address``.
+
+Nothing is started here: the driver joins the cluster, reads how its nodes
+and its Serve instance were set up, says where they differ from models.yaml
+(``ingress_differences``), and applies the cluster config (serve/cluster.py).
+The ingress settings are fixed when Ray's processes start (``ray start``'s
+environment) and Serve's HTTP host and port when Serve first starts; a driver
+cannot change them, so a difference is reported, not patched.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ray
+
+from textfleet.serve.cluster import HAPROXY_SWITCH, cluster_ingress, node_env
+from textfleet.serve.config import ServerConfig
+
+
+@ray.remote(num_cpus=0)
+def _read_env(names: list[str]) -> dict[str, str | None]:
+    import os
+
+    return {n: os.environ.get(n) for n in names}
+
+
+def node_settings() -> list[dict[str, Any]]:
+    """Per alive node: its address, metrics port and the ingress environment its
+    workers run with (what ``ray start`` was given)."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    names = sorted({*node_env(ServerConfig(ingress="haproxy")), HAPROXY_SWITCH})
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    refs = [
+        _read_env.options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
+        ).remote(names)
+        for n in nodes
+    ]
+    envs = ray.get(refs, timeout=60)
+    return [
+        {
+            "node": f"{n['NodeManagerAddress']} ({n['NodeID'][:8]})",
+            "metrics_export_port": n.get("MetricsExportPort"),
+            "env": env,
+        }
+        for n, env in zip(nodes, envs, strict=True)
+    ]
+
+
+def serve_http_options() -> dict[str, Any] | None:
+    """Host and port of the Serve instance already on the cluster, or None."""
+    from ray.serve.context import _get_global_client
+    from ray.serve.exceptions import RayServeException
+
+    try:
+        http = _get_global_client().http_config
+    except RayServeException:
+        return None
+    return {"host": http.host, "port": http.port}
+
+
+def ingress_differences(
+    server: ServerConfig, nodes: list[dict[str, Any]], serve_http: dict[str, Any] | None
+) -> list[str]:
+    """Where the cluster's ingress differs from what models.yaml asks for."""
+    found = []
+    want = node_env(server)
+    wanted_ingress = cluster_ingress(server)
+    for node in nodes:
+        env = node["env"]
+        has = "haproxy" if env.get(HAPROXY_SWITCH) == "1" else "ray-proxy"
+        if has != wanted_ingress:
+            found.append(
+                f"node {node['node']}: ingress {has}, models.yaml asks for {wanted_ingress} "
+                f"(set {HAPROXY_SWITCH}={'1' if wanted_ingress == 'haproxy' else '0'} "
+                "for `ray start`)"
+            )
+        unset = [f"{k}={v}" for k, v in want.items() if k != HAPROXY_SWITCH and env.get(k) != v]
+        if unset:
+            found.append(f"node {node['node']}: `ray start` ran without {' '.join(unset)}")
+        port = node["metrics_export_port"]
+        if port is not None and port != server.metrics_export_port:
+            found.append(
+                f"node {node['node']}: metrics on port {port}, models.yaml says "
+                f"{server.metrics_export_port}"
+            )
+    if serve_http is not None:
+        for key, wanted in (("host", server.host), ("port", server.port)):
+            if serve_http[key] != wanted:
+                found.append(
+                    f"Serve is already running with HTTP {key} {serve_http[key]!r}, models.yaml "
+                    f"says {wanted!r}; it stays {serve_http[key]!r} until Serve is shut down "
+                    "(`serve shutdown`)"
+                )
+    return found
