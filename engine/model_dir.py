@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from textfleet.engine.config import BatchingConfig
 from textfleet.engine.errors import ModelDirError
+from textfleet.engine.quantization import QualityReport, Quantization
 from textfleet.engine.tasks.registry import TASKS, TaskName, get_task
 
 INFO_FILE = "textfleet.json"
@@ -90,6 +91,13 @@ class ModelInfo(BaseModel):
     outputs: tuple[str, ...] = Field(min_length=1)
     """Graph outputs; the head reads the first."""
     opset: int | None = None
+    fused: bool = False
+    """The graph went through onnxruntime's transformer optimizer (attention, layer-norm,
+    GELU fusions) at export, checked equal to the unfused graph within fp32 tolerance."""
+    quantization: Quantization | None = None
+    """How the graph was quantized at export (None: fp32)."""
+    quality: QualityReport | None = None
+    """The quantized graph's answers against the fp32 graph's, measured at export."""
     batching: BatchingConfig | None = None
     """Default batching knobs for this model (e.g. a GPU model's bigger batches);
     ``Engine.load(batching=...)`` overrides them knob by knob."""

@@ -44,7 +44,7 @@ from textfleet.engine.model_dir import (
 )
 from textfleet.engine.tasks.registry import DEFAULT_TASK
 from textfleet.models.onnx_export import OPSET, export_onnx
-from textfleet.models.quantize import check_quantization, quantize_onnx
+from textfleet.models.quantize import check_keep_fp32, check_quantization
 from textfleet.models.source import (
     ExportError,
     check_source,
@@ -125,19 +125,36 @@ def export(
     merge_gaps: bool = False,
     provenance: Source | None = None,
     quantize: str | None = None,
+    keep_fp32: str | int | None = None,
+    check: bool = False,
+    check_threshold: float | None = None,
+    check_texts: list[str | os.PathLike] | None = None,
+    fuse: bool = False,
     matryoshka_dims: Sequence[int] | None = None,
 ) -> ModelDir:
     """Export SOURCE into the model directory OUT_DIR and return it, opened.
 
     ``name`` overrides the model's name; ``provenance`` the recorded source
-    (a recipe records the package its files came from). ``quantize="int8"``
-    stores a dynamically quantized graph (engine/quantize.py). ``matryoshka_dims``
+    (a recipe records the package its files came from). ``matryoshka_dims``
     declares the narrower widths an embedding model was trained to be cut to
     (requests may ask for them with ``dimensions``); prompts come from the source's
     ``config_sentence_transformers.json``.
+
+    ``quantize``: ``int8`` (dynamic) or ``int8-static`` (calibrated QDQ), with
+    ``keep_fp32`` (N or ``auto``) of the most sensitive matmuls left in fp32 and, with
+    ``check``, the quality against the fp32 graph measured on ``check_texts`` (default:
+    the committed samples) and recorded; below ``check_threshold`` the export is refused
+    (QualityError). See models/int8_export.py. ``fuse``: onnxruntime's transformer
+    fusions (models/fusion.py), checked equal to the unfused graph.
     """
     spec = lookup_task(task, "export")
     check_quantization(quantize)
+    check_keep_fp32(keep_fp32)
+    if quantize is None and (check or keep_fp32 is not None or check_threshold is not None):
+        raise ExportError(
+            "--check, --check-threshold and --keep-fp32 measure a quantized graph "
+            "against fp32: pass --quantize too"
+        )
     folder, src = resolve_source(source)
     config = check_source(folder)
     per_task = task_fields(task, config, folder, aggregation, merge_gaps, matryoshka_dims)
@@ -145,8 +162,10 @@ def export(
     out_dir = Path(out_dir).expanduser().resolve()
     with staged_model_dir(out_dir, force) as tmp:
         inputs = export_onnx(folder, tmp / ONNX_FILE, task, config, length)
-        if quantize is not None:
-            quantize_onnx(tmp / ONNX_FILE, quantize)
+        if fuse:
+            from textfleet.models.fusion import fuse_onnx
+
+            fuse_onnx(tmp / ONNX_FILE, config, inputs)
         write_tokenizer(folder / TOKENIZER_FILE, tmp / TOKENIZER_FILE)
         shutil.copyfile(folder / CONFIG_FILE, tmp / CONFIG_FILE)
         if safetensors:
@@ -166,8 +185,15 @@ def export(
             "inputs": tuple(inputs),
             "outputs": (spec.onnx_output,),
             "opset": OPSET,
+            "fused": fuse,
             "source": provenance or src,
         }
+        if quantize is not None:
+            from textfleet.models.int8_export import quantize_staged
+
+            info |= quantize_staged(
+                tmp, info, quantize, keep_fp32, check, check_threshold, check_texts
+            )
         seal_model_dir(tmp, out_dir, info)
     log.info("exported %s (%s) to %s", src.name, task, out_dir)
     return ModelDir.open(out_dir)

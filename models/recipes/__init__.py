@@ -38,6 +38,10 @@ RECIPES = {
 }
 
 
+# Options of ``export`` that rewrite the fp32 graph it traces.
+GRAPH_OPTIONS = ("quantize", "keep_fp32", "check", "check_threshold", "check_texts", "fuse")
+
+
 def recipe_options(name: str) -> tuple[str, ...]:
     """The options recipe ``name`` takes itself (given to ``prepare``, not to the exporter)."""
     if name not in RECIPES:
@@ -71,6 +75,15 @@ def build(prepared: Prepared, out_dir: str | os.PathLike, force: bool = False, *
     opts = {k: v for k, v in prepared.options.items() if k != "license"} | common | options
     if prepared.kind == "onnx-folder":
         from textfleet.models.import_onnx import import_onnx
+        from textfleet.models.source import ExportError
+
+        graph = sorted(k for k in GRAPH_OPTIONS if opts.get(k) not in (None, False))
+        if graph:
+            raise ExportError(
+                f"{', '.join(graph)}: recipe {prepared.name!r} ships its ONNX graph "
+                "(no fp32 graph to fuse, quantize or check against)"
+            )
+        opts = {k: v for k, v in opts.items() if k not in GRAPH_OPTIONS}
 
         return import_onnx(prepared.path, Path(out_dir), prepared.task, force=force, **opts)
     from textfleet.models.export import export

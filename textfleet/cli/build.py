@@ -1,6 +1,7 @@
 """``textfleet export`` and ``textfleet import-onnx``: write model directories.
 
     textfleet export SOURCE -o DIR [--task TASK] [--max-length N] [--safetensors] [--force]
+        [--fuse] [--quantize int8|int8-static [--keep-fp32 auto|N] [--check ...]]
     textfleet import-onnx FOLDER -o DIR --task TASK [--onnx-file F] [--merge-gaps]
 
 The build-time commands: they import the exporters (textfleet.models), which
@@ -10,6 +11,7 @@ the serving path never does.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from textfleet.engine.tasks.entities import AGGREGATIONS
@@ -49,12 +51,12 @@ def add_export(sub) -> None:
         "requests may ask for them with `dimensions`",
     )  # fmt: skip
     p.add_argument("--force", action="store_true", help="replace an existing model directory")
-    p.add_argument(
-        "--quantize", choices=["int8"], default=None,
-        help="store a dynamically quantized graph (recipe ms-marco-minilm-l12: keep the "
-        "packaged int8 graph; faster, but scores move with what a pair is batched with)",
-    )  # fmt: skip
+    add_graph_options(p)
     p.set_defaults(func=cmd_export)
+
+
+# Exit status of an export refused by its quality check (2 is a usage error).
+EXIT_QUALITY = 3
 
 
 def widths(value: str) -> list[int]:
@@ -66,14 +68,77 @@ def widths(value: str) -> list[int]:
         raise argparse.ArgumentTypeError(message) from None
 
 
-def cmd_export(args: argparse.Namespace) -> int:
-    from textfleet.models.recipes import RECIPES, recipe_options
+def keep_count(value: str) -> str | int:
+    if value == "auto":
+        return value
+    try:
+        n = int(value)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be 'auto' or a count >= 0, got {value!r}")
+    return n
 
+
+def add_graph_options(p) -> None:
+    g = p.add_argument_group("graph: fusions, int8 and its quality check (models/README.md)")
+    g.add_argument(
+        "--fuse", action="store_true",
+        help="apply onnxruntime's transformer fusions (checked equal to the unfused graph)",
+    )  # fmt: skip
+    g.add_argument(
+        "--quantize", choices=["int8", "int8-static"], default=None,
+        help="int8: dynamic (per-channel int8 weights, activations scaled per batch); "
+        "int8-static: activation scales calibrated on sample texts (QDQ), batch-independent "
+        "(recipe ms-marco-minilm-l12: int8 keeps its packaged int8 graph)",
+    )  # fmt: skip
+    g.add_argument(
+        "--keep-fp32", type=keep_count, default=None, metavar="auto|N",
+        help="leave the N matmuls measured most sensitive in fp32; auto: the fewest that "
+        "pass the quality check (implies --check)",
+    )  # fmt: skip
+    g.add_argument(
+        "--check", action="store_true",
+        help="measure the int8 graph against fp32 (alone and batched), record the figures in "
+        "textfleet.json, refuse the export (exit 3) below --check-threshold",
+    )  # fmt: skip
+    g.add_argument(
+        "--check-threshold", type=float, default=None, metavar="X",
+        help="lowest acceptable value of the task's figure: embedding cosine_min (default "
+        "0.99), classification top1_agreement (0.98), token-classification span_f1 (0.98), "
+        "pair-scoring rank_correlation (0.98)",
+    )  # fmt: skip
+    g.add_argument(
+        "--check-texts", action="append", default=None, metavar="FILE",
+        help="texts to calibrate and check on, one per line or JSON lines with 'text' "
+        "(repeatable; even lines calibrate, odd lines check; default: models/samples/)",
+    )  # fmt: skip
+
+
+def cmd_export(args: argparse.Namespace) -> int:
     options = {
         "max_length": args.max_length, "force": args.force, "name": args.name,
         "aggregation": args.aggregation, "merge_gaps": args.merge_gaps,
-        "quantize": args.quantize, "matryoshka_dims": args.matryoshka_dims,
+        "quantize": args.quantize, "keep_fp32": args.keep_fp32, "check": args.check,
+        "check_threshold": args.check_threshold, "check_texts": args.check_texts,
+        "fuse": args.fuse, "matryoshka_dims": args.matryoshka_dims,
     }  # fmt: skip
+    from textfleet.models.quality import QualityError, format_report
+
+    try:
+        md = export_source(args, options)
+    except QualityError as e:
+        print(f"textfleet: export refused: {e}", file=sys.stderr)
+        return EXIT_QUALITY
+    print(describe(md, "exported"))
+    if md.info.quality is not None:
+        print(f"  quality vs fp32: {format_report(md.info.quality)}")
+    return 0
+
+
+def export_source(args: argparse.Namespace, options: dict):
+    from textfleet.models.recipes import RECIPES, recipe_options
+
     if args.source in RECIPES and not Path(args.source).exists():
         from textfleet.models.recipes import build, prepare
 
@@ -86,14 +151,11 @@ def cmd_export(args: argparse.Namespace) -> int:
                 f"--task {args.task}: recipe {args.source!r} makes a {prepared.task!r} model"
             )
         options = {k: v for k, v in options.items() if v not in (None, False) or k == "force"}
-        md = build(prepared, args.output, **options)
-    else:
-        from textfleet.models.export import export
+        return build(prepared, args.output, **options)
+    from textfleet.models.export import export
 
-        task = args.task or DEFAULT_TASK
-        md = export(args.source, args.output, task=task, safetensors=args.safetensors, **options)
-    print(describe(md, "exported"))
-    return 0
+    task = args.task or DEFAULT_TASK
+    return export(args.source, args.output, task=task, safetensors=args.safetensors, **options)
 
 
 def describe(md, verb: str) -> str:
