@@ -21,6 +21,7 @@ import numpy as np
 
 from textfleet.engine.model_dir import ModelDir
 from textfleet.engine.quantization import HEADLINE_METRIC, QualityFigures, QualityReport
+from textfleet.engine.tasks.registry import get_task
 from textfleet.models.check_samples import text_pairs
 
 # Batches of every length mixed: the most padding, hence the widest activation ranges.
@@ -132,22 +133,25 @@ def spearman(a, b) -> float:
 
 
 def figures(task: str, ref: list, got: list) -> QualityFigures:
-    if task == "embedding":
+    """The figures of the task's kind of answer (from its TaskSpec): pooled vectors,
+    per-token spans, pair scores, else labels."""
+    spec = get_task(task)
+    if spec.pooled:
         cos = cosines(ref, got)
         return QualityFigures(cosine_min=float(cos.min()), cosine_mean=float(cos.mean()))
-    if task == "classification":
-        agree = np.mean([r == g for r, g in zip(ref, got, strict=True)])
-        return QualityFigures(top1_agreement=float(agree))
-    if task == "token-classification":
+    if spec.ragged:
         return QualityFigures(span_f1=span_f1(ref, got))
-    return QualityFigures(rank_correlation=spearman(np.asarray(ref), np.asarray(got)))
+    if spec.pairs:
+        return QualityFigures(rank_correlation=spearman(np.asarray(ref), np.asarray(got)))
+    agree = np.mean([r == g for r, g in zip(ref, got, strict=True)])
+    return QualityFigures(top1_agreement=float(agree))
 
 
 # ---------------------------------------------------------------- the check
 
 
 def check_items(task: str, texts: list[str]) -> list:
-    return text_pairs(texts) if task == "pair-scoring" else texts
+    return text_pairs(texts) if get_task(task).pairs else texts
 
 
 def measure(

@@ -23,7 +23,8 @@ import numpy as np
 import orjson
 
 Canonical = tuple[str, Any]
-"""(kind, rows): kind is "embedding", "classification", "spans" or "ranking"."""
+"""(kind, rows): kind is "vectors", "labels", "spans" or "ranking": shapes of answers,
+which tasks share."""
 
 
 REPLY_METHODS = ("openai_embeddings", "v1_predict", "rerank_http")
@@ -37,9 +38,9 @@ def canonical(method: str, result: Any) -> Canonical:
     if method in REPLY_METHODS:
         return _from_reply(method, result)
     if method == "embed":
-        return "embedding", np.asarray(result, dtype=np.float32)
+        return "vectors", np.asarray(result, dtype=np.float32)
     if method == "classify":
-        return "classification", [(r[0].label, float(r[0].score)) for r in result]
+        return "labels", [(r[0].label, float(r[0].score)) for r in result]
     if method == "entities":
         return "spans", [{(e.start, e.end, e.label) for e in spans} for spans in result]
     if method == "score":
@@ -55,12 +56,12 @@ def canonical(method: str, result: Any) -> Canonical:
 
 def _from_outputs(outputs: dict[str, np.ndarray]) -> Canonical:
     if "embedding" in outputs:
-        return "embedding", np.asarray(outputs["embedding"], dtype=np.float32)
+        return "vectors", np.asarray(outputs["embedding"], dtype=np.float32)
     if "label" in outputs:
         labels, scores = np.asarray(outputs["label"]), np.asarray(outputs["score"])
         if labels.ndim == 2:  # top_k > 1: best first
             labels, scores = labels[:, 0], scores[:, 0]
-        return "classification", [(_text(x), float(s)) for x, s in zip(labels, scores, strict=True)]
+        return "labels", [(_text(x), float(s)) for x, s in zip(labels, scores, strict=True)]
     if "entities" in outputs:
         rows = [orjson.loads(x) for x in outputs["entities"]]
         return "spans", [{(e["start"], e["end"], e["label"]) for e in row} for row in rows]
@@ -75,17 +76,17 @@ def _from_reply(method: str, reply: Any) -> Canonical:
     body = orjson.loads(reply.body)
     if method == "openai_embeddings":
         rows = sorted(body["data"], key=lambda d: d["index"])
-        return "embedding", np.array([_vector(d["embedding"]) for d in rows], dtype=np.float32)
+        return "vectors", np.array([_vector(d["embedding"]) for d in rows], dtype=np.float32)
     if method == "rerank_http":
         return "ranking", {int(r["index"]): float(r["relevance_score"]) for r in body["results"]}
     preds = body["predictions"]
     if all(isinstance(p, dict) for p in preds) and preds:  # classification: the best label
-        return "classification", [(str(p["label"]), float(p["score"])) for p in preds]
+        return "labels", [(str(p["label"]), float(p["score"])) for p in preds]
     if all(isinstance(p, int | float) for p in preds) and preds:  # pair scores
         return "ranking", np.asarray(preds, dtype=np.float64)
     if all(isinstance(p, list) and all(isinstance(e, dict) for e in p) for p in preds):
         return "spans", [{(e["start"], e["end"], e["label"]) for e in p} for p in preds]
-    return "embedding", np.asarray(preds, dtype=np.float32)
+    return "vectors", np.asarray(preds, dtype=np.float32)
 
 
 def _vector(v: Any) -> np.ndarray:
@@ -109,9 +110,9 @@ def compare(primary: Canonical, shadow: Canonical) -> dict[str, list[float]]:
         return _ranking(a, b)
     if len(a) != len(b):
         raise ValueError(f"the primary answered {len(a)} rows and the shadow {len(b)}")
-    if kind == "embedding":
+    if kind == "vectors":
         return {"cosine": cosines(a, b)}
-    if kind == "classification":
+    if kind == "labels":
         return {
             "top1_agreement": [float(x[0] == y[0]) for x, y in zip(a, b, strict=True)],
             "score_diff": [abs(x[1] - y[1]) for x, y in zip(a, b, strict=True)],

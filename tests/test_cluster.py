@@ -93,8 +93,11 @@ def two_nodes(model_dir):
     # A short temp dir: Ray's socket paths live under it (107 characters at most).
     temp = tempfile.mkdtemp(prefix="tfc", dir="/tmp")
     server = ServerConfig(port=free_port(), metrics_export_port=free_port())
+    # Not this session's Ray settings: its single-machine switch, its HAProxy files
+    # and ports, its address (the session's own Ray runs in this process).
+    own = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "TEXTFLEET_"))}
     env = {
-        **os.environ,
+        **own,
         **cluster.node_env(server),
         "RAY_AUTH_MODE": "token",
         "RAY_ADDRESS": "",

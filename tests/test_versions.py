@@ -195,11 +195,11 @@ def test_gateway_replies_compare_like_their_structured_forms():
     for fmt in ("float", "base64"):
         req = openai.EmbeddingsRequest("m", ["a", "b"], fmt, None)
         got = canonical("openai_embeddings", openai.embeddings_reply(req, emb, 3))
-        assert got[0] == "embedding"
+        assert got[0] == "vectors"
         np.testing.assert_array_equal(got[1], emb)
-    assert canonical("v1_predict", v1.predict_reply(list(emb)))[0] == "embedding"
+    assert canonical("v1_predict", v1.predict_reply(list(emb)))[0] == "vectors"
     labels = v1.predict_reply([{"label": "x", "score": 0.5}])
-    assert canonical("v1_predict", labels) == ("classification", [("x", 0.5)])
+    assert canonical("v1_predict", labels) == ("labels", [("x", 0.5)])
     spans = v1.predict_reply(
         [[{"label": "PER", "text": "Al", "start": 0, "end": 2, "score": 1.0}], []]
     )
