@@ -208,7 +208,7 @@ def serve_on_cluster(args: argparse.Namespace) -> int:
     for line in differences:
         print(f"warning: the cluster differs from models.yaml: {line}", file=sys.stderr)
     deploy.apply(config)
-    states = deploy.wait([*models.names(), GATEWAY_APP], timeout_s=600)
+    states = deploy.wait([*models.app_names(), GATEWAY_APP], timeout_s=600)
     served = attach.serve_http_options() or {"host": server.host, "port": server.port}
     shown = server.model_copy(update=served)
     print(
@@ -216,7 +216,7 @@ def serve_on_cluster(args: argparse.Namespace) -> int:
         f"a proxy on every node at port {shown.port})",
         file=sys.stderr,
     )
-    _print_urls(shown, states)
+    _print_urls(shown, states, models)
     failed = [n for n, a in states.items() if str(a.status.value) != "RUNNING"]
     return 1 if failed else 0
 
