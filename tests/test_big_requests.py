@@ -66,9 +66,9 @@ def small_latencies(url: str, stop: threading.Event) -> list[float]:
 
 @pytest.mark.xfail(
     strict=False,
-    reason="known gap: on 2 shared cores ten 4 MB bodies read and parsed on the replica's "
-    "event loop push small requests' p99 to 180-330 ms (target 200), and the replica keeps "
-    "+140 MiB after them (the engine alone returns within 50 MiB: tests/test_engine.py)",
+    reason="known gap: each 4 MB text costs what a 256-token text does, and on 2 cores a "
+    "small request waits for the long batches ahead of it: p99 178 ms on a quiet machine, "
+    "460-580 ms with other processes competing (target 200)",
 )
 def test_huge_texts_are_refused_or_bounded_and_leave_no_growth(served):
     url = f"{served['url']}/v2/models/{MODEL}/infer"
