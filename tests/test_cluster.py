@@ -93,8 +93,8 @@ def two_nodes(model_dir):
     # A short temp dir: Ray's socket paths live under it (107 characters at most).
     temp = tempfile.mkdtemp(prefix="tfc", dir="/tmp")
     server = ServerConfig(port=free_port(), metrics_export_port=free_port())
-    # Not this session's Ray settings: its single-machine switch, its HAProxy files
-    # and ports, its address (the session's own Ray runs in this process).
+    # Without the settings of the Ray this test process runs itself (its single-machine
+    # switch, its HAProxy files and ports, its address).
     own = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "TEXTFLEET_"))}
     env = {
         **own,
