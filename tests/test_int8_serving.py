@@ -14,11 +14,10 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-import yaml
 from model_cache import cached_export
+from serving import deploy_lean_models
 
 from textfleet.engine.engine import Engine
-from textfleet.serve.config import GATEWAY_APP, load_models
 
 REPO = Path(__file__).resolve().parents[1]
 CACHE = REPO / "artifacts" / "test-models"
@@ -39,23 +38,12 @@ def int8_dirs(source_dir, token_source_dir):
 
 @pytest.fixture(scope="module")
 def http(ray_serve, int8_dirs, tmp_path_factory):
-    from textfleet.serve import deploy
-    from textfleet.serve.generate import serve_config
-
     port = ray_serve["port"]
-    lean = {"threads": 1, "ray_actor_options": {"num_cpus": 0}}
     models = [
-        {"name": name, "model_dir": str(md.path), "task": md.info.task} | lean
+        {"name": name, "model_dir": str(md.path), "task": md.info.task}
         for name, md in int8_dirs.items()
     ]
-    path = tmp_path_factory.mktemp("int8-serve") / "models.yaml"
-    path.write_text(yaml.safe_dump({"server": {"port": port}, "models": models}, sort_keys=False))
-    loaded = load_models(path)
-    deploy.apply(serve_config(loaded))
-    states = deploy.wait([*loaded.names(), GATEWAY_APP], timeout_s=300)
-    assert {n: str(s.status.value) for n, s in states.items()} == dict.fromkeys(
-        [*loaded.names(), GATEWAY_APP], "RUNNING"
-    )
+    deploy_lean_models(tmp_path_factory.mktemp("int8-serve"), models, port)
     with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
         yield client
 

@@ -16,12 +16,11 @@ import httpx
 import numpy as np
 import orjson
 import pytest
-import yaml
 from conftest import PROMPTS
+from serving import deploy_lean_models
 
 from textfleet.engine.engine import Engine
 from textfleet.engine.errors import TooLarge
-from textfleet.serve.config import GATEWAY_APP, load_models
 
 ADDRESS = "He lives at 42 Maplewood Avenue, Springfield."
 LONG = " ".join(["The quarterly report covers growth in several regions."] * 12)
@@ -40,23 +39,9 @@ def dirs(rampart_dir, prompted_dir, model_dir):
 
 @pytest.fixture(scope="module")
 def served(ray_serve, dirs, tmp_path_factory):
-    from textfleet.serve import deploy
-    from textfleet.serve.generate import serve_config
-
     port = ray_serve["port"]
-    lean = {"threads": 1, "ray_actor_options": {"num_cpus": 0}}
-    models = [
-        {"name": name, "model_dir": str(md.path), **SETTINGS[name], **lean}
-        for name, md in dirs.items()
-    ]
-    path = tmp_path_factory.mktemp("long-serve") / "models.yaml"
-    path.write_text(yaml.safe_dump({"server": {"port": port}, "models": models}, sort_keys=False))
-    loaded = load_models(path)
-    deploy.apply(serve_config(loaded))
-    states = deploy.wait([*loaded.names(), GATEWAY_APP], timeout_s=300)
-    assert {n: str(s.status.value) for n, s in states.items()} == dict.fromkeys(
-        [*loaded.names(), GATEWAY_APP], "RUNNING"
-    )
+    models = [{"name": n, "model_dir": str(md.path), **SETTINGS[n]} for n, md in dirs.items()]
+    deploy_lean_models(tmp_path_factory.mktemp("long-serve"), models, port)
     yield {"port": port, "url": f"http://127.0.0.1:{port}"}
 
 
