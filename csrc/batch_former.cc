@@ -8,6 +8,7 @@ namespace textfleet {
 bool BatchQueue::push(SeqKey key, uint32_t length, int64_t arrival_ns) {
   if (!by_age_.emplace(key, Info{length, arrival_ns}).second) return false;
   by_length_.emplace(length, key);
+  by_request_.insert({key.order, length, key.index});
   tokens_ += length;
   return true;
 }
@@ -17,6 +18,7 @@ int64_t BatchQueue::erase(SeqKey key) {
   if (it == by_age_.end()) return -1;
   const uint32_t length = it->second.length;
   by_length_.erase({length, key});
+  by_request_.erase({key.order, length, key.index});
   by_age_.erase(it);
   tokens_ -= length;
   return length;
@@ -39,10 +41,12 @@ static int64_t latest_arrival(int64_t oldest_ns, int64_t now_ns, const BatchKnob
 BatchPlan BatchQueue::plan(int64_t now_ns, const BatchKnobs& knobs, uint32_t parts) const {
   BatchPlan plan;
   if (by_age_.empty()) return plan;
-  const auto& [oldest, info] = *by_age_.begin();
+  const AnchorKey& first = *by_request_.begin();
+  const SeqKey anchor{first.order, first.index};
+  const Info& info = by_age_.at(anchor);  // a request's rows share one arrival
   const int64_t latest = latest_arrival(info.arrival_ns, now_ns, knobs);
   const auto start = [&] {
-    plan.rows.assign(1, oldest);
+    plan.rows.assign(1, anchor);
     plan.width = info.length;
     plan.real_tokens = info.length;
   };
@@ -66,13 +70,12 @@ BatchPlan BatchQueue::plan(int64_t now_ns, const BatchKnobs& knobs, uint32_t par
     start();
     grow(plan, latest, knobs, (rows + parts - 1) / parts);
   }
-  // Arrival order inside the batch: the oldest stays first and a request's
-  // rows come out in index order.
+  // Arrival order inside the batch: a request's rows come out in index order.
   std::sort(plan.rows.begin(), plan.rows.end());
   return plan;
 }
 
-// Grows the batch from its oldest row outwards in length order. The next
+// Grows the batch from its anchor outwards in length order. The next
 // shorter candidate wastes (width - its length) padding on itself; the next
 // longer one widens every row already in, wasting rows x (its length -
 // width). The cheaper one joins while it wastes at most max_row_padding. Both

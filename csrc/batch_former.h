@@ -7,10 +7,14 @@
 // very same code with the steady clock.
 //
 // Policy (docs/ARCHITECTURE.md, "Scheduler"):
-// - the oldest waiting sequence is always the first row (no starvation: every
-//   batch removes the oldest, so a sequence waits for at most the sequences
-//   that arrived before it);
-// - the other rows are picked by length around the oldest, cheapest padding
+// - the batch is anchored on the oldest waiting request (no starvation: every
+//   batch takes a row of the oldest request, so a sequence waits for at most
+//   the sequences that arrived before it); within that request, on its
+//   longest waiting row. A request is answered when its last row is, so the
+//   order of its own rows costs it nothing, and longest first (LPT) leaves
+//   the short batches for the end, where they even out the workers: a large
+//   request no longer ends on one long batch while the other workers idle;
+// - the other rows are picked by length around the anchor, cheapest padding
 //   first, and a row joins only if the padding it adds is at most
 //   max_row_padding: a row that would waste more than that costs more here
 //   than running it in another batch (the per-batch overhead, in tokens);
@@ -27,7 +31,7 @@
 //   executor never waits on a timer); max_wait_ns > 0: a batch that could
 //   still grow is held until its oldest row has waited max_wait_ns;
 // - parts > 1 (other executors are idle): a ready batch of n rows keeps only
-//   its first ceil(n / parts) rows in the walk's order (the oldest and the
+//   its first ceil(n / parts) rows in the walk's order (the anchor and the
 //   rows closest to it in length), leaving the rest for the idle executors,
 //   so work that arrives while the machine is idle is spread over all of them.
 #pragma once
@@ -68,7 +72,7 @@ struct BatchKnobs {
 };
 
 struct BatchPlan {
-  std::vector<SeqKey> rows;  // rows[0] is the oldest waiting sequence
+  std::vector<SeqKey> rows;  // in key order: oldest request first, then index
   uint32_t width = 0;        // longest row
   uint64_t real_tokens = 0;  // sum of the rows' lengths
   bool ready = false;        // form this batch now
@@ -103,13 +107,27 @@ class BatchQueue {
   };
   using LengthKey = std::pair<uint32_t, SeqKey>;
 
-  // Adds rows to a plan holding the oldest sequence (see batch_former.cc),
-  // at most max_rows in all.
+  // Where a batch starts: the oldest request, its longest row first (ties:
+  // lower index), so begin() of by_request_ is the anchor.
+  struct AnchorKey {
+    uint64_t order;
+    uint32_t length;
+    uint32_t index;
+    friend bool operator<(const AnchorKey& a, const AnchorKey& b) {
+      if (a.order != b.order) return a.order < b.order;
+      if (a.length != b.length) return a.length > b.length;
+      return a.index < b.index;
+    }
+  };
+
+  // Adds rows to a plan holding the anchor (see batch_former.cc), at most
+  // max_rows in all.
   void grow(BatchPlan& plan, int64_t latest_arrival_ns, const BatchKnobs& knobs,
             size_t max_rows) const;
 
   std::map<SeqKey, Info> by_age_;
   std::set<LengthKey> by_length_;  // (length, key): equal lengths oldest first
+  std::set<AnchorKey> by_request_;
   uint64_t tokens_ = 0;
 };
 

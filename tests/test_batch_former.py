@@ -176,6 +176,20 @@ def test_request_rows_stay_in_index_order_and_split_across_batches():
     assert sorted(i for p in plans for _, i in p.rows) == list(range(7))
 
 
+def test_a_request_runs_its_longest_rows_first():
+    # Rows of one request arrived together and are answered together, so the
+    # order among them is free: longest first leaves the short batches for the
+    # end, where they even out the workers instead of one long batch last.
+    lengths = [12, 200, 13, 41, 190, 39, 14, 195, 40, 11]
+    plans = drain(queue_of(lengths, request=3), Knobs(max_batch_size=3, max_row_padding=16))
+    assert [p.width for p in plans] == [200, 41, 14, 11]
+    assert sorted(lengths[i] for _, i in plans[0].rows) == [190, 195, 200]
+    # An older request still comes first, however short its rows.
+    q = queue_of([5, 6], request=1)
+    q.push(2, 0, 300, 0.5)
+    assert q.plan(1.0, Knobs(max_row_padding=0)).rows == [(1, 1)]
+
+
 def test_cancelled_sequences_leave_the_plan():
     q = queue_of([10, 10, 10])
     assert q.erase(0, 0) == 10 and q.erase(0, 0) == -1
