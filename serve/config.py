@@ -409,6 +409,14 @@ class _ShadowFields(_VersionEntry):
     record: ShadowRecord | None = None
     """Sampled (primary, shadow) pairs written to a JSONL file; None: none."""
 
+    cpu_priority: Literal["background", "shared"] = "background"
+    """``background``: the shadow's replicas run at the lowest CPU priority (nice 19), so
+    on cores it shares with the primary the shadow computes only in the time the primary
+    leaves (under saturation its mirrors past ``max_in_flight`` are dropped and counted,
+    never slowing the primary). ``shared``: the primary's priority; every mirror is
+    computed, at the cost of the primary's latency where they share cores
+    (serve/cpu_priority.py)."""
+
 
 VersionConfig = create_model(
     "VersionConfig",

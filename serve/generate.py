@@ -27,6 +27,7 @@ from textfleet.serve.config import (
     load_models,
     version_app,
 )
+from textfleet.serve.cpu_priority import BACKGROUND_ARG
 
 MODEL_BUILDER = "textfleet.serve.app:build_model_app"
 GATEWAY_BUILDER = "textfleet.serve.app:build_gateway_app"
@@ -62,14 +63,25 @@ def model_applications(m: ModelConfig, digests: list[str] | None = None) -> list
     shadow) then the model's router at ``/v2/models/<name>``."""
     if m.versions is None:
         return [model_application(m, digests)]
-    return [version_application(v, digests) for v in m.version_configs()] + [
-        router_application(m, digests)
+    configs = m.version_configs()  # the versions, then the shadow
+    background = m.shadow is not None and m.shadow.cpu_priority == "background"
+    apps = [
+        version_application(v, digests, background=background and i == len(configs) - 1)
+        for i, v in enumerate(configs)
     ]
+    return apps + [router_application(m, digests)]
 
 
-def version_application(v: ModelConfig, digests: list[str] | None = None) -> dict[str, Any]:
+def version_application(
+    v: ModelConfig, digests: list[str] | None = None, *, background: bool = False
+) -> dict[str, Any]:
     """One version: a ModelServer at ``/v2/models/<name>/versions/<v>`` (the longest
-    prefix, so that route reaches it without the router)."""
+    prefix, so that route reaches it without the router). ``background`` (a shadow's
+    replicas at the lowest CPU priority) is user_config: promoting the shadow to a
+    version changes it without a restart."""
+    user_config: dict[str, Any] = {KEYS_ARG: list(digests or [])}
+    if background:
+        user_config[BACKGROUND_ARG] = True
     return {
         "name": version_app(v.name, v.version),
         "route_prefix": f"/v2/models/{v.name}/versions/{v.version}",
@@ -79,7 +91,7 @@ def version_application(v: ModelConfig, digests: list[str] | None = None) -> dic
             {
                 "name": VERSION_DEPLOYMENT,
                 **v.deployment_options(),
-                "user_config": {KEYS_ARG: list(digests or [])},
+                "user_config": user_config,
             }
         ],
     }

@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from textfleet.engine.errors import InputError, ModelDirError
-from textfleet.serve import auth, deadlines, model_source
+from textfleet.serve import auth, cpu_priority, deadlines, model_source
 from textfleet.serve.admission import AdmissionGate
 from textfleet.serve.config import DEPLOYMENT_NAME, ModelConfig
 from textfleet.serve.metrics import EngineStatsExporter, ModelMetrics
@@ -121,8 +121,13 @@ class ModelServer:
         log.info("model %r loaded from %s", self.name, self.config.model_dir)
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
-        """Ray Serve's light update (``user_config``): the API key digests, serve/auth.py."""
-        self.keys = auth.from_user_config(user_config)
+        """Ray Serve's light update (``user_config``): the API key digests (serve/auth.py)
+        and, for a version's replicas, whether they run in the background of the CPUs (a
+        shadow's: serve/cpu_priority.py)."""
+        self.keys = auth.from_user_config(user_config, (cpu_priority.BACKGROUND_ARG,))
+        background = bool(user_config.get(cpu_priority.BACKGROUND_ARG, False))
+        if background or cpu_priority.is_background():
+            cpu_priority.set_background(background)
 
     # ------------------------------------------------------------ HTTP
 
