@@ -27,6 +27,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    JsonValue,
     ValidationError,
     ValidationInfo,
     create_model,
@@ -37,6 +38,7 @@ from pydantic.fields import FieldInfo
 
 from textfleet.engine.config import EngineConfig
 from textfleet.engine.tasks.registry import TaskName
+from textfleet.serve.hooks import check_call
 from textfleet.serve.model_source import check_archive_path, check_model_uri
 
 GATEWAY_APP = "textfleet-gateway"
@@ -133,6 +135,79 @@ class ShadowRecord(_Strict):
         return _resolved(v, info)
 
 
+V2_DATATYPES = Literal[
+    "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
+    "FP16", "FP32", "FP64", "BYTES",
+]  # fmt: skip
+"""The V2 tensor datatypes (serve/protocols/v2.py)."""
+
+
+class TensorDecl(_Strict):
+    """An output tensor a postprocess hook adds, as the V2 metadata shows it."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    datatype: V2_DATATYPES
+    shape: list[int] = Field(min_length=1, max_length=8)
+    """One row per text: the first dimension is -1; -1 elsewhere is a free width."""
+
+    @field_validator("shape")
+    @classmethod
+    def _rows_first(cls, v: list[int]) -> list[int]:
+        if v[0] != -1 or any(d < 1 and d != -1 for d in v):
+            raise ValueError(
+                f"got {v}; the first dimension is the rows (-1), the others are widths >= 1 or -1"
+            )
+        return v
+
+
+class HookCall(_Strict):
+    """User code to run: an import path and its keyword arguments (serve/hooks.py)."""
+
+    call: str
+    """``"package.module:function"`` (called with ``args`` bound) or
+    ``"package.module:Class"`` (built once per replica as ``Class(**args)``, then called)."""
+
+    args: dict[str, JsonValue] = {}
+    """Keyword arguments, plain JSON."""
+
+    @field_validator("call")
+    @classmethod
+    def _check_call(cls, v: str) -> str:
+        return check_call(v)
+
+
+class PostprocessCall(HookCall):
+    outputs: list[TensorDecl] = []
+    """Output tensors the hook adds beside the task's (V2 metadata and responses)."""
+
+    @field_validator("outputs")
+    @classmethod
+    def _unique(cls, v: list[TensorDecl]) -> list[TensorDecl]:
+        names = [t.name for t in v]
+        dup = next((n for n in names if names.count(n) > 1), None)
+        if dup is not None:
+            raise ValueError(f"output {dup!r} is declared twice")
+        return v
+
+
+class HooksConfig(_Strict):
+    """A model's pre/post-processing, run in the replica around every engine call
+    (V2, V1, OpenAI, rerank, handle calls). See serve/hooked_engine.py."""
+
+    preprocess: HookCall | None = None
+    """``texts -> texts`` (pair models: ``[(query, document)] -> [(query, document)]``),
+    one out per one in; raising ``InputError`` answers 400."""
+
+    postprocess: PostprocessCall | None = None
+    """``(outputs, texts) -> outputs``: the task's V2 output tensors (a dict of numpy
+    arrays, one row per text) to the same tensors, plus any declared in ``outputs``."""
+
+    threads: int = Field(1, ge=1, le=64)
+    """Threads running the hooks in each replica, off its event loop. 1: a hook (a
+    class instance) sees one call at a time; more only helps hooks that release the
+    GIL (numpy, I/O) and must then be thread-safe."""
+
+
 class ModelConfig(EngineConfig):
     """One served model: one Ray Serve application at ``/v2/models/<name>``.
 
@@ -221,6 +296,10 @@ class ModelConfig(EngineConfig):
     shadow: ShadowConfig | None = None
     """A version that gets a copy of some requests after the primary answered; its
     answers are compared with the primary's and never returned (only with ``versions``)."""
+
+    hooks: HooksConfig | None = None
+    """Pre/post-processing code run in the replica around every request (preprocess,
+    postprocess: import paths). It runs with the server's privileges."""
 
     @field_validator("name")
     @classmethod

@@ -27,6 +27,7 @@ from textfleet.engine.errors import InputError, ModelDirError
 from textfleet.serve import auth, cpu_priority, deadlines, model_source
 from textfleet.serve.admission import AdmissionGate
 from textfleet.serve.config import DEPLOYMENT_NAME, ModelConfig
+from textfleet.serve.hooked_engine import load_hooks
 from textfleet.serve.metrics import EngineStatsExporter, ModelMetrics
 from textfleet.serve.model_routes import (
     OPENAI_EMBEDDINGS,
@@ -98,13 +99,16 @@ class ModelServer:
         self.keys = auth.KeyCheck()  # no keys unless user_config names some
         self.name = self.config.name
         self.version = self.config.version
+        # User hooks first: a module that cannot be imported fails this application
+        # (its message in `textfleet status`) before the model is loaded.
+        self.hooks = load_hooks(self.name, self.config.hooks)
         self.engine = load_engine(self.config)
         if self.config.warmup:  # Ray routes nothing here before __init__ returns
             took = self.engine.warmup()
             log.info("model %r warmed up: %s", self.name, {w: round(t, 3) for w, t in took.items()})
         # The adapters call the engine through the admission gate: a request that
         # could not finish before its deadline is refused on arrival (503).
-        self.task = adapter_for(AdmissionGate(self.engine), self.config)
+        self.task = adapter_for(AdmissionGate(self.engine), self.config, self.hooks)
         self.metrics = ModelMetrics(self.name)
         self.exporter = EngineStatsExporter(self.name, self.engine.stats)
         # Metadata never changes for a replica: encode it once.
@@ -347,6 +351,8 @@ class ModelServer:
         exporter, engine = getattr(self, "exporter", None), getattr(self, "engine", None)
         if exporter is not None:
             exporter.stop()
+        if getattr(self, "hooks", None) is not None:
+            self.hooks.close()
         if engine is not None:
             engine.close()
 
