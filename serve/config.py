@@ -38,6 +38,7 @@ from pydantic.fields import FieldInfo
 
 from textfleet.engine.config import EngineConfig
 from textfleet.engine.tasks.registry import TaskName
+from textfleet.serve.graph_config import GraphConfig, check_graphs
 from textfleet.serve.hooks import check_call
 from textfleet.serve.model_source import check_archive_path, check_model_uri
 
@@ -556,6 +557,16 @@ def check_versions(m: ModelConfig) -> None:
         )
 
 
+def model_task(m: ModelConfig) -> str | None:
+    """The task of a model entry: its ``task``, else the one its model directory (or its
+    first version's) records; None when neither is known on this machine."""
+    for c in [m, *m.version_configs()]:
+        task = c.task or _recorded_task(c.model_dir)
+        if task is not None:
+            return task
+    return None
+
+
 def _recorded_task(model_dir: Path | None) -> str | None:
     """The task a model directory records (textfleet.json), when it is on this machine."""
     import json
@@ -664,6 +675,9 @@ class ModelsFile(_Strict):
 
     server: ServerConfig = ServerConfig()
     models: list[ModelConfig] = Field(..., min_length=1)
+    graphs: list[GraphConfig] = Field(default_factory=list)
+    """Inference graphs over the models (serve/graph_config.py), each served at
+    ``/v2/models/<graph>`` like a model."""
 
     @model_validator(mode="after")
     def _unique_names(self) -> ModelsFile:
@@ -684,9 +698,25 @@ class ModelsFile(_Strict):
                     )
         return self
 
+    @model_validator(mode="after")
+    def _check_graphs(self) -> ModelsFile:
+        taken = {GATEWAY_APP: "the gateway application"}
+        for m in self.models:
+            taken |= {app: f"model {m.name!r}" for app in application_names(m)}
+        check_graphs(self.graphs, {m.name: model_task(m) for m in self.models}, taken)
+        return self
+
     def app_names(self) -> list[str]:
-        """Every Ray Serve application of these models (versions first, then the model)."""
-        return [app for m in self.models for app in application_names(m)]
+        """Every Ray Serve application of these models (versions first, then the model),
+        then the graphs'."""
+        return [app for m in self.models for app in application_names(m)] + [
+            g.name for g in self.graphs
+        ]
+
+    def graph_tasks(self, graph: GraphConfig) -> dict[str, str]:
+        """The tasks of the models ``graph`` calls (the graph application's args)."""
+        tasks = {m.name: model_task(m) for m in self.models}
+        return {name: tasks[name] for name in graph.models()}
 
     def model(self, name: str) -> ModelConfig:
         for m in self.models:
@@ -764,8 +794,36 @@ def _lines(errors: list[Any], data: Any, prefix: str) -> str:
         got = ""
         if e["type"] not in ("missing", "value_error") and "input" in e:
             got = f" (got {e['input']!r})"
+        if len(loc) >= 2 and loc[0] == "graphs" and isinstance(loc[1], int):
+            where, field = _graph_where(data, loc[1:])
+            if field is None:  # a check of the whole graph or step
+                lines.append(f"{prefix}{where}{msg}{got}")
+                continue
+        elif not loc and msg.startswith("graph "):  # a graph's cross-check: named already
+            lines.append(f"{prefix}{msg}")
+            continue
         lines.append(f"{prefix}{where}field '{field}': {msg}{got}")
     return "\n".join(lines)
+
+
+def _graph_where(data: Any, loc: list[Any]) -> tuple[str, str | None]:
+    """``("graph 'g': step 's': ", field)`` for an error at ``graphs[i]...`` (field
+    None: the graph's or the step's own check)."""
+    try:
+        graph = data["graphs"][loc[0]]
+    except (TypeError, KeyError, IndexError):
+        graph = None
+    name = graph.get("name") if isinstance(graph, dict) else None
+    where = f"graph {name!r}: " if isinstance(name, str) else f"graph #{loc[0]}: "
+    rest = loc[1:]
+    if len(rest) >= 2 and rest[0] == "steps" and isinstance(rest[1], int):
+        try:
+            step = graph["steps"][rest[1]].get("name")
+        except (TypeError, KeyError, IndexError, AttributeError):
+            step = None
+        where += f"step {step!r}: " if isinstance(step, str) else f"step #{rest[1]}: "
+        rest = rest[2:]
+    return where, ".".join(str(p) for p in rest) or None
 
 
 def _brief(e: dict[str, Any]) -> str:
