@@ -28,11 +28,13 @@ from textfleet.serve.config import (
     version_app,
 )
 from textfleet.serve.cpu_priority import BACKGROUND_ARG
+from textfleet.serve.graph_config import GraphConfig
 
 MODEL_BUILDER = "textfleet.serve.app:build_model_app"
 GATEWAY_BUILDER = "textfleet.serve.app:build_gateway_app"
 VERSION_BUILDER = "textfleet.serve.app:build_version_app"
 ROUTER_BUILDER = "textfleet.serve.app:build_router_app"
+GRAPH_BUILDER = "textfleet.serve.app:build_graph_app"
 
 
 # The API key digests and the gateway's body cap travel as each deployment's
@@ -136,6 +138,28 @@ def router_user_config(m: ModelConfig, digests: list[str] | None = None) -> dict
     }
 
 
+def graph_application(
+    g: GraphConfig, models: ModelsFile, digests: list[str] | None = None
+) -> dict[str, Any]:
+    """An inference graph: one ingress at ``/v2/models/<graph>`` calling the models'
+    applications by handle (serve/graph_app.py). Its args are the graph and its
+    models' tasks, nothing else of theirs: a model's change leaves it untouched."""
+    return {
+        "name": g.name,
+        "route_prefix": f"/v2/models/{g.name}",
+        "import_path": GRAPH_BUILDER,
+        "args": {"graph": g.model_dump(mode="json"), "tasks": models.graph_tasks(g)},
+        "deployments": [
+            {
+                "name": DEPLOYMENT_NAME,
+                "num_replicas": g.num_replicas,
+                "max_ongoing_requests": g.max_ongoing_requests,
+                "user_config": {KEYS_ARG: list(digests or [])},
+            }
+        ],
+    }
+
+
 def gateway_application(models: ModelsFile, digests: list[str] | None = None) -> dict[str, Any]:
     """The gateway: its scaling as args; as user_config the key digests and the
     largest body any model takes (the most it reads). No model list: adding a
@@ -168,6 +192,7 @@ def serve_config(models: ModelsFile) -> dict[str, Any]:
             "enable_access_log": server.access_log,
         },
         "applications": [app for m in models.models for app in model_applications(m, digests)]
+        + [graph_application(g, models, digests) for g in models.graphs]
         + [gateway_application(models, digests)],
     }
 
