@@ -13,12 +13,15 @@ when installed), so a graph's route is shown to be reachable through it.
 from __future__ import annotations
 
 import json
+import threading
+import time
 
 import httpx
 import numpy as np
 import pytest
 import yaml
 from graph_configs import enrich, search_rerank, topic_ner
+from serving import replica_pid
 
 from textfleet.serve.config import GATEWAY_APP, load_models
 from textfleet.serve.graph import GraphError
@@ -79,7 +82,13 @@ def served(
     states = deploy.wait(names, timeout_s=300)
     assert {n: str(s.status.value) for n, s in states.items()} == dict.fromkeys(names, "RUNNING")
     with httpx.Client(base_url=f"http://127.0.0.1:{ray_serve['port']}", timeout=120) as http:
-        yield {"http": http, "ingress": ray_serve["ingress"], "graphs": [g["name"] for g in graphs]}
+        yield {
+            "http": http,
+            "url": f"http://127.0.0.1:{ray_serve['port']}",
+            "graphs": [g["name"] for g in graphs],
+            "yaml": path,
+            "config": config,
+        }
 
 
 def tensor(name: str, items: list[str]) -> dict:
@@ -219,3 +228,50 @@ def test_python_handle_calls_equal_http(served):
     with pytest.raises(GraphError) as e:
         serve.get_app_handle("tag-bad").infer.remote(request).result(timeout_s=60)
     assert e.value.status == 400 and "step 'tag' (model 'ner-a')" in str(e.value)
+
+
+def _pid(app: str) -> int | None:
+    try:
+        return replica_pid(app)
+    except LookupError:  # between the old replica and the new
+        return None
+
+
+def test_redeploying_a_model_leaves_the_graph_running(served):
+    """Last: it edits the module's models.yaml. The embedder's args change (its
+    application is rebuilt, a new replica) while enrich requests flow: the graph's
+    replica stays, and each request succeeds or gets a 503 naming the model."""
+    from textfleet.serve import deploy
+    from textfleet.serve.generate import serve_config
+
+    graph_pid, model_pid = _pid("enrich"), _pid("minilm")
+    config = served["config"]
+    config["models"][0] = {**config["models"][0], "threads": 2}
+    served["yaml"].write_text(yaml.safe_dump(config, sort_keys=False))
+    loaded = load_models(served["yaml"])
+    results, stop = [], threading.Event()
+
+    def load():
+        with httpx.Client(base_url=served["url"], timeout=60) as http:
+            while not stop.is_set():
+                r = infer(http, "enrich", text=["steady load"])
+                results.append((r.status_code, r.text[:300]))
+
+    thread = threading.Thread(target=load, daemon=True)
+    thread.start()
+    try:
+        deploy.apply(serve_config(loaded))
+        deadline = time.monotonic() + 300
+        while _pid("minilm") in (model_pid, None) and time.monotonic() < deadline:
+            time.sleep(1)
+        names = [*loaded.app_names(), GATEWAY_APP]
+        deploy.wait(names, timeout_s=300)
+        time.sleep(2)  # requests on the new replica too
+    finally:
+        stop.set()
+        thread.join(60)
+    assert _pid("minilm") not in (model_pid, None), "the model was not redeployed"
+    assert _pid("enrich") == graph_pid, "the graph's replica was restarted"
+    assert any(status == 200 for status, _ in results)
+    failed = [(status, text) for status, text in results if status != 200]
+    assert all(s == 503 and "model 'minilm'" in text for s, text in failed), failed[:5]
