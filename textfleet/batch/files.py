@@ -102,9 +102,10 @@ def part_files(directory: Path) -> list[Path]:
     """The finished part files of an output directory, in name (row) order."""
     if not directory.is_dir():
         return []
-    return sorted(
-        p for p in directory.iterdir() if p.suffix in PART_SUFFIXES and not p.name.startswith((".", "_"))
-    )
+    # Not the temporaries (.name.tmp) nor the run's records (_batch.json).
+    hidden = (".", "_")
+    found = [p for p in directory.iterdir() if p.suffix in PART_SUFFIXES]
+    return sorted(p for p in found if not p.name.startswith(hidden))
 
 
 def read_output(directory: str | os.PathLike) -> pa.Table:

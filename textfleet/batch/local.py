@@ -64,7 +64,8 @@ class Progress:
     """Rows done of the total on stderr: one line rewritten on a terminal, else a line
     every few seconds; always one at the end."""
 
-    def __init__(self, total: int, done: int = 0, out: TextIO = sys.stderr, every_s: float = 2.0):
+    def __init__(self, total: int, done: int = 0, out: TextIO | None = None, every_s: float = 2.0):
+        out = out or sys.stderr  # looked up now: it may have been replaced since import
         self.total, self.done, self.out = total, done, out
         self.tty = out.isatty()
         self.every_s = every_s if not self.tty else 0.2
@@ -115,7 +116,7 @@ def run_local(
     *,
     batch_size: int = 512,
     rows_per_part: int = 10_000,
-    progress_out: TextIO = sys.stderr,
+    progress_out: TextIO | None = None,
 ) -> Summary:
     """Compute every part of ``output`` not yet written; the summary counts them all."""
     output = Path(output)
