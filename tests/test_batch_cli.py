@@ -182,3 +182,22 @@ def test_ray_data_run_equals_engine_embed(tmp_path, capsys, model_dir, dataset, 
 
     code, err = batch(capsys, *args)  # complete: nothing to do
     assert code == 0 and "0 computed" in err
+
+
+def test_model_by_name_from_models_yaml(tmp_path, capsys, model_dir, dataset, reference):
+    """MODEL as a models.yaml entry's name: its model_dir (relative to the yaml) and settings."""
+    path, values = dataset
+    small = tmp_path / "small.jsonl"
+    small.write_text("".join(path.read_text().splitlines(True)[:10]))
+    config = tmp_path / "models.yaml"
+    config.write_text(f"models:\n  - name: mini\n    model_dir: {model_dir.path}\n    threads: 1\n")
+    out = tmp_path / "out.parquet"
+    code, err = batch(capsys, "mini", "--config", str(config), "--input", str(small),
+                      "--output", str(out), "--id-column", "id")  # fmt: skip
+    assert code == 0, err
+    got = np.array(read_output(out).column("embedding").to_pylist(), dtype=np.float32)
+    np.testing.assert_allclose(got, reference[:10], rtol=1e-4, atol=1e-5)
+
+    code, err = batch(capsys, "other", "--config", str(config), "--input", str(small),
+                      "--output", str(out))  # fmt: skip
+    assert code == 2 and "no model named 'other'; models: mini" in err
