@@ -51,8 +51,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--limit", type=int, default=5000, help="the first N workload texts")
     p.add_argument("--batch-size", type=int, default=512, help="rows per engine call / block")
     p.add_argument("--concurrency", type=int, default=1, help="Ray Data engine actors")
+    p.add_argument("--actor-cpus", type=int, default=None, help="CPUs (threads) per actor")
     p.add_argument("--nodes", type=int, default=1, help="nodes of the local Ray cluster")
-    p.add_argument("--cpus-per-node", type=int, default=None, help="default: all cores / nodes")
+    p.add_argument(
+        "--cpus-per-node", type=int, default=None,
+        help="default: all cores / nodes, at least 2 (an actor holds one; the read and "
+        "write tasks need another, or the run waits forever)",
+    )  # fmt: skip
     p.add_argument("--address", default=None, help="an existing Ray cluster instead")
     p.add_argument("--skip-ray", action="store_true", help="only the local variants")
     p.add_argument("--name", default="batch", help="results file stem")
@@ -70,7 +75,7 @@ def start_ray(args) -> object | None:
         return None
     from ray.cluster_utils import Cluster
 
-    cpus = args.cpus_per_node or max(1, (os.cpu_count() or 1) // args.nodes)
+    cpus = args.cpus_per_node or max(2, (os.cpu_count() or 1) // args.nodes)
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": cpus})
     for _ in range(args.nodes - 1):
         cluster.add_node(num_cpus=cpus)
@@ -114,7 +119,8 @@ def main(argv=None) -> int:
                 began = time.perf_counter()
                 summary = run_ray(
                     model_dir, {}, runner_args, data, work / "ray.parquet",
-                    concurrency=args.concurrency, batch_size=args.batch_size,
+                    concurrency=args.concurrency, actor_cpus=args.actor_cpus,
+                    batch_size=args.batch_size,
                     input_columns=["id", "text"],
                 )  # fmt: skip
                 results["batch ray data"] = {

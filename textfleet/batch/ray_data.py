@@ -6,7 +6,9 @@ work. The model directory must be readable at the same path on every node that
 runs an actor (a shared file system, or the same image), and textfleet
 installed there. Blocks keep their order (``preserve_order``) and Ray names the
 part files by block, so the output directory read in name order is in input
-order; rows are matched to the input by ``id_column``.
+order; rows are matched to the input by ``id_column``. The actors hold their
+CPUs for the whole run: leave a CPU free for the read and write tasks
+(``concurrency`` x ``actor_cpus`` below the cluster's CPUs), or the run waits.
 
 The run writes into a temporary directory next to the output and renames it
 into place when every block is written: the output directory, once there, is
@@ -69,12 +71,15 @@ def run_ray(
     output: str | Path,
     *,
     concurrency: int = 1,
+    actor_cpus: int | None = None,
     batch_size: int = 512,
     address: str | None = None,
     input_columns: list[str],
 ) -> Summary:
     """Run the dataset through ``concurrency`` engine actors on the Ray at ``address``
-    (None: the one this process started or finds, else a new local one)."""
+    (None: the one this process started or finds, else a new local one). ``actor_cpus``:
+    the CPUs each actor reserves, and its engine's threads unless ``engine_config`` sets
+    them (None: Ray Data's one CPU, the engine's own default threads)."""
     import ray
     import ray.data
 
@@ -88,6 +93,10 @@ def run_ray(
         ray.init(address=address, log_to_driver=False)
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True
+    options = {}
+    if actor_cpus is not None:
+        options["num_cpus"] = actor_cpus
+        engine_config = {"threads": actor_cpus, **engine_config}
     began = time.perf_counter()
     ds = _read(str(input_path), input_columns).map_batches(
         EngineReplica,
@@ -98,8 +107,9 @@ def run_ray(
         },
         batch_size=batch_size,
         batch_format="pyarrow",
-        concurrency=concurrency,
+        compute=ray.data.ActorPoolStrategy(size=concurrency),  # a fixed pool of replicas
         zero_copy_batch=True,
+        **options,
     )
     tmp = output.with_name(f".{output.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:

@@ -2,7 +2,8 @@
 
     textfleet batch MODEL --input data.jsonl|.csv|.parquet --output out.parquet|out.jsonl
         [--column text] [--pair-column C] [--id-column id] [--task TASK] [--config models.yaml]
-        [--address HEAD:PORT | --ray] [--concurrency N] [--batch-size N] [--rows-per-part N]
+        [--address HEAD:PORT | --ray] [--concurrency N] [--actor-cpus N] [--batch-size N]
+        [--rows-per-part N]
 
 MODEL is a model directory, or with ``--config`` the name of a model in that
 models.yaml (its model_dir and engine settings). Without ``--address``/``--ray``
@@ -51,6 +52,11 @@ def add_batch(sub) -> None:
     ray.add_argument(
         "--concurrency", type=int, default=1, help="engine actors (replicas) on Ray Data"
     )
+    ray.add_argument(
+        "--actor-cpus", type=int, default=None,
+        help="CPUs each actor reserves and its engine's threads (e.g. a node's cores: "
+        "one replica per node); default: 1 reserved, the engine's own threads",
+    )  # fmt: skip
     p.add_argument("--batch-size", type=int, default=512, help="rows handed to an engine at once")
     p.add_argument(
         "--rows-per-part", type=int, default=10_000,
@@ -91,8 +97,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
     from textfleet.engine.engine import Engine
     from textfleet.engine.model_dir import ModelDir
 
-    for name in ("batch_size", "rows_per_part", "concurrency", "top_k"):
-        if getattr(args, name) < 1:
+    for name in ("batch_size", "rows_per_part", "concurrency", "top_k", "actor_cpus"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     model_dir, settings = resolve_model(args)
     runner_args = {
@@ -119,7 +125,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
         columns = [c for c in (args.id_column, args.column, args.pair_column) if c]
         summary = run_ray(
             model_dir, settings, runner_args, args.input, args.output,
-            concurrency=args.concurrency, batch_size=args.batch_size,
+            concurrency=args.concurrency, actor_cpus=args.actor_cpus, batch_size=args.batch_size,
             address=args.address, input_columns=columns,
         )  # fmt: skip
     print(f"batch: {summary.line()} -> {args.output}", file=sys.stderr)
