@@ -184,19 +184,32 @@ def test_ray_data_run_equals_engine_embed(tmp_path, capsys, model_dir, dataset, 
     assert code == 0 and "0 computed" in err
 
 
-def test_model_by_name_from_models_yaml(tmp_path, capsys, model_dir, dataset, reference):
-    """MODEL as a models.yaml entry's name: its model_dir (relative to the yaml) and settings."""
+def test_model_by_name_from_models_yaml(tmp_path, capsys, model_dir, dataset, engine):
+    """MODEL as a models.yaml entry's name: its model_dir and engine settings. Here
+    ``on_overflow: error``, so the engine refuses a text past max_length: that row
+    gets the engine's message, the rows around it their embeddings."""
     path, values = dataset
+    short = [i for i, v in enumerate(values) if isinstance(v, str) and len(v) < 100][:10]
+    records = [{"id": 1000 + i, "text": values[i]} for i in short]
+    records.insert(5, {"id": -1, "text": "word " * 1000})
     small = tmp_path / "small.jsonl"
-    small.write_text("".join(path.read_text().splitlines(True)[:10]))
+    small.write_text("".join(json.dumps(r) + "\n" for r in records))
     config = tmp_path / "models.yaml"
-    config.write_text(f"models:\n  - name: mini\n    model_dir: {model_dir.path}\n    threads: 1\n")
+    config.write_text(
+        f"models:\n  - name: mini\n    model_dir: {model_dir.path}\n    on_overflow: error\n"
+    )
     out = tmp_path / "out.parquet"
     code, err = batch(capsys, "mini", "--config", str(config), "--input", str(small),
                       "--output", str(out), "--id-column", "id")  # fmt: skip
     assert code == 0, err
-    got = np.array(read_output(out).column("embedding").to_pylist(), dtype=np.float32)
-    np.testing.assert_allclose(got, reference[:10], rtol=1e-4, atol=1e-5)
+    assert "11 rows: 11 computed" in err and "1 with an error" in err
+    rows = read_output(out).to_pylist()
+    assert [r["id"] for r in rows] == [r["id"] for r in records]
+    assert rows[5]["embedding"] is None
+    assert rows[5]["error"].startswith("text: has 1002 tokens; the model takes at most")
+    got = np.array([r["embedding"] for i, r in enumerate(rows) if i != 5], dtype=np.float32)
+    expected = engine.embed([values[i] for i in short])
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
 
     code, err = batch(capsys, "other", "--config", str(config), "--input", str(small),
                       "--output", str(out))  # fmt: skip

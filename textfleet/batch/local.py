@@ -5,7 +5,9 @@ holding ``rows_per_part`` input rows in input order. A rerun with the same
 input and settings skips the parts already there (a part file present is
 complete: files.write_part renames it into place) and computes the others; a
 rerun with other settings is refused, the ``_batch.json`` in the directory
-says which ones it was written with.
+says which ones it was written with (a changed input file of the same path and
+row count is not detected). The input's columns are read whole into memory
+first; the engine gets ``batch_size`` rows at a time, two chunks in flight.
 """
 
 from __future__ import annotations

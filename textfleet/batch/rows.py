@@ -149,7 +149,9 @@ class RowRunner:
             try:
                 found.extend(self._compute(texts, pairs, [i]))
             except InputError as e:
-                found.append({ERROR: str(e)})
+                # The engine's field names the text in the one-row call (texts[0]): name
+                # the column instead, the row is this row.
+                found.append({ERROR: f"{self.column}: {e.message}"})
         return found
 
     def table(self, columns: dict[str, Sequence[Any]], ids: pa.Array | None = None) -> pa.Table:
