@@ -73,8 +73,9 @@ def build_pool_app(args: dict[str, Any]) -> Application:
     if cfg.pool is None:
         raise ValueError(f"build_pool_app: model {cfg.name!r} has no pool: entry")
     opts = cfg.deployment_options()
+    # Only what the entry sets: a member's batching knobs lay over the entry's one by one.
     return ModelPool.options(**opts, max_constructor_retry_count=CONSTRUCTOR_RETRIES).bind(
-        cfg.model_dump(mode="json")
+        cfg.model_dump(mode="json", exclude_unset=True)
     )
 
 

@@ -403,7 +403,7 @@ class ModelConfig(EngineConfig):
         """Member ``member_id`` of this pool as a model entry of its own, named
         ``<pool>/<id>``: the entry's fields with ``pool.member``'s laid over them."""
         fields = self.model_dump(exclude={"pool", "name", "model_dir"}, exclude_unset=True)
-        member = self.pool.member.model_dump(exclude_unset=True) if self.pool else {}
+        member = self.pool.member.model_dump(exclude_unset=True, exclude_none=True)
         if "batching" in member:
             member["batching"] = {**(fields.get("batching") or {}), **member["batching"]}
         fields |= member | {"name": self.name, "model_dir": model_dir}

@@ -147,6 +147,9 @@ def test_pool_entry(tmp_path):
     assert member.threads == 1 and member.task == "classification"
     # A member's batching knob lays over the entry's, knob by knob.
     assert member.engine_config()["batching"] == {"max_wait_ms": 3, "workers": 1}
+    # The entry as a pool's replica gets it (serve/app.py) gives the same member.
+    again = type(m).model_validate(m.model_dump(mode="json", exclude_unset=True))
+    assert again.member_config("c1", tmp_path / "members" / "c1") == member
 
     app = serve_config(models)["applications"][0]
     assert app["name"] == "intents" and app["route_prefix"] == "/v2/models/intents"
