@@ -67,6 +67,10 @@ DRAIN_S = 30.0
 """How long an evicted member waits for the calls still inside it before its engine
 closes (they then fail with 503)."""
 
+GAUGE_PERIOD_S = 2.0
+"""How often the loaded-members gauge is reported again: Ray drops a gauge series
+that has not been set for a while (its time-to-live), however current its value."""
+
 LOAD_RETRY_AFTER_S = 5.0
 """How long a member that failed to load is answered 503 at once (its Retry-After):
 a retry cannot help until its directory is fixed, and each load attempt first
@@ -161,6 +165,7 @@ class ModelPool:
         self._count_lock = threading.Lock()
         self._failed: dict[str, float] = {}  # member id -> when its load failed (monotonic)
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._reporter: asyncio.Task | None = None
 
         async def load_member(member_id: str) -> Member:
             return await self._load(member_id)
@@ -181,6 +186,8 @@ class ModelPool:
 
     async def _get(self, member_id: str) -> Member:
         """The loaded member (loading it, evicting the LRU one if the replica is full)."""
+        if self._reporter is None:  # needs the running loop: started by the first call
+            self._reporter = asyncio.get_running_loop().create_task(self._report_gauge())
         if not member_id:
             raise MemberNotFound(
                 f"model {self.name!r} is a pool: name a member as '{self.name}/<id>'"
@@ -190,6 +197,13 @@ class ModelPool:
         if failed is not None and time.monotonic() - failed < LOAD_RETRY_AFTER_S:
             raise self._load_failed(member_id, "failed to load moments ago")
         return await self._member(member_id)
+
+    async def _report_gauge(self) -> None:
+        while True:
+            with self._count_lock:
+                alive = self.alive
+            self.metrics.loaded_now(alive)
+            await asyncio.sleep(GAUGE_PERIOD_S)
 
     def _load_failed(self, member_id: str, what: str) -> Unavailable:
         return Unavailable(
