@@ -73,6 +73,21 @@ def build_graph_app(args: dict[str, Any]) -> Application:
     return GraphServer.bind(args)
 
 
+def build_pool_app(args: dict[str, Any]) -> Application:
+    """A pool of member models (``args``: the pool's entry): a ``ModelPool`` deployment
+    loading members on demand (serve/pool.py)."""
+    from textfleet.serve.pool import ModelPool
+
+    cfg = parse_model(args)
+    if cfg.pool is None:
+        raise ValueError(f"build_pool_app: model {cfg.name!r} has no pool: entry")
+    opts = cfg.deployment_options()
+    # Only what the entry sets: a member's batching knobs lay over the entry's one by one.
+    return ModelPool.options(**opts, max_constructor_retry_count=CONSTRUCTOR_RETRIES).bind(
+        cfg.model_dump(mode="json", exclude_unset=True)
+    )
+
+
 def build_gateway_app(args: dict[str, Any] | None = None) -> Application:
     """The server-wide routes (health, server metadata, /v1/embeddings, KServe V1)."""
     cfg = GatewayConfig.model_validate(args or {})

@@ -60,12 +60,18 @@ def node_env(server: ServerConfig) -> dict[str, str]:
 
 def local_paths(models: ModelsFile) -> list[str]:
     """One line per model whose directory is only a path of this machine."""
-    return [
+    pools = [
+        f"model {m.name!r}: pool.model_root {m.pool.model_root} is a path of this machine; "
+        "pools are served on one machine for now"
+        for m in models.models
+        if m.pool is not None
+    ]
+    return pools + [
         f"model {m.name!r}: model_dir {m.model_dir} is a path of this machine; give the "
         "model a model_uri (a zip Ray delivers to every node) or, if this path holds "
         "the model on every node, mark it model_dir_shared: true"
         for m in models.models
-        if m.model_uri is None and not m.model_dir_shared
+        if m.pool is None and m.model_uri is None and not m.model_dir_shared
     ]
 
 

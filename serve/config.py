@@ -55,6 +55,9 @@ VERSION_DEPLOYMENT = "ModelVersion"
 """Name of the deployment inside a version's application (a ``ModelServer`` too);
 not ``DEPLOYMENT_NAME``, so the gateway never takes a version for a model."""
 
+POOL_DEPLOYMENT = "ModelPool"
+"""Name of the deployment inside a pool's application (serve/pool.py)."""
+
 VERSION_APP_SEPARATOR = "--v"
 """A version's application is ``<model><separator><version>`` (``version_app``)."""
 
@@ -209,6 +212,46 @@ class HooksConfig(_Strict):
     GIL (numpy, I/O) and must then be thread-safe."""
 
 
+def _engine_overrides() -> dict[str, Any]:
+    """Every engine setting, optional: what ``pool.member`` may set for each member."""
+    return {
+        name: (f.annotation | None, FieldInfo.merge_field_infos(f, default=None))
+        for name, f in EngineConfig.model_fields.items()
+    }
+
+
+MemberEngineConfig = create_model(
+    "MemberEngineConfig",
+    __base__=_Strict,
+    __doc__="Engine settings of each member of a pool (threads, batching, ...), laid over "
+    "the pool entry's own; a ``batching`` knob lays over the entry's knob by knob.",
+    **_engine_overrides(),
+)
+
+
+class PoolConfig(_Strict):
+    """Many models of one task behind one application: member ``<id>`` is the exported
+    model directory ``<model_root>/<id>/``, loaded by a replica on its first call and
+    evicted when the replica holds ``max_models_per_replica`` others used more recently
+    (Ray Serve's model multiplexing; see serve/pool.py)."""
+
+    model_root: Path
+    """Folder whose sub-directories are the members (relative paths resolve against the
+    yaml's folder). Member ids are checked and resolved inside it (serve/pool_members.py)."""
+
+    max_models_per_replica: int = Field(4, ge=1, le=1024)
+    """Members a replica keeps loaded; loading one more evicts the least recently used
+    (its engine closed, its threads joined)."""
+
+    member: MemberEngineConfig = MemberEngineConfig()  # type: ignore[valid-type]
+    """Engine settings of every member, over the entry's (e.g. ``{threads: 1}``)."""
+
+    @field_validator("model_root")
+    @classmethod
+    def _resolve_root(cls, v: Path, info: ValidationInfo) -> Path:
+        return _resolved(v, info)
+
+
 class ModelConfig(EngineConfig):
     """One served model: one Ray Serve application at ``/v2/models/<name>``.
 
@@ -239,7 +282,7 @@ class ModelConfig(EngineConfig):
     """Directory written by ``textfleet export``; relative paths are resolved
     against the folder holding the models.yaml (inside the archive with
     ``model_uri``). Required unless ``versions`` lists the model's versions (each
-    with its own model_dir)."""
+    with its own model_dir) or ``pool`` names a folder of member models."""
 
     task: TaskName | None = None
     """Task of the model; None takes the one recorded in the model directory.
@@ -302,6 +345,10 @@ class ModelConfig(EngineConfig):
     """Pre/post-processing code run in the replica around every request (preprocess,
     postprocess: import paths). It runs with the server's privileges."""
 
+    pool: PoolConfig | None = None
+    """Serve every model directory under ``pool.model_root`` as member ``<name>/<id>``
+    from one application, instead of ``model_dir`` (see serve/pool.py)."""
+
     @field_validator("name")
     @classmethod
     def _check_name(cls, v: str) -> str:
@@ -354,7 +401,9 @@ class ModelConfig(EngineConfig):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> ModelConfig:
-        if (self.model_dir is None) == (self.versions is None):
+        if self.pool is not None:
+            check_pool(self)
+        elif (self.model_dir is None) == (self.versions is None):
             raise ValueError(
                 "set model_dir (the exported model directory), or versions (a list of "
                 "versions, each with its model_dir), not both"
@@ -426,8 +475,25 @@ class ModelConfig(EngineConfig):
             *_VERSIONING,
         }
         args = self.model_dump(mode="json", exclude=deploy_keys, exclude_none=True)
-        args["model_dir"] = str(self.model_dir)
+        if self.model_dir is not None:
+            args["model_dir"] = str(self.model_dir)
         return args
+
+    def member_config(self, member_id: str, model_dir: Path) -> ModelConfig:
+        """Member ``member_id`` of this pool as a model entry of its own, named
+        ``<pool>/<id>``: the entry's fields with ``pool.member``'s laid over them."""
+        fields = self.model_dump(exclude={"pool", "name", "model_dir"}, exclude_unset=True)
+        member = self.pool.member.model_dump(exclude_unset=True, exclude_none=True)
+        if "batching" in member:
+            member["batching"] = {**(fields.get("batching") or {}), **member["batching"]}
+        fields |= member | {"name": self.name, "model_dir": model_dir}
+        try:
+            cfg = ModelConfig.model_validate(fields)
+        except ValidationError as e:
+            msg = "; ".join(_brief(x) for x in e.errors(include_url=False))
+            raise ValueError(f"pool.member: {msg}") from None
+        # Not a valid application name (it holds a '/'): set after validation on purpose.
+        return cfg.model_copy(update={"name": f"{self.name}/{member_id}"})
 
 
 def _resolved(v: Path, info: ValidationInfo) -> Path:
@@ -441,7 +507,7 @@ def _resolved(v: Path, info: ValidationInfo) -> Path:
 # ---------------------------------------------------------------- versions
 
 _VERSIONING = ("versions", "traffic", "shadow")
-_OWN_FIELDS = {"name", "version", "model_dir", *_VERSIONING}
+_OWN_FIELDS = {"name", "version", "model_dir", "pool", *_VERSIONING}
 _VERSION_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
 
 
@@ -565,6 +631,26 @@ def model_task(m: ModelConfig) -> str | None:
         if task is not None:
             return task
     return None
+
+
+# ---------------------------------------------------------------- pools
+
+_NOT_WITH_POOL = ("model_dir", "model_uri", "model_sha256", "versions", "shadow")
+
+
+def check_pool(m: ModelConfig) -> None:
+    """A pool's entry names no model directory of its own; its member settings load."""
+    clash = [f for f in _NOT_WITH_POOL if getattr(m, f) is not None]
+    if m.model_dir_shared:
+        clash.append("model_dir_shared")
+    if m.traffic != TrafficConfig():
+        clash.append("traffic")
+    if clash:
+        raise ValueError(
+            f"pool: a pool's members are the directories under pool.model_root; remove "
+            f"{', '.join(clash)} (or remove pool to serve one model)"
+        )
+    m.member_config("member", m.pool.model_root / "member")  # a bad pool.member fails here
 
 
 def _recorded_task(model_dir: Path | None) -> str | None:

@@ -8,7 +8,12 @@ claims (models own ``/v2/models/<name>``, longest prefix wins):
 - ``POST /v1/models/<name>:predict`` and ``GET /v1/models/<name>`` (KServe V1),
   which cannot live under a model's own ``/v2/models/<name>`` prefix;
 - ``/v2/models/<unknown>/...``: 404 naming the served models, or 503 for a
-  model whose application is deploying or failed (with Ray's message).
+  model whose application is deploying or failed (with Ray's message);
+- ``POST /v2/repository/...``: the model repository API of pools (serve/repository.py).
+
+A name ``<pool>/<id>`` (a body's ``model``) is member ``id`` of pool ``pool``:
+its calls go to the pool's handle with ``multiplexed_model_id=<id>``, which Ray
+routes to a replica holding the member (serve/pool.py).
 
 Under HAProxy the ``POST`` routes above that name a running model do not come
 here: HAProxy sends them to the model's own paths (serve/haproxy_routes.py,
@@ -36,8 +41,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 import textfleet
-from textfleet.serve import auth, deadlines
-from textfleet.serve.config import DEPLOYMENT_NAME, GATEWAY_DEPLOYMENT, RequestLimits
+from textfleet.serve import auth, deadlines, repository
+from textfleet.serve.config import (
+    DEPLOYMENT_NAME,
+    GATEWAY_DEPLOYMENT,
+    POOL_DEPLOYMENT,
+    RequestLimits,
+)
 from textfleet.serve.forwarding import forward
 from textfleet.serve.protocols import openai, rerank, v2
 from textfleet.serve.protocols.body import read_request_body
@@ -65,9 +75,10 @@ MISS_MAX_AGE_S = 0.1
 class ModelDirectory:
     """Which models exist and their handles, from ``serve.status()`` cached briefly."""
 
-    def __init__(self, ttl_s: float = 1.0, deployment: str = DEPLOYMENT_NAME):
+    def __init__(self, ttl_s: float = 1.0, deployment: str | tuple[str, ...] = DEPLOYMENT_NAME):
         self._ttl_s = ttl_s
-        self._deployment = deployment  # the applications that count: those holding it
+        # The applications that count: those holding one of these deployments.
+        self._deployments = (deployment,) if isinstance(deployment, str) else tuple(deployment)
         self._statuses: dict[str, Any] = {}
         self._fetched = 0.0
         self._handles: dict[str, Any] = {}
@@ -86,16 +97,26 @@ class ModelDirectory:
                 self._statuses = {
                     name: app
                     for name, app in status.applications.items()
-                    if self._deployment in app.deployments or not app.deployments
+                    if any(d in app.deployments for d in self._deployments) or not app.deployments
                 }
                 self._fetched = time.monotonic()
         return self._statuses
 
+    async def pools(self) -> list[str]:
+        """The applications that are pools (their ingress is a ``ModelPool``)."""
+        apps = await self.statuses()
+        return sorted(n for n, app in apps.items() if POOL_DEPLOYMENT in app.deployments)
+
     async def handle(self, name: str):
-        """A handle to a RUNNING model, or NotFound / Unavailable naming why not."""
+        """A handle to a RUNNING model, or NotFound / Unavailable naming why not.
+        ``<pool>/<id>``: the pool's handle for member ``id`` (not cached: ids come
+        from clients; the pool checks them)."""
         h = self._handles.get(name)
         if h is not None:
             return h
+        pool, sep, member = name.partition("/")
+        if sep:
+            return (await self.handle(pool)).options(multiplexed_model_id=member)
         # The cached status (at most ttl_s old) answers known names, and floods of
         # unknown ones cost at most one controller call per MISS_MAX_AGE_S.
         apps = await self.statuses()
@@ -124,7 +145,7 @@ class ModelDirectory:
 @serve.deployment(name=GATEWAY_DEPLOYMENT, ray_actor_options={"num_cpus": 0})
 class Gateway:
     def __init__(self, server_version: str = textfleet.__version__):
-        self.models = ModelDirectory()
+        self.models = ModelDirectory(deployment=(DEPLOYMENT_NAME, POOL_DEPLOYMENT))
         self._metadata = json_reply(v2.server_metadata(server_version))
         self.max_request_bytes = RequestLimits().max_request_bytes
         self.keys = auth.KeyCheck()
@@ -166,6 +187,8 @@ class Gateway:
             _expect(method, "GET", path)
             handle = await self.models.handle(m.group(1))
             return json_reply(await handle.v1_status.remote())
+        if path.startswith(repository.PREFIX):
+            return await repository.route(self.models, path, method, request)
         if path == "/v2/health/live":
             return json_reply({"live": True})
         if path == "/v2/health/ready":

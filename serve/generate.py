@@ -21,6 +21,7 @@ from textfleet.serve.config import (
     DEPLOYMENT_NAME,
     GATEWAY_APP,
     GATEWAY_DEPLOYMENT,
+    POOL_DEPLOYMENT,
     VERSION_DEPLOYMENT,
     ModelConfig,
     ModelsFile,
@@ -35,6 +36,7 @@ GATEWAY_BUILDER = "textfleet.serve.app:build_gateway_app"
 VERSION_BUILDER = "textfleet.serve.app:build_version_app"
 ROUTER_BUILDER = "textfleet.serve.app:build_router_app"
 GRAPH_BUILDER = "textfleet.serve.app:build_graph_app"
+POOL_BUILDER = "textfleet.serve.app:build_pool_app"
 
 
 # The API key digests and the gateway's body cap travel as each deployment's
@@ -63,6 +65,8 @@ def model_application(m: ModelConfig, digests: list[str] | None = None) -> dict[
 def model_applications(m: ModelConfig, digests: list[str] | None = None) -> list[dict[str, Any]]:
     """A model's applications: one, or for a versioned model one per version (and the
     shadow) then the model's router at ``/v2/models/<name>``."""
+    if m.pool is not None:
+        return [pool_application(m, digests)]
     if m.versions is None:
         return [model_application(m, digests)]
     configs = m.version_configs()  # the versions, then the shadow
@@ -72,6 +76,24 @@ def model_applications(m: ModelConfig, digests: list[str] | None = None) -> list
         for i, v in enumerate(configs)
     ]
     return apps + [router_application(m, digests)]
+
+
+def pool_application(m: ModelConfig, digests: list[str] | None = None) -> dict[str, Any]:
+    """A pool: one ModelPool at ``/v2/models/<name>``, its members below it as
+    ``/v2/models/<name>/<id>`` (serve/pool.py)."""
+    return {
+        "name": m.name,
+        "route_prefix": f"/v2/models/{m.name}",
+        "import_path": POOL_BUILDER,
+        "args": m.builder_args(),
+        "deployments": [
+            {
+                "name": POOL_DEPLOYMENT,
+                **m.deployment_options(),
+                "user_config": {KEYS_ARG: list(digests or [])},
+            }
+        ],
+    }
 
 
 def version_application(
@@ -205,6 +227,13 @@ def missing_model_dirs(models: ModelsFile) -> list[str]:
     """Warnings for model directories absent here (they may exist on the cluster)."""
     out = []
     for m in models.models:
+        if m.pool is not None:
+            if not Path(m.pool.model_root).is_dir():
+                out.append(
+                    f"model {m.name!r}: pool.model_root {m.pool.model_root} "
+                    "does not exist on this machine"
+                )
+            continue
         for c in m.version_configs() or [m]:
             if c.model_uri is None and not Path(c.model_dir).is_dir():
                 which = f"version {c.version!r}: " if m.versions is not None else ""

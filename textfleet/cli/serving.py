@@ -17,6 +17,7 @@ from pathlib import Path
 from textfleet.serve.config import (
     DEPLOYMENT_NAME,
     GATEWAY_APP,
+    POOL_DEPLOYMENT,
     VERSION_DEPLOYMENT,
     ConfigError,
     load_models,
@@ -245,6 +246,8 @@ def _print_urls(server, states, models) -> None:
     base = f"http://{server.host}:{server.port}"
     routes = {n: f"/v2/models/{n}" for n in models.names()}
     for m in models.models:  # a version of a versioned model: its own route
+        if m.pool is not None:  # a pool's members: one route each
+            routes[m.name] = f"/v2/models/{m.name}/<id>"
         for v in m.version_configs():
             routes[version_app(m.name, v.version)] = f"/v2/models/{m.name}/versions/{v.version}"
     for name, app in states.items():
@@ -253,7 +256,9 @@ def _print_urls(server, states, models) -> None:
         state = str(app.status.value)
         print(f"  {name}: {state}  {base}{routes.get(name, f'/v2/models/{name}')}/infer")
         if state != "RUNNING":
-            dep = app.deployments.get(DEPLOYMENT_NAME) or app.deployments.get(VERSION_DEPLOYMENT)
+            deps = app.deployments
+            dep = next((deps[d] for d in (DEPLOYMENT_NAME, VERSION_DEPLOYMENT, POOL_DEPLOYMENT)
+                        if d in deps), None)  # fmt: skip
             message = (dep.message if dep is not None and dep.message else app.message) or ""
             lines = message.strip().splitlines()
             print(f"    {lines[-1] if lines else 'no message'}")
