@@ -119,6 +119,11 @@ class BatchQueue {
   void take(const BatchPlan& plan);
 
   bool empty() const { return by_age_.empty(); }
+  // The most urgent priority queued (ageing aside); past kLeastUrgentPriority
+  // when empty.
+  int32_t most_urgent_priority() const {
+    return by_class_.empty() ? kLeastUrgentPriority + 1 : by_class_.begin()->first;
+  }
   size_t size() const { return by_age_.size(); }
   uint64_t tokens() const { return tokens_; }
   // Arrival time of the oldest sequence (kNever when empty).

@@ -391,6 +391,30 @@ bool Scheduler::drop_cancelled_rows_locked(Taken& rows) {
   return true;
 }
 
+// A batch collated ahead was formed before the requests queued since. When
+// one of them is of a more urgent class, the batch's rows go back to the
+// queue, so that the next batch serves the urgent class (classes only: within
+// one class the prefetched batch stands, as it was the batch former's choice).
+void Scheduler::requeue_overtaken_prefetch_locked() {
+  if (!prefetched_ || queue_.empty()) return;
+  int32_t batch_priority = kLeastUrgentPriority;
+  for (const uint64_t id : prefetched_->ids) {
+    batch_priority = std::min(batch_priority, requests_.at(id).priority);
+  }
+  if (queue_.most_urgent_priority() >= batch_priority) return;
+  Taken& rows = *prefetched_;
+  drop_cancelled_rows_locked(rows);
+  for (size_t i = 0; i < rows.ids.size(); ++i) {
+    Request& r = requests_.at(rows.ids[i]);
+    const uint32_t length = static_cast<uint32_t>(rows.seqs[i].ids.size());
+    r.seqs[rows.indices[i]] = std::move(rows.seqs[i]);
+    queue_.push({r.order, rows.indices[i]}, length, rows.arrival_ns[i], r.priority);
+  }
+  prefetched_.reset();
+  prefetched_batch_.reset();
+  prefetched_tokens_ = 0;
+}
+
 // The rows are the executor's now: account for them.
 void Scheduler::dispatched_locked(const Taken& rows, int64_t now_ns) {
   for (size_t i = 0; i < rows.ids.size(); ++i) {
@@ -423,6 +447,7 @@ std::unique_ptr<ReadyBatch> Scheduler::next_batch() {
     int64_t wake_at = kNever;
     if (!prefetching_) {
       expire_locked(now);
+      requeue_overtaken_prefetch_locked();
       std::unique_ptr<Taken> rows;
       std::unique_ptr<ReadyBatch> batch;
       if (prefetched_) {

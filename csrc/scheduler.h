@@ -8,7 +8,8 @@
 // says a batch is ready, and gets the padded int64 arrays plus, for every
 // row, the request id and text index it belongs to. While the executor
 // computes, new sequences queue up (the next batch grows), and a batch that
-// is already full is collated ahead by a worker (at most one prefetched).
+// is already full is collated ahead by a worker (at most one prefetched; it
+// goes back to the queue when a request of a more urgent class arrives).
 // cancel() and per-request deadlines remove sequences before they are
 // computed. The Python side (engine/scheduler.py) owns the futures and
 // reassembles rows per request.
@@ -158,6 +159,7 @@ class Scheduler {
   void expire_locked(int64_t now_ns);
   Taken take_locked(const BatchPlan& plan);
   bool drop_cancelled_rows_locked(Taken& rows);
+  void requeue_overtaken_prefetch_locked();
   void dispatched_locked(const Taken& rows, int64_t now_ns);
   void maybe_erase_locked(uint64_t id);
   bool drained_locked() const;

@@ -8,11 +8,13 @@ fake clock in tests/test_batch_former.py; here the real engine and model run.
 from __future__ import annotations
 
 import asyncio
+import time
 
 import numpy as np
 import orjson
 import pytest
 
+from textfleet.engine import _native
 from textfleet.engine.engine import Engine
 from textfleet.engine.errors import InputError
 from textfleet.serve.config import ConfigError, parse_model
@@ -75,6 +77,26 @@ def test_the_engine_checks_priority(one_worker, value):
     assert "from 0 (most urgent) to 9 (least urgent; 5 when not given)" in str(err.value)
     with pytest.raises(InputError, match="priority"):
         one_worker.embed(["x"], priority=value)
+
+
+def test_a_batch_collated_ahead_goes_back_for_a_more_urgent_request():
+    knobs = _native.BatchKnobs(max_batch_size=4, fairness=0.0)
+    nat = _native.Scheduler(_native.ByteEncoder(512), knobs, tokenizer_threads=1)
+    nat.submit(1, ["a"] * 4, priority=9)
+    first = nat.next_batch()  # the executor is now "computing" it
+    nat.submit(2, ["b"] * 4, priority=9)  # a full batch: a worker collates it ahead
+    deadline = time.monotonic() + 10
+    while nat.stats().prefetched_tokens == 0 and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert nat.stats().queue_sequences == 0  # all of it in the batch collated ahead
+    nat.submit(3, ["urgent"], priority=0)
+    second, third = nat.next_batch(), nat.next_batch()
+    assert first.request_ids == [1] * 4
+    assert second.request_ids == [3] and third.request_ids == [2] * 4
+    assert sorted(third.indices) == [0, 1, 2, 3]
+    ids = third.arrays[0]
+    assert (ids[:, :3] == [1, ord("b") + 3, 2]).all()  # the rows' own tokens, back from the queue
+    nat.shutdown()
 
 
 # ---------------------------------------------------------------- protocols
