@@ -7,11 +7,21 @@
 // very same code with the steady clock.
 //
 // Policy (docs/ARCHITECTURE.md, "Scheduler"):
-// - the batch is anchored on the oldest waiting request (no starvation: every
-//   batch takes a row of the oldest request, so a sequence waits for at most
-//   the sequences that arrived before it); within that request, on its
-//   longest waiting row. A request is answered when its last row is, so the
-//   order of its own rows costs it nothing, and longest first (LPT) leaves
+// - priority classes: every sequence carries its request's priority (lower is
+//   more urgent, Triton's convention). The batch serves the most urgent class
+//   waiting; a sequence that has waited max_priority_wait_ns counts as the
+//   most urgent class (ageing: no class starves, and the aged are the oldest
+//   of that class, so they come first in it). Only one class goes into a
+//   batch, except that with priority_fill the free rows of a batch may take
+//   less urgent rows no wider than its width (where a batch's time barely
+//   grows with its rows: a GPU). With one class queued, classes and ageing
+//   change nothing;
+// - the batch is anchored on the oldest waiting request of that class (no
+//   starvation within a class: every batch takes a row of the class's oldest
+//   request, so a sequence waits for at most the sequences of its class that
+//   arrived before it); within that request, on its longest waiting row. A
+//   request is answered when its last row is, so the order of its own rows
+//   costs it nothing, and longest first (LPT) leaves
 //   the short batches for the end, where they even out the workers: a large
 //   request no longer ends on one long batch while the other workers idle;
 // - the other rows are picked by length around the anchor, cheapest padding
@@ -22,7 +32,7 @@
 //   rows x longest past max_batch_tokens (padded cost is what the model
 //   computes);
 // - fairness: the other rows must have waited at least fairness x as long as
-//   the oldest (counting only its wait beyond max_wait). Length-aware
+//   the anchor (counting only its wait beyond max_wait). Length-aware
 //   picking favours rows that fit well, so under load short texts would keep
 //   overtaking a text of awkward length until it is the oldest; this bounds
 //   that overtaking (and so the latency tail) while rows of one request,
@@ -48,6 +58,14 @@ namespace textfleet {
 
 constexpr int64_t kNever = std::numeric_limits<int64_t>::max();
 
+// Priority classes of requests: lower is more urgent (Triton's convention).
+constexpr int32_t kMostUrgentPriority = 0;
+constexpr int32_t kLeastUrgentPriority = 9;
+constexpr int32_t kDefaultPriority = 5;
+
+// Throws std::invalid_argument naming the range unless p is a priority class.
+void check_priority(int32_t p);
+
 // Place of a sequence in arrival order: requests are numbered as they are
 // admitted and a request's texts keep their index, so keys sort oldest first
 // and keep each request's texts in order.
@@ -69,6 +87,10 @@ struct BatchKnobs {
   int64_t max_wait_ns = 0;
   uint32_t max_row_padding = 16;  // padded tokens one row may add
   double fairness = 0.7;          // in [0, 1]; 0: by length only
+  // A sequence that has waited this long counts as the most urgent class; 0:
+  // every sequence does at once (arrival order only, priorities ignored).
+  int64_t max_priority_wait_ns = 1'000'000'000;
+  bool priority_fill = false;  // less urgent rows may fill a batch's free rows
 };
 
 struct BatchPlan {
@@ -85,7 +107,9 @@ struct BatchPlan {
 class BatchQueue {
  public:
   // Adds a sequence; false (and no change) if the key is already queued.
-  bool push(SeqKey key, uint32_t length, int64_t arrival_ns);
+  // Rows of one request share its arrival and priority.
+  bool push(SeqKey key, uint32_t length, int64_t arrival_ns,
+            int32_t priority = kDefaultPriority);
   // Removes a sequence; its length, or -1 if it was not queued.
   int64_t erase(SeqKey key);
   // The next batch under knobs at time now, its share when it is split over
@@ -95,6 +119,11 @@ class BatchQueue {
   void take(const BatchPlan& plan);
 
   bool empty() const { return by_age_.empty(); }
+  // The most urgent priority queued (ageing aside); past kLeastUrgentPriority
+  // when empty.
+  int32_t most_urgent_priority() const {
+    return by_class_.empty() ? kLeastUrgentPriority + 1 : by_class_.begin()->first;
+  }
   size_t size() const { return by_age_.size(); }
   uint64_t tokens() const { return tokens_; }
   // Arrival time of the oldest sequence (kNever when empty).
@@ -104,6 +133,7 @@ class BatchQueue {
   struct Info {
     uint32_t length;
     int64_t arrival_ns;
+    int32_t priority;
   };
   using LengthKey = std::pair<uint32_t, SeqKey>;
 
@@ -120,14 +150,31 @@ class BatchQueue {
     }
   };
 
+  // Which waiting rows may join a batch: those of its class (as of now) that
+  // arrived by `latest` (fairness).
+  struct Filter {
+    int64_t now_ns;
+    int64_t latest_arrival_ns;
+    int32_t priority;  // the batch's class
+    bool same_class;   // false: the rows of the other classes (priority_fill)
+    bool any_class;    // every waiting row is of the batch's class
+  };
+  bool admits(const Filter& f, const LengthKey& k, const BatchKnobs& knobs) const;
+  // The class of a row at time now: its own, or the most urgent once aged.
+  int32_t class_of(const Info& info, int64_t now_ns, const BatchKnobs& knobs) const;
+
   // Adds rows to a plan holding the anchor (see batch_former.cc), at most
-  // max_rows in all.
-  void grow(BatchPlan& plan, int64_t latest_arrival_ns, const BatchKnobs& knobs,
+  // max_rows in all; fill() adds rows no wider than the plan (priority_fill).
+  void grow(BatchPlan& plan, const Filter& filter, const BatchKnobs& knobs,
+            size_t max_rows) const;
+  void fill(BatchPlan& plan, const Filter& filter, const BatchKnobs& knobs,
             size_t max_rows) const;
 
   std::map<SeqKey, Info> by_age_;
   std::set<LengthKey> by_length_;  // (length, key): equal lengths oldest first
   std::set<AnchorKey> by_request_;
+  // (priority, anchor key): begin() is the anchor of the most urgent class.
+  std::set<std::pair<int32_t, AnchorKey>> by_class_;
   uint64_t tokens_ = 0;
 };
 

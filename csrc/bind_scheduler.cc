@@ -19,13 +19,22 @@ namespace {
 int64_t seconds_to_ns(double s) { return static_cast<int64_t>(std::llround(s * 1e9)); }
 
 BatchKnobs make_knobs(uint32_t max_batch_size, uint64_t max_batch_tokens, double max_wait_ms,
-                      uint32_t max_row_padding, double fairness) {
+                      uint32_t max_row_padding, double fairness, double max_priority_wait_ms,
+                      bool priority_fill) {
   if (max_batch_size < 1) throw py::value_error("max_batch_size must be >= 1");
   if (max_batch_tokens < 1) throw py::value_error("max_batch_tokens must be >= 1");
   if (!(max_wait_ms >= 0)) throw py::value_error("max_wait_ms must be >= 0");
   if (!(fairness >= 0 && fairness <= 1)) throw py::value_error("fairness must be in [0, 1]");
-  return BatchKnobs{max_batch_size, max_batch_tokens, seconds_to_ns(max_wait_ms * 1e-3),
-                    max_row_padding, fairness};
+  if (!(max_priority_wait_ms >= 0 && max_priority_wait_ms <= 1e12)) {
+    throw py::value_error("max_priority_wait_ms must be in [0, 1e12]");
+  }
+  return BatchKnobs{max_batch_size,
+                    max_batch_tokens,
+                    seconds_to_ns(max_wait_ms * 1e-3),
+                    max_row_padding,
+                    fairness,
+                    seconds_to_ns(max_priority_wait_ms * 1e-3),
+                    priority_fill};
 }
 
 // One int64 [rows, width] plane of a batch; the array keeps the batch alive.
@@ -103,13 +112,17 @@ void bind_former(py::module_& m) {
   py::class_<BatchKnobs>(m, "BatchKnobs", "Batch former knobs (see engine.config.BatchingConfig).")
       .def(py::init(&make_knobs), py::arg("max_batch_size") = 32,
            py::arg("max_batch_tokens") = 8192, py::arg("max_wait_ms") = 0.0,
-           py::arg("max_row_padding") = 16, py::arg("fairness") = 0.7)
+           py::arg("max_row_padding") = 16, py::arg("fairness") = 0.7,
+           py::arg("max_priority_wait_ms") = 1000.0, py::arg("priority_fill") = false)
       .def_readonly("max_batch_size", &BatchKnobs::max_batch_size)
       .def_readonly("max_batch_tokens", &BatchKnobs::max_batch_tokens)
       .def_property_readonly("max_wait_ms",
                              [](const BatchKnobs& k) { return k.max_wait_ns * 1e-6; })
       .def_readonly("max_row_padding", &BatchKnobs::max_row_padding)
-      .def_readonly("fairness", &BatchKnobs::fairness);
+      .def_readonly("fairness", &BatchKnobs::fairness)
+      .def_property_readonly("max_priority_wait_ms",
+                             [](const BatchKnobs& k) { return k.max_priority_wait_ns * 1e-6; })
+      .def_readonly("priority_fill", &BatchKnobs::priority_fill);
 
   py::class_<BatchPlan>(m, "BatchPlan", "The batch plan() would form now.")
       .def_property_readonly("rows",
@@ -137,11 +150,14 @@ void bind_former(py::module_& m) {
       .def(py::init<>())
       .def(
           "push",
-          [](BatchQueue& q, uint64_t order, uint32_t index, uint32_t length, double arrival) {
-            return q.push({order, index}, length, seconds_to_ns(arrival));
+          [](BatchQueue& q, uint64_t order, uint32_t index, uint32_t length, double arrival,
+             int32_t priority) {
+            return q.push({order, index}, length, seconds_to_ns(arrival), priority);
           },
           py::arg("order"), py::arg("index"), py::arg("length"), py::arg("arrival"),
-          "Queue a sequence (arrival in seconds); False if (order, index) is already queued.")
+          py::arg("priority") = kDefaultPriority,
+          "Queue a sequence (arrival in seconds, priority: its class, lower is more urgent); "
+          "False if (order, index) is already queued.")
       .def(
           "erase",
           [](BatchQueue& q, uint64_t order, uint32_t index) { return q.erase({order, index}); },
@@ -207,22 +223,27 @@ void bind_scheduler(py::module_& m) {
       .def(
           "submit",
           [](Scheduler& s, uint64_t id, std::vector<std::string> texts,
-             std::optional<std::vector<std::string>> pairs, std::optional<double> timeout) {
+             std::optional<std::vector<std::string>> pairs, std::optional<double> timeout,
+             int32_t priority) {
             s.submit(id, std::move(texts), pairs ? std::move(*pairs) : std::vector<std::string>{},
-                     timeout.value_or(0));
+                     timeout.value_or(0), priority);
           },
           py::arg("id"), py::arg("texts"), py::arg("pairs") = py::none(),
-          py::arg("timeout") = py::none(), py::call_guard<py::gil_scoped_release>(),
-          "Queue request id (texts[, pairs]); raises QueueFull / RequestTooLarge at once.")
+          py::arg("timeout") = py::none(), py::arg("priority") = kDefaultPriority,
+          py::call_guard<py::gil_scoped_release>(),
+          "Queue request id (texts[, pairs]) in class priority; raises QueueFull / "
+          "RequestTooLarge at once.")
       .def(
           "submit_tokens",
           [](Scheduler& s, uint64_t id, std::vector<std::vector<int32_t>> ids,
              std::optional<std::vector<std::vector<uint32_t>>> type_ids,
-             std::optional<double> timeout) {
-            s.submit_tokens(id, to_seqs(std::move(ids), std::move(type_ids)), timeout.value_or(0));
+             std::optional<double> timeout, int32_t priority) {
+            s.submit_tokens(id, to_seqs(std::move(ids), std::move(type_ids)), timeout.value_or(0),
+                            priority);
           },
           py::arg("id"), py::arg("ids"), py::arg("type_ids") = py::none(),
-          py::arg("timeout") = py::none(), py::call_guard<py::gil_scoped_release>(),
+          py::arg("timeout") = py::none(), py::arg("priority") = kDefaultPriority,
+          py::call_guard<py::gil_scoped_release>(),
           "Queue already tokenized sequences (the Hugging Face fallback).")
       .def("cancel", &Scheduler::cancel, py::arg("id"), py::arg("timed_out") = false,
            py::call_guard<py::gil_scoped_release>(),
@@ -245,6 +266,9 @@ void bind_scheduler(py::module_& m) {
 }  // namespace
 
 void register_scheduler(py::module_& m) {
+  m.attr("PRIORITY_MOST_URGENT") = kMostUrgentPriority;
+  m.attr("PRIORITY_LEAST_URGENT") = kLeastUrgentPriority;
+  m.attr("PRIORITY_DEFAULT") = kDefaultPriority;
   bind_stats(m);
   bind_former(m);
   bind_scheduler(m);

@@ -41,6 +41,9 @@ Scheduler::Scheduler(std::shared_ptr<const SequenceEncoder> encoder, SchedulerOp
   if (opt_.knobs.max_batch_tokens < 1) throw std::invalid_argument("max_batch_tokens must be >= 1");
   if (opt_.max_queue_tokens < 1) throw std::invalid_argument("max_queue_tokens must be >= 1");
   if (opt_.chunk_texts < 1) throw std::invalid_argument("chunk_texts must be >= 1");
+  if (opt_.knobs.max_priority_wait_ns < 0) {
+    throw std::invalid_argument("max_priority_wait must be >= 0");
+  }
   const uint32_t threads = std::max<uint32_t>(opt_.tokenizer_threads, 1);
   workers_.reserve(threads);
   for (uint32_t i = 0; i < threads; ++i) workers_.emplace_back([this] { worker_loop(); });
@@ -65,7 +68,7 @@ void Scheduler::shutdown(bool drain) {
 // Called with the lock held: refuses or registers request id. reserve is the
 // number of tokens it may add to the queue (exact when already tokenized).
 void Scheduler::admit_locked(uint64_t id, uint64_t reserve, size_t n_seqs, double timeout_s,
-                             int64_t now) {
+                             int32_t priority, int64_t now) {
   if (stopping_) throw std::runtime_error("the scheduler is shut down");
   if (requests_.count(id)) throw std::invalid_argument("request id is already in use");
   expire_locked(now);  // expired sequences must not count against the bound
@@ -85,6 +88,7 @@ void Scheduler::admit_locked(uint64_t id, uint64_t reserve, size_t n_seqs, doubl
   r.order = next_order_++;
   r.arrival_ns = now;
   r.deadline_ns = deadline_after(now, timeout_s);
+  r.priority = priority;
   r.seqs.resize(n_seqs);
   r.undispatched = static_cast<uint32_t>(n_seqs);
   id_of_order_[r.order] = id;
@@ -94,7 +98,8 @@ void Scheduler::admit_locked(uint64_t id, uint64_t reserve, size_t n_seqs, doubl
 }
 
 void Scheduler::submit(uint64_t id, std::vector<std::string> texts, std::vector<std::string> pairs,
-                       double timeout_s) {
+                       double timeout_s, int32_t priority) {
+  check_priority(priority);
   const size_t n = texts.size();
   if (n == 0) throw std::invalid_argument("a request needs at least one text");
   if (n > UINT32_MAX / 2) throw std::invalid_argument("too many texts in one request");
@@ -119,7 +124,7 @@ void Scheduler::submit(uint64_t id, std::vector<std::string> texts, std::vector<
     const int64_t now = steady_now_ns();
     std::lock_guard<std::mutex> lock(mu_);
     stats_.tokenize_s += static_cast<double>(now - start) * 1e-9;
-    admit_locked(id, tokens, n, timeout_s, now);
+    admit_locked(id, tokens, n, timeout_s, priority, now);
     enqueue_locked(id, 0, seqs);
     return;
   }
@@ -137,7 +142,7 @@ void Scheduler::submit(uint64_t id, std::vector<std::string> texts, std::vector<
     total += estimate[i];
   }
   std::lock_guard<std::mutex> lock(mu_);
-  admit_locked(id, total, n, timeout_s, steady_now_ns());
+  admit_locked(id, total, n, timeout_s, priority, steady_now_ns());
   Request& r = requests_[id];
   for (uint32_t begin = 0; begin < n; begin += opt_.chunk_texts) {
     Task task;
@@ -153,7 +158,9 @@ void Scheduler::submit(uint64_t id, std::vector<std::string> texts, std::vector<
   work_cv_.notify_all();
 }
 
-void Scheduler::submit_tokens(uint64_t id, std::vector<TokenSeq> seqs, double timeout_s) {
+void Scheduler::submit_tokens(uint64_t id, std::vector<TokenSeq> seqs, double timeout_s,
+                              int32_t priority) {
+  check_priority(priority);
   if (seqs.empty()) throw std::invalid_argument("a request needs at least one sequence");
   if (seqs.size() > UINT32_MAX / 2) throw std::invalid_argument("too many sequences");
   uint64_t tokens = 0;
@@ -168,7 +175,7 @@ void Scheduler::submit_tokens(uint64_t id, std::vector<TokenSeq> seqs, double ti
     tokens += s.ids.size();
   }
   std::lock_guard<std::mutex> lock(mu_);
-  admit_locked(id, tokens, seqs.size(), timeout_s, steady_now_ns());
+  admit_locked(id, tokens, seqs.size(), timeout_s, priority, steady_now_ns());
   enqueue_locked(id, 0, seqs);
 }
 
@@ -181,7 +188,7 @@ void Scheduler::enqueue_locked(uint64_t id, uint32_t first, std::vector<TokenSeq
     const uint32_t index = first + static_cast<uint32_t>(i);
     const uint32_t length = static_cast<uint32_t>(seqs[i].ids.size());
     r.seqs[index] = std::move(seqs[i]);
-    queue_.push({r.order, index}, length, r.arrival_ns);
+    queue_.push({r.order, index}, length, r.arrival_ns, r.priority);
   }
   if (executors_waiting_ > 0) {
     exec_cv_.notify_one();
@@ -384,6 +391,30 @@ bool Scheduler::drop_cancelled_rows_locked(Taken& rows) {
   return true;
 }
 
+// A batch collated ahead was formed before the requests queued since. When
+// one of them is of a more urgent class, the batch's rows go back to the
+// queue, so that the next batch serves the urgent class (classes only: within
+// one class the prefetched batch stands, as it was the batch former's choice).
+void Scheduler::requeue_overtaken_prefetch_locked() {
+  if (!prefetched_ || queue_.empty()) return;
+  int32_t batch_priority = kLeastUrgentPriority;
+  for (const uint64_t id : prefetched_->ids) {
+    batch_priority = std::min(batch_priority, requests_.at(id).priority);
+  }
+  if (queue_.most_urgent_priority() >= batch_priority) return;
+  Taken& rows = *prefetched_;
+  drop_cancelled_rows_locked(rows);
+  for (size_t i = 0; i < rows.ids.size(); ++i) {
+    Request& r = requests_.at(rows.ids[i]);
+    const uint32_t length = static_cast<uint32_t>(rows.seqs[i].ids.size());
+    r.seqs[rows.indices[i]] = std::move(rows.seqs[i]);
+    queue_.push({r.order, rows.indices[i]}, length, rows.arrival_ns[i], r.priority);
+  }
+  prefetched_.reset();
+  prefetched_batch_.reset();
+  prefetched_tokens_ = 0;
+}
+
 // The rows are the executor's now: account for them.
 void Scheduler::dispatched_locked(const Taken& rows, int64_t now_ns) {
   for (size_t i = 0; i < rows.ids.size(); ++i) {
@@ -416,6 +447,7 @@ std::unique_ptr<ReadyBatch> Scheduler::next_batch() {
     int64_t wake_at = kNever;
     if (!prefetching_) {
       expire_locked(now);
+      requeue_overtaken_prefetch_locked();
       std::unique_ptr<Taken> rows;
       std::unique_ptr<ReadyBatch> batch;
       if (prefetched_) {

@@ -8,7 +8,8 @@
 // says a batch is ready, and gets the padded int64 arrays plus, for every
 // row, the request id and text index it belongs to. While the executor
 // computes, new sequences queue up (the next batch grows), and a batch that
-// is already full is collated ahead by a worker (at most one prefetched).
+// is already full is collated ahead by a worker (at most one prefetched; it
+// goes back to the queue when a request of a more urgent class arrives).
 // cancel() and per-request deadlines remove sequences before they are
 // computed. The Python side (engine/scheduler.py) owns the futures and
 // reassembles rows per request.
@@ -84,12 +85,14 @@ class Scheduler {
   Scheduler& operator=(const Scheduler&) = delete;
 
   // Queues request `id` (chosen by the caller, unique among live requests).
-  // pairs is empty or as long as texts. timeout_s <= 0: no deadline. Throws
-  // QueueFull, RequestTooLarge, or std::invalid_argument.
+  // pairs is empty or as long as texts. timeout_s <= 0: no deadline. priority:
+  // its class (batch_former.h; lower is more urgent). Throws QueueFull,
+  // RequestTooLarge, or std::invalid_argument.
   void submit(uint64_t id, std::vector<std::string> texts, std::vector<std::string> pairs,
-              double timeout_s);
+              double timeout_s, int32_t priority = kDefaultPriority);
   // The same for sequences tokenized elsewhere (the Hugging Face fallback).
-  void submit_tokens(uint64_t id, std::vector<TokenSeq> seqs, double timeout_s);
+  void submit_tokens(uint64_t id, std::vector<TokenSeq> seqs, double timeout_s,
+                     int32_t priority = kDefaultPriority);
   // Removes the request's sequences that are not computed yet. False if it
   // had none left (finished, all dispatched, or unknown).
   bool cancel(uint64_t id, bool timed_out = false);
@@ -115,6 +118,7 @@ class Scheduler {
     uint64_t order = 0;
     int64_t arrival_ns = 0;
     int64_t deadline_ns = kNever;
+    int32_t priority = kDefaultPriority;
     std::vector<TokenSeq> seqs;  // by index; moved out when taken into a batch
     uint32_t undispatched = 0;   // not yet handed to the executor
     uint32_t tasks_left = 0;     // tokenization tasks not finished
@@ -144,7 +148,8 @@ class Scheduler {
     bool operator>(const Deadline& o) const { return at_ns > o.at_ns; }
   };
 
-  void admit_locked(uint64_t id, uint64_t reserve, size_t n_seqs, double timeout_s, int64_t now);
+  void admit_locked(uint64_t id, uint64_t reserve, size_t n_seqs, double timeout_s,
+                    int32_t priority, int64_t now);
   void enqueue_locked(uint64_t id, uint32_t first, std::vector<TokenSeq>& seqs);
   void worker_loop();
   void tokenize_task(const Task& task);
@@ -154,6 +159,7 @@ class Scheduler {
   void expire_locked(int64_t now_ns);
   Taken take_locked(const BatchPlan& plan);
   bool drop_cancelled_rows_locked(Taken& rows);
+  void requeue_overtaken_prefetch_locked();
   void dispatched_locked(const Taken& rows, int64_t now_ns);
   void maybe_erase_locked(uint64_t id);
   bool drained_locked() const;

@@ -4,6 +4,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
+PRIORITY_MOST_URGENT: int
+"""Request priority classes: lower is more urgent (csrc/batch_former.h)."""
+PRIORITY_LEAST_URGENT: int
+PRIORITY_DEFAULT: int
+
 class Encoding:
     """One encoded text or pair (padding off); lists are built on access."""
 
@@ -137,6 +142,8 @@ class BatchKnobs:
         max_wait_ms: float = 0.0,
         max_row_padding: int = 16,
         fairness: float = 0.7,
+        max_priority_wait_ms: float = 1000.0,
+        priority_fill: bool = False,
     ) -> None: ...
     @property
     def max_batch_size(self) -> int: ...
@@ -148,6 +155,10 @@ class BatchKnobs:
     def max_row_padding(self) -> int: ...
     @property
     def fairness(self) -> float: ...
+    @property
+    def max_priority_wait_ms(self) -> float: ...
+    @property
+    def priority_fill(self) -> bool: ...
 
 class BatchPlan:
     """The batch BatchQueue.plan() would form now."""
@@ -173,9 +184,11 @@ class BatchQueue:
     """The batch former's queue, driven by the caller's clock (for tests)."""
 
     def __init__(self) -> None: ...
-    def push(self, order: int, index: int, length: int, arrival: float) -> bool: ...
+    def push(
+        self, order: int, index: int, length: int, arrival: float, priority: int = 5
+    ) -> bool: ...
     def erase(self, order: int, index: int) -> int: ...
-    def plan(self, now: float, knobs: BatchKnobs) -> BatchPlan: ...
+    def plan(self, now: float, knobs: BatchKnobs, parts: int = 1) -> BatchPlan: ...
     def take(self, plan: BatchPlan) -> None: ...
     def __len__(self) -> int: ...
     @property
@@ -232,6 +245,7 @@ class Scheduler:
         texts: Sequence[str],
         pairs: Sequence[str] | None = None,
         timeout: float | None = None,
+        priority: int = 5,
     ) -> None: ...
     def submit_tokens(
         self,
@@ -239,6 +253,7 @@ class Scheduler:
         ids: Sequence[Sequence[int]],
         type_ids: Sequence[Sequence[int]] | None = None,
         timeout: float | None = None,
+        priority: int = 5,
     ) -> None: ...
     def cancel(self, id: int, timed_out: bool = False) -> bool: ...
     def next_batch(self) -> NativeBatch | None: ...

@@ -58,6 +58,20 @@ class BatchingConfig(BaseModel):
     """Opt-in hold for fuller batches. 0 (the CPU default): an idle executor takes
     whatever is queued at once; batches grow only while it is busy."""
 
+    max_priority_wait_ms: float = Field(1000.0, ge=0.0, le=600_000.0)
+    """No-starvation bound of request priority classes (``priority``: lower is more
+    urgent): the batch former serves the most urgent class waiting, and a request that
+    has waited this long counts as the most urgent class, so a low-priority request
+    waits about this long at most before it competes in arrival order again. 0:
+    priorities are ignored (arrival order only)."""
+
+    priority_fill: bool = False
+    """Let rows of less urgent classes fill the free rows of a batch, up to its width
+    (never widening it). Off: a batch holds one class, since on a CPU every row added
+    lengthens the batch and so delays the urgent rows in it. On a GPU, where a batch's
+    time grows little with its rows, turning it on keeps the other classes' throughput
+    while urgent requests keep arriving."""
+
     max_queue_tokens: int = Field(1_000_000, ge=1)
     """Bound on tokens waiting in the queue; past it, submissions fail with Overloaded."""
 

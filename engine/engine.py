@@ -27,6 +27,7 @@ from textfleet.engine.errors import EngineError
 from textfleet.engine.memory import IdleMemoryRelease
 from textfleet.engine.model_dir import ModelDir, ModelInfo
 from textfleet.engine.overflow import Overflow, WindowPlan
+from textfleet.engine.priority import check_priority
 from textfleet.engine.scheduler import Scheduler
 from textfleet.engine.stats import EngineStats
 from textfleet.engine.tasks import embedding
@@ -130,6 +131,8 @@ class Engine(TaskMethods):
             max_wait_ms=cfg.max_wait_ms,
             max_row_padding=cfg.max_row_padding,
             fairness=cfg.fairness,
+            max_priority_wait_ms=cfg.max_priority_wait_ms,
+            priority_fill=cfg.priority_fill,
         )
         encoder, pretokenize = self.tokenizer.native, None
         if encoder is None:  # Hugging Face fallback: tokenize in Python, queue the ids
@@ -217,6 +220,7 @@ class Engine(TaskMethods):
         *,
         dimensions: int | None = None,
         prompt_name: str | None = None,
+        priority: int | None = None,
     ) -> np.ndarray:
         """float32 [len(texts), dimensions or dim], row i for texts[i].
 
@@ -226,13 +230,16 @@ class Engine(TaskMethods):
         ``ModelInfo.prompts``, prepended to every text before tokenizing (None: the
         model's ``default_prompt_name``, if any). A non-str item raises InputError naming
         its index; a text longer than ``max_length`` tokens is handled as
-        ``on_overflow`` says (truncated by default).
+        ``on_overflow`` says (truncated by default). ``priority``: the request's class,
+        lower is more urgent (engine/priority.py; None: the default class), e.g. a
+        bulk job's higher value so that interactive callers go first.
         """
         self._require("embed")
         texts, cut = self._embed_args(texts, dimensions, prompt_name)
         if not texts:
             return np.empty((0, cut or self.info.dim), dtype=np.float32)
-        return embedding.shorten(self._forward(texts), cut, self.info.normalize)
+        rows = self._forward(texts, priority=priority)
+        return embedding.shorten(rows, cut, self.info.normalize)
 
     async def aembed(
         self,
@@ -241,6 +248,7 @@ class Engine(TaskMethods):
         *,
         dimensions: int | None = None,
         prompt_name: str | None = None,
+        priority: int | None = None,
     ) -> np.ndarray:
         """``embed`` for asyncio callers: the result is delivered on the caller's loop.
 
@@ -248,8 +256,9 @@ class Engine(TaskMethods):
         sequences not yet computed leave the queue. Overloaded when the queue is full.
         """
         out, _ = await self._aembed(
-            "aembed", texts, timeout, dimensions=dimensions, prompt_name=prompt_name
-        )
+            "aembed", texts, timeout,
+            dimensions=dimensions, prompt_name=prompt_name, priority=priority,
+        )  # fmt: skip
         return out
 
     async def aembed_with_usage(
@@ -259,21 +268,23 @@ class Engine(TaskMethods):
         *,
         dimensions: int | None = None,
         prompt_name: str | None = None,
+        priority: int | None = None,
     ) -> tuple[np.ndarray, int]:
         """``aembed``, and the tokens the model computed for these texts (special
         tokens and prompts in, truncated at ``max_length``, every window's tokens when
         a text ran in windows: OpenAI's ``usage.prompt_tokens``), counted from the
         request's own batches rather than by tokenizing again."""
         return await self._aembed(
-            "aembed_with_usage", texts, timeout, dimensions=dimensions, prompt_name=prompt_name
-        )
+            "aembed_with_usage", texts, timeout,
+            dimensions=dimensions, prompt_name=prompt_name, priority=priority,
+        )  # fmt: skip
 
-    async def _aembed(self, method, texts, timeout, *, dimensions, prompt_name):
+    async def _aembed(self, method, texts, timeout, *, dimensions, prompt_name, priority):
         self._require(method)
         texts, cut = self._embed_args(texts, dimensions, prompt_name)
         if not texts:
             return np.empty((0, cut or self.info.dim), dtype=np.float32), 0
-        rows, tokens = await self._aforward_counted(texts, None, timeout)
+        rows, tokens = await self._aforward_counted(texts, None, timeout, priority)
         return embedding.shorten(rows, cut, self.info.normalize), tokens
 
     def _embed_args(self, texts, dimensions, prompt_name) -> tuple[list[str], int | None]:
@@ -284,21 +295,26 @@ class Engine(TaskMethods):
         prefix = embedding.prompt_prefix(self.info, prompt_name)
         return ([prefix + t for t in texts] if prefix else texts), cut
 
-    def _forward(self, texts: list[str], pairs: list[str] | None = None):
+    def _forward(
+        self, texts: list[str], pairs: list[str] | None = None, priority: int | None = None
+    ):
         """One head row per text (or pair), in input order, from a blocking caller.
 
         Rows are a float32 array [n, ...], or a list of arrays for token
         classification. Pairs are tokenized together, so both segments count
         toward the batch's token budget. A large input is queued in chunks
         (``EMBED_CHUNK`` texts, ``EMBED_WINDOW`` at a time) so it does not fill
-        the queue that concurrent callers share.
+        the queue that concurrent callers share. ``priority``: every chunk's class.
         """
         self._check_open()
+        check_priority(priority)
         if not texts:
             return []
         plan = self._overflow.plan(texts, pairs)
         work, pairs = (texts, pairs) if plan is None else (plan.sequences, None)
-        parts = self._scheduler.run_chunked(work, pairs, chunk=EMBED_CHUNK, window=EMBED_WINDOW)
+        parts = self._scheduler.run_chunked(
+            work, pairs, chunk=EMBED_CHUNK, window=EMBED_WINDOW, priority=priority
+        )
         if len(parts) == 1:
             rows = parts[0]
         elif isinstance(parts[0], np.ndarray):
@@ -307,21 +323,32 @@ class Engine(TaskMethods):
             rows = [row for part in parts for row in part]
         return rows if plan is None else self._join_windows(plan, rows)
 
-    async def _aforward(self, texts: list[str], pairs: list[str] | None, timeout: float | None):
+    async def _aforward(
+        self,
+        texts: list[str],
+        pairs: list[str] | None,
+        timeout: float | None,
+        priority: int | None = None,
+    ):
         """``_forward`` for asyncio callers: one request, resolved on the caller's loop."""
         if not texts:
             self._check_open()
             return []
-        rows, _ = await self._aforward_counted(texts, pairs, timeout)
+        rows, _ = await self._aforward_counted(texts, pairs, timeout, priority)
         return rows
 
-    async def _aforward_counted(self, texts: list[str], pairs, timeout: float | None):
+    async def _aforward_counted(
+        self, texts: list[str], pairs, timeout: float | None, priority: int | None = None
+    ):
         """``_aforward``'s rows and the tokens the model computed for them."""
         self._check_open()
+        check_priority(priority)  # before counting a large request's tokens
         plan = await self._aplan(texts, pairs)
         if plan is None:
-            return await self._scheduler.run_async_counted(texts, pairs, timeout)
-        rows, tokens = await self._scheduler.run_async_counted(plan.sequences, None, timeout)
+            return await self._scheduler.run_async_counted(texts, pairs, timeout, priority)
+        rows, tokens = await self._scheduler.run_async_counted(
+            plan.sequences, None, timeout, priority
+        )
         return self._join_windows(plan, rows), tokens
 
     async def _aplan(self, texts: list[str], pairs: list[str] | None) -> WindowPlan | None:

@@ -39,6 +39,7 @@ import numpy as np
 from textfleet.engine import _native
 from textfleet.engine.batch import Batch
 from textfleet.engine.errors import EngineError, Overloaded, TooLarge
+from textfleet.engine.priority import check_priority
 
 log = logging.getLogger(__name__)
 
@@ -163,20 +164,32 @@ class Scheduler:
     # ---- callers ---------------------------------------------------------------
 
     async def run_async(
-        self, texts: list[str] | Sequences, pairs=None, timeout: float | None = None
+        self,
+        texts: list[str] | Sequences,
+        pairs=None,
+        timeout: float | None = None,
+        priority: int | None = None,
     ):
-        """The request's result; raises TimeoutError, Overloaded, TooLarge or the batch error."""
-        result, _ = await self.run_async_counted(texts, pairs, timeout)
+        """The request's result; raises TimeoutError, Overloaded, TooLarge or the batch error.
+
+        ``priority``: its class (engine/priority.py: lower is more urgent; None: the
+        default class); out of range is an InputError."""
+        result, _ = await self.run_async_counted(texts, pairs, timeout, priority)
         return result
 
     async def run_async_counted(
-        self, texts: list[str] | Sequences, pairs=None, timeout: float | None = None
+        self,
+        texts: list[str] | Sequences,
+        pairs=None,
+        timeout: float | None = None,
+        priority: int | None = None,
     ) -> tuple[Any, int]:
         """``run_async``'s result and the request's tokens: the real (unpadded) tokens
         of its rows as the model computed them, special tokens in, truncated."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        rid = self._submit(texts, pairs, timeout, _Pending(len(texts), loop, future))
+        pending = _Pending(len(texts), loop, future)
+        rid = self._submit(texts, pairs, timeout, pending, priority)
         timer = None
         if timeout is not None:
             timer = loop.call_later(timeout, self._expire_async, rid, future, timeout)
@@ -190,18 +203,34 @@ class Scheduler:
                 timer.cancel()
 
     def submit(
-        self, texts: list[str] | Sequences, pairs=None, timeout: float | None = None
+        self,
+        texts: list[str] | Sequences,
+        pairs=None,
+        timeout: float | None = None,
+        priority: int | None = None,
     ) -> Ticket:
         """Queue a request for a thread to wait on (``Ticket.result()``)."""
         pending = _Pending(len(texts))
-        return Ticket(self, self._submit(texts, pairs, timeout, pending), pending, timeout)
+        rid = self._submit(texts, pairs, timeout, pending, priority)
+        return Ticket(self, rid, pending, timeout)
 
-    def run_sync(self, texts: list[str] | Sequences, pairs=None, timeout: float | None = None):
+    def run_sync(
+        self,
+        texts: list[str] | Sequences,
+        pairs=None,
+        timeout: float | None = None,
+        priority: int | None = None,
+    ):
         """``run_async``, blocking the calling thread."""
-        return self.submit(texts, pairs, timeout).result()
+        return self.submit(texts, pairs, timeout, priority).result()
 
     def run_chunked(
-        self, texts: list[str] | Sequences, pairs=None, chunk: int = 1024, window: int = 2
+        self,
+        texts: list[str] | Sequences,
+        pairs=None,
+        chunk: int = 1024,
+        window: int = 2,
+        priority: int | None = None,
     ):
         """Results of consecutive chunks of a large input, each its own request.
 
@@ -217,7 +246,7 @@ class Scheduler:
                 end = min(len(texts), start + size)
                 try:
                     part = None if pairs is None else pairs[start:end]
-                    waiting.append(self.submit(texts[start:end], part))
+                    waiting.append(self.submit(texts[start:end], part, priority=priority))
                 except TooLarge:
                     if end - start == 1:
                         raise
@@ -239,11 +268,14 @@ class Scheduler:
             raise
         return results
 
-    def _submit(self, texts, pairs, timeout, pending: _Pending) -> int:
+    def _submit(self, texts, pairs, timeout, pending: _Pending, priority: int | None) -> int:
         if not texts:
             raise ValueError("texts must not be empty")
         if timeout is not None and not timeout > 0:
             raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
+        priority = check_priority(priority)
+        if priority is None:
+            priority = _native.PRIORITY_DEFAULT
         rid = next(self._ids)
         with self._lock:
             if self._closed:
@@ -251,12 +283,12 @@ class Scheduler:
             self._pending[rid] = pending
         try:
             if isinstance(texts, Sequences):
-                self._native.submit_tokens(rid, texts.ids, texts.type_ids, timeout)
+                self._native.submit_tokens(rid, texts.ids, texts.type_ids, timeout, priority)
             elif self._pretokenize is None:
-                self._native.submit(rid, texts, pairs, timeout)
+                self._native.submit(rid, texts, pairs, timeout, priority)
             else:
                 ids, type_ids = self._pretokenize(texts, pairs)
-                self._native.submit_tokens(rid, ids, type_ids, timeout)
+                self._native.submit_tokens(rid, ids, type_ids, timeout, priority)
         except BaseException as exc:
             with self._lock:
                 self._pending.pop(rid, None)

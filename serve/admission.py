@@ -204,20 +204,23 @@ class AdmissionGate:
     async def aembed_with_usage(self, texts, timeout=None, **options):
         return await self._admit(texts, timeout, "aembed_with_usage", texts, **options)
 
-    async def aclassify(self, texts, top_k=1, timeout=None):
-        return await self._admit(texts, timeout, "aclassify", texts, top_k)
+    async def aclassify(self, texts, top_k=1, timeout=None, **options):
+        return await self._admit(texts, timeout, "aclassify", texts, top_k, **options)
 
-    async def aentities(self, texts, aggregation=None, timeout=None):
-        return await self._admit(texts, timeout, "aentities", texts, aggregation)
+    async def aentities(self, texts, aggregation=None, timeout=None, **options):
+        return await self._admit(texts, timeout, "aentities", texts, aggregation, **options)
 
-    async def ascore(self, pairs, raw_scores=False, timeout=None):
-        return await self._admit(_pair_texts(pairs), timeout, "ascore", pairs, raw_scores)
+    async def ascore(self, pairs, raw_scores=False, timeout=None, **options):
+        texts = _pair_texts(pairs)
+        return await self._admit(texts, timeout, "ascore", pairs, raw_scores, **options)
 
-    async def arerank(self, query, documents, top_k=None, raw_scores=False, timeout=None):
+    async def arerank(
+        self, query, documents, top_k=None, raw_scores=False, timeout=None, **options
+    ):
         query_text = query if isinstance(query, str) else ""
         texts = [f"{query_text} {d}" for d in _strings(documents)]
         args = (query, documents, top_k, raw_scores)
-        return await self._admit(texts, timeout, "arerank", *args)
+        return await self._admit(texts, timeout, "arerank", *args, **options)
 
 
 def _strings(items: Any) -> list[str]:

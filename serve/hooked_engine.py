@@ -254,11 +254,11 @@ class HookedEngine:
         emb, tokens = await self._engine.aembed_with_usage(texts, timeout=timeout, **options)
         return (await self._post({"embedding": emb}, texts, extra))["embedding"], tokens
 
-    async def aclassify(self, texts, top_k=1, timeout=None, extra=None):
+    async def aclassify(self, texts, top_k=1, timeout=None, extra=None, priority=None):
         if self.hooks is None:
-            return await self._engine.aclassify(texts, top_k, timeout=timeout)
+            return await self._engine.aclassify(texts, top_k, timeout=timeout, priority=priority)
         texts, timeout = await self._pre(_texts(texts), False, timeout)
-        results = await self._engine.aclassify(texts, top_k, timeout=timeout)
+        results = await self._engine.aclassify(texts, top_k, timeout=timeout, priority=priority)
         if self.hooks.post is None:
             return results
         # The tensors as V2 sends them: [n] for the best label only, else [n, k].
@@ -275,11 +275,13 @@ class HookedEngine:
             for lr, sr in zip(labels, scores, strict=True)
         ]
 
-    async def aentities(self, texts, aggregation=None, timeout=None, extra=None):
+    async def aentities(self, texts, aggregation=None, timeout=None, extra=None, priority=None):
         if self.hooks is None:
-            return await self._engine.aentities(texts, aggregation, timeout=timeout)
+            return await self._engine.aentities(
+                texts, aggregation, timeout=timeout, priority=priority
+            )
         texts, timeout = await self._pre(_texts(texts), False, timeout)
-        found = await self._engine.aentities(texts, aggregation, timeout=timeout)
+        found = await self._engine.aentities(texts, aggregation, timeout=timeout, priority=priority)
         if self.hooks.post is None:
             return found
         rows = np.array([orjson.dumps([e.as_dict() for e in s]) for s in found], dtype=object)
@@ -294,22 +296,27 @@ class HookedEngine:
                 f"score}} ({type(e).__name__})",
             ) from None
 
-    async def ascore(self, pairs, raw_scores=False, timeout=None, extra=None):
+    async def ascore(self, pairs, raw_scores=False, timeout=None, extra=None, priority=None):
         if self.hooks is None:
-            return await self._engine.ascore(pairs, raw_scores, timeout=timeout)
+            return await self._engine.ascore(pairs, raw_scores, timeout=timeout, priority=priority)
         firsts, seconds = scoring.check_pairs(pairs)
         pairs, timeout = await self._pre(list(zip(firsts, seconds, strict=True)), True, timeout)
-        scores = await self._engine.ascore(pairs, raw_scores, timeout=timeout)
+        scores = await self._engine.ascore(pairs, raw_scores, timeout=timeout, priority=priority)
         return (await self._post({"score": scores}, pairs, extra))["score"]
 
-    async def arerank(self, query, documents, top_k=None, raw_scores=False, timeout=None):
+    async def arerank(
+        self, query, documents, top_k=None, raw_scores=False, timeout=None, priority=None
+    ):
         if self.hooks is None:
-            return await self._engine.arerank(query, documents, top_k, raw_scores, timeout=timeout)
+            return await self._engine.arerank(
+                query, documents, top_k, raw_scores, timeout=timeout, priority=priority
+            )
         # Reranking is scoring (query, document) pairs, then ordering: the hooks see the
         # pairs and the scores, as they do for ``score``.
         documents = scoring.check_rerank(query, documents)
         scoring.rank(np.zeros(1, np.float32), top_k)  # a bad top_k is refused before any work
-        scores = await self.ascore([(query, d) for d in documents], raw_scores, timeout)
+        pairs = [(query, d) for d in documents]
+        scores = await self.ascore(pairs, raw_scores, timeout, priority=priority)
         return scoring.rank(scores, top_k)
 
 

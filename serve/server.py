@@ -292,29 +292,50 @@ class ModelServer:
         timeout: float | None = None,
         dimensions: int | None = None,
         prompt_name: str | None = None,
+        priority: int | None = None,
     ) -> np.ndarray:
         """``await handle.embed.remote(texts, dimensions=256, prompt_name="query")``
-        -> float32 [n, dimensions or dim]."""
-        call = self.task.embed(texts, timeout, dimensions=dimensions, prompt_name=prompt_name)
+        -> float32 [n, dimensions or dim]. ``priority`` here and below: the request's
+        class, lower is more urgent (0 to 9, default 5; see the README)."""
+        call = self.task.embed(
+            texts, timeout, dimensions=dimensions, prompt_name=prompt_name, priority=priority
+        )
         return await self._handle_call(call, len)
 
-    async def classify(self, texts: list[str], top_k: int | None = 1, timeout=None):
+    async def classify(
+        self, texts: list[str], top_k: int | None = 1, timeout=None, priority: int | None = None
+    ):
         """``await handle.classify.remote(texts, top_k)`` -> per text [LabelScore], best first."""
-        return await self._handle_call(self.task.classify(texts, top_k, timeout), len)
+        return await self._handle_call(self.task.classify(texts, top_k, timeout, priority), len)
 
-    async def entities(self, texts: list[str], aggregation: str | None = None, timeout=None):
+    async def entities(
+        self,
+        texts: list[str],
+        aggregation: str | None = None,
+        timeout=None,
+        priority: int | None = None,
+    ):
         """``await handle.entities.remote(texts)`` -> per text [Entity] (character offsets)."""
-        return await self._handle_call(self.task.entities(texts, aggregation, timeout), len)
+        call = self.task.entities(texts, aggregation, timeout, priority)
+        return await self._handle_call(call, len)
 
-    async def score(self, pairs: list, raw_scores: bool = False, timeout=None) -> np.ndarray:
+    async def score(
+        self, pairs: list, raw_scores: bool = False, timeout=None, priority: int | None = None
+    ) -> np.ndarray:
         """``await handle.score.remote([(query, document), ...])`` -> float32 [n]."""
-        return await self._handle_call(self.task.score(pairs, raw_scores, timeout), len)
+        return await self._handle_call(self.task.score(pairs, raw_scores, timeout, priority), len)
 
     async def rerank(
-        self, query: str, documents: list[str], top_k=None, raw_scores=False, timeout=None
+        self,
+        query: str,
+        documents: list[str],
+        top_k=None,
+        raw_scores=False,
+        timeout=None,
+        priority: int | None = None,
     ):
         """``await handle.rerank.remote(query, documents, top_k)`` -> [Ranked], best first."""
-        call = self.task.rerank(query, documents, top_k, raw_scores, timeout)
+        call = self.task.rerank(query, documents, top_k, raw_scores, timeout, priority)
         return await self._handle_call(call, len)
 
     async def infer(self, request: dict[str, Any]) -> dict[str, Any]:

@@ -74,17 +74,25 @@ class TaskAdapter:
     async def embed(self, texts: list[str], timeout: float | None = None, **options) -> np.ndarray:
         raise self._wrong_task("embed")
 
-    async def classify(self, texts: list[str], top_k: int | None = 1, timeout=None):
+    async def classify(self, texts: list[str], top_k: int | None = 1, timeout=None, priority=None):
         raise self._wrong_task("classify")
 
-    async def entities(self, texts: list[str], aggregation: str | None = None, timeout=None):
+    async def entities(
+        self, texts: list[str], aggregation: str | None = None, timeout=None, priority=None
+    ):
         raise self._wrong_task("entities")
 
-    async def score(self, pairs: list, raw_scores: bool = False, timeout=None):
+    async def score(self, pairs: list, raw_scores: bool = False, timeout=None, priority=None):
         raise self._wrong_task("score")
 
     async def rerank(
-        self, query: str, documents: list[str], top_k=None, raw_scores=False, timeout=None
+        self,
+        query: str,
+        documents: list[str],
+        top_k=None,
+        raw_scores=False,
+        timeout=None,
+        priority=None,
     ):
         raise self._wrong_task("rerank")
 
@@ -123,6 +131,7 @@ class EmbeddingTask(TaskAdapter):
         timeout: float | None = None,
         dimensions: int | None = None,
         prompt_name: str | None = None,
+        priority: int | None = None,
     ) -> np.ndarray:
         """The Python handle call: a list of str -> float32 [n, dimensions or dim]."""
         if isinstance(texts, str) or not isinstance(texts, list | tuple):
@@ -131,15 +140,22 @@ class EmbeddingTask(TaskAdapter):
         for i, t in enumerate(texts):
             if not isinstance(t, str):
                 raise InputError(f"texts[{i}]", f"expected str, got {type(t).__name__}")
-        return await self._run(list(texts), timeout, dimensions, prompt_name)
+        return await self._run(list(texts), timeout, dimensions, prompt_name, priority=priority)
 
     async def _run(
-        self, texts: list[str], timeout: float | None, dimensions, prompt_name, extra=None
+        self,
+        texts: list[str],
+        timeout: float | None,
+        dimensions,
+        prompt_name,
+        extra=None,
+        priority=None,
     ):
         deadline = self.timeout(timeout)
         out = await self.engine.aembed(
-            texts, timeout=deadline, extra=extra, dimensions=dimensions, prompt_name=prompt_name
-        )
+            texts, timeout=deadline, extra=extra, dimensions=dimensions,
+            prompt_name=prompt_name, priority=priority,
+        )  # fmt: skip
         if len(out) != len(texts):  # every text gets exactly one row back, in order
             raise RuntimeError(f"engine returned {len(out)} embeddings for {len(texts)} texts")
         return out
@@ -150,7 +166,7 @@ class EmbeddingTask(TaskAdapter):
         dimensions = _param(req, "dimensions", int, None)
         prompt_name = _param(req, "prompt_name", str, None)
         extra: dict[str, np.ndarray] = {}  # a postprocess hook's own outputs
-        emb = await self._run(texts, req.timeout_s, dimensions, prompt_name, extra)
+        emb = await self._run(texts, req.timeout_s, dimensions, prompt_name, extra, req.priority)
         return {"embedding": emb} | extra
 
     async def v1_predictions(self, instances: list[Any]) -> list[Any]:
@@ -163,7 +179,7 @@ class EmbeddingTask(TaskAdapter):
         # counted off the event loop.
         emb, tokens = await self.engine.aembed_with_usage(
             req.texts, timeout=self.timeout(None), dimensions=req.dimensions,
-            prompt_name=req.prompt_name,
+            prompt_name=req.prompt_name, priority=req.priority,
         )  # fmt: skip
         if len(emb) != len(req.texts):  # every text gets exactly one row back, in order
             raise RuntimeError(f"engine returned {len(emb)} embeddings for {len(req.texts)} texts")
@@ -196,10 +212,11 @@ class ClassificationTask(TaskAdapter):
 
     spec = classification.TASK
 
-    async def classify(self, texts: list[str], top_k: int | None = 1, timeout=None):
+    async def classify(self, texts: list[str], top_k: int | None = 1, timeout=None, priority=None):
         """The Python handle call: per text a list of LabelScore, best first."""
         texts = _checked_texts(texts, self.max_texts)
-        return await self.engine.aclassify(texts, top_k, timeout=self.timeout(timeout))
+        timeout = self.timeout(timeout)
+        return await self.engine.aclassify(texts, top_k, timeout=timeout, priority=priority)
 
     async def infer(self, req: v2.InferRequest) -> dict[str, np.ndarray]:
         v2.check_input_names(req, self.inputs)
@@ -207,7 +224,9 @@ class ClassificationTask(TaskAdapter):
         top_k = _param(req, "top_k", int, 1)
         extra: dict[str, np.ndarray] = {}
         timeout = self.timeout(req.timeout_s)
-        results = await self.engine.aclassify(texts, top_k, timeout=timeout, extra=extra)
+        results = await self.engine.aclassify(
+            texts, top_k, timeout=timeout, extra=extra, priority=req.priority
+        )
         labels = np.array([[x.label for x in r] for r in results], dtype=object)
         scores = np.array([[x.score for x in r] for r in results], dtype=np.float32)
         if top_k == 1:
@@ -232,14 +251,19 @@ class TokenClassificationTask(TaskAdapter):
 
     spec = token_classification.TASK
 
-    async def entities(self, texts: list[str], aggregation: str | None = None, timeout=None):
+    async def entities(
+        self, texts: list[str], aggregation: str | None = None, timeout=None, priority=None
+    ):
         """The Python handle call: per text a list of Entity."""
         texts = _checked_texts(texts, self.max_texts)
-        return await self.engine.aentities(texts, aggregation, timeout=self.timeout(timeout))
+        timeout = self.timeout(timeout)
+        return await self.engine.aentities(texts, aggregation, timeout=timeout, priority=priority)
 
-    async def _spans(self, texts: list[str], aggregation: str | None, timeout, extra=None):
+    async def _spans(
+        self, texts: list[str], aggregation: str | None, timeout, extra=None, priority=None
+    ):
         found = await self.engine.aentities(
-            texts, aggregation, timeout=self.timeout(timeout), extra=extra
+            texts, aggregation, timeout=self.timeout(timeout), extra=extra, priority=priority
         )
         return [[e.as_dict() for e in spans] for spans in found]
 
@@ -248,7 +272,7 @@ class TokenClassificationTask(TaskAdapter):
         texts = v2.texts_input(req, "text", self.max_texts)
         aggregation = _param(req, "aggregation", str, None)
         extra: dict[str, np.ndarray] = {}
-        spans = await self._spans(texts, aggregation, req.timeout_s, extra)
+        spans = await self._spans(texts, aggregation, req.timeout_s, extra, req.priority)
         return {"entities": np.array([dumps(s) for s in spans], dtype=object)} | extra
 
     async def v1_predictions(self, instances: list[Any]) -> list[Any]:
@@ -268,24 +292,35 @@ class PairScoringTask(TaskAdapter):
 
     spec = pair_scoring.TASK
 
-    async def score(self, pairs: list, raw_scores: bool = False, timeout=None) -> np.ndarray:
+    async def score(
+        self, pairs: list, raw_scores: bool = False, timeout=None, priority=None
+    ) -> np.ndarray:
         """The Python handle call: float32 [n] for n (query, document) pairs."""
         pairs = _checked_texts(pairs, self.max_texts, "pairs")
-        return await self.engine.ascore(pairs, raw_scores, timeout=self.timeout(timeout))
+        timeout = self.timeout(timeout)
+        return await self.engine.ascore(pairs, raw_scores, timeout=timeout, priority=priority)
 
     async def rerank(
-        self, query: str, documents: list[str], top_k=None, raw_scores=False, timeout=None
+        self,
+        query: str,
+        documents: list[str],
+        top_k=None,
+        raw_scores=False,
+        timeout=None,
+        priority=None,
     ):
         """The Python handle call: documents best first (Ranked: index, score)."""
         _checked_texts(documents, self.max_texts, "documents")
         call = self.engine.arerank(
-            query, documents, top_k, raw_scores, timeout=self.timeout(timeout)
+            query, documents, top_k, raw_scores, timeout=self.timeout(timeout), priority=priority
         )
         return await call
 
     async def rerank_http(self, obj: dict[str, Any]) -> Reply:
         req = rerank.parse_rerank_request(obj, self.max_texts)
-        ranked = await self.rerank(req.query, req.documents, req.top_n, req.raw_scores)
+        ranked = await self.rerank(
+            req.query, req.documents, req.top_n, req.raw_scores, priority=req.priority
+        )
         return rerank.rerank_reply(req, ranked)
 
     async def infer(self, req: v2.InferRequest) -> dict[str, np.ndarray]:
@@ -303,7 +338,7 @@ class PairScoringTask(TaskAdapter):
         extra: dict[str, np.ndarray] = {}
         pairs = list(zip(queries, docs, strict=True))
         scores = await self.engine.ascore(
-            pairs, raw, timeout=self.timeout(req.timeout_s), extra=extra
+            pairs, raw, timeout=self.timeout(req.timeout_s), extra=extra, priority=req.priority
         )
         return {"score": np.asarray(scores, dtype=np.float32)} | extra
 

@@ -226,29 +226,36 @@ class VersionRouter:
 
     # ------------------------------------------------------------ Python callers
 
-    async def embed(self, texts: list[str], timeout: float | None = None):
+    async def embed(self, texts: list[str], timeout: float | None = None, priority=None):
         inputs = lambda: {"text": list(texts)}  # noqa: E731
-        return (await self._dispatch("embed", (texts, timeout), inputs=inputs))[1]
+        kwargs = _priority(priority)
+        return (await self._dispatch("embed", (texts, timeout), kwargs, inputs=inputs))[1]
 
-    async def classify(self, texts: list[str], top_k: int | None = 1, timeout=None):
+    async def classify(self, texts: list[str], top_k: int | None = 1, timeout=None, priority=None):
         inputs = lambda: {"text": list(texts)}  # noqa: E731
-        return (await self._dispatch("classify", (texts, top_k, timeout), inputs=inputs))[1]
+        call_args, kwargs = (texts, top_k, timeout), _priority(priority)
+        return (await self._dispatch("classify", call_args, kwargs, inputs=inputs))[1]
 
-    async def entities(self, texts: list[str], aggregation: str | None = None, timeout=None):
+    async def entities(
+        self, texts: list[str], aggregation: str | None = None, timeout=None, priority=None
+    ):
         inputs = lambda: {"text": list(texts)}  # noqa: E731
-        call_args = (texts, aggregation, timeout)
-        return (await self._dispatch("entities", call_args, inputs=inputs))[1]
+        call_args, kwargs = (texts, aggregation, timeout), _priority(priority)
+        return (await self._dispatch("entities", call_args, kwargs, inputs=inputs))[1]
 
-    async def score(self, pairs: list, raw_scores: bool = False, timeout=None):
+    async def score(self, pairs: list, raw_scores: bool = False, timeout=None, priority=None):
         inputs = lambda: {"query": [p[0] for p in pairs], "document": [p[1] for p in pairs]}  # noqa: E731
-        return (await self._dispatch("score", (pairs, raw_scores, timeout), inputs=inputs))[1]
+        call_args, kwargs = (pairs, raw_scores, timeout), _priority(priority)
+        return (await self._dispatch("score", call_args, kwargs, inputs=inputs))[1]
 
     async def rerank(
-        self, query: str, documents: list[str], top_k=None, raw_scores=False, timeout=None
-    ):
+        self, query: str, documents: list[str], top_k=None, raw_scores=False, timeout=None,
+        priority=None,
+    ):  # fmt: skip
         inputs = lambda: {"query": [query], "document": list(documents)}  # noqa: E731
         call_args = (query, documents, top_k, raw_scores, timeout)
-        return (await self._dispatch("rerank", call_args, inputs=inputs))[1]
+        kwargs = _priority(priority)
+        return (await self._dispatch("rerank", call_args, kwargs, inputs=inputs))[1]
 
     async def infer(self, request: dict[str, Any]) -> dict[str, Any]:
         inputs = lambda: _dict_texts(request)  # noqa: E731
@@ -308,6 +315,12 @@ def _v2_texts(body: bytes, header_length: str | None) -> dict[str, list[str]]:
     """The BYTES inputs of a V2 request, by name (for the shadow's record only)."""
     req = v2.parse_infer_request(body, header_length)
     return _named_texts(req)
+
+
+def _priority(priority: int | None) -> dict[str, Any]:
+    """The handle keyword to forward: only when given, so versions on an older build
+    still take the call."""
+    return {} if priority is None else {"priority": priority}
 
 
 def _body_texts(body: bytes) -> dict[str, list[str]]:

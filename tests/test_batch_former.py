@@ -209,32 +209,167 @@ def test_plan_is_pure():
     assert a.rows == b.rows and len(q) == 4
 
 
+# ---- priority classes ---------------------------------------------------------
+
+
+def test_the_most_urgent_class_waiting_goes_first_and_alone():
+    q = _native.BatchQueue()
+    for order in range(4):  # a backlog of low priority, oldest first
+        assert q.push(order, 0, 10, 0.01 * order, priority=9)
+    q.push(4, 0, 10, 0.5, priority=0)
+    q.push(5, 0, 12, 0.6, priority=0)
+    q.push(6, 0, 10, 0.7, priority=5)
+    knobs = Knobs(max_priority_wait_ms=1000, fairness=0.0)
+    plans = drain(q, knobs, now=0.8)
+    # Class 0, then 5, then 9; the low rows never share the urgent batch.
+    assert [p.rows for p in plans] == [[(4, 0), (5, 0)], [(6, 0)], [(o, 0) for o in range(4)]]
+
+
+def test_within_a_class_the_oldest_request_anchors_and_its_longest_row_first():
+    q = _native.BatchQueue()
+    q.push(0, 0, 5, 0.0, priority=2)
+    q.push(1, 0, 300, 0.1, priority=2)  # a younger request of the same class
+    q.push(1, 1, 40, 0.1, priority=2)
+    q.push(2, 0, 300, 0.2, priority=7)
+    knobs = Knobs(max_row_padding=0, max_priority_wait_ms=1000)
+    plans = drain(q, knobs, now=0.3)
+    assert [p.rows for p in plans] == [[(0, 0)], [(1, 0)], [(1, 1)], [(2, 0)]]
+
+
+def test_no_class_starves_an_aged_request_goes_first():
+    # One urgent request arrives every 10 ms and one batch of one row runs every
+    # 10 ms: the urgent class is never empty, yet the old low-priority request is
+    # served as soon as it has waited max_priority_wait_ms.
+    knobs = Knobs(max_batch_size=1, max_priority_wait_ms=200)
+    q = _native.BatchQueue()
+    q.push(0, 0, 10, 0.0, priority=9)
+    served_at = None
+    for step in range(1, 40):
+        now = 0.01 * step
+        q.push(step, 0, 10, now, priority=0)
+        plan = q.plan(now, knobs)
+        q.take(plan)
+        if plan.rows == [(0, 0)]:
+            served_at = now
+            break
+        assert plan.rows[0][0] != 0
+    assert served_at == pytest.approx(0.2)
+    assert [o for o, _ in q.plan(served_at, knobs).rows] == [20]  # then the urgent again
+
+
+def test_aged_rows_of_every_class_share_the_urgent_batch():
+    q = _native.BatchQueue()
+    q.push(0, 0, 10, 0.0, priority=9)
+    q.push(1, 0, 10, 0.1, priority=6)
+    q.push(2, 0, 10, 0.3, priority=0)
+    q.push(3, 0, 10, 0.35, priority=6)
+    knobs = Knobs(max_priority_wait_ms=500, fairness=0.0)
+    # Before anyone aged: the urgent one alone.
+    assert q.plan(0.4, knobs).rows == [(2, 0)]
+    # The two oldest aged; the youngest of class 6 has not yet.
+    assert q.plan(0.62, knobs).rows == [(0, 0), (1, 0), (2, 0)]
+
+
+def test_zero_max_priority_wait_ignores_priorities():
+    q = queue_of([10, 10, 10])
+    q.push(3, 0, 10, 0.5, priority=0)
+    assert q.plan(0.6, Knobs(max_batch_size=2, fairness=0.0)).rows == [(3, 0)]
+    knobs = Knobs(max_priority_wait_ms=0, max_batch_size=2, fairness=0.0)
+    assert [p.rows for p in drain(q, knobs, now=0.6)] == [[(0, 0), (1, 0)], [(2, 0), (3, 0)]]
+
+
+def test_priority_fill_takes_less_urgent_rows_that_do_not_widen_the_batch():
+    q = _native.BatchQueue()
+    q.push(0, 0, 30, 0.0, priority=9)
+    q.push(1, 0, 20, 0.1, priority=9)
+    q.push(2, 0, 12, 0.2, priority=9)
+    q.push(3, 0, 2, 0.3, priority=9)  # 18 tokens of padding: over max_row_padding
+    q.push(4, 0, 20, 0.4, priority=0)
+    fill = Knobs(max_row_padding=16, priority_fill=True, fairness=0.0)
+    plan = q.plan(0.5, fill)
+    assert plan.rows == [(1, 0), (2, 0), (4, 0)] and plan.width == 20
+    assert plan.real_tokens == 52
+    assert q.plan(0.5, Knobs(max_row_padding=16, fairness=0.0)).rows == [(4, 0)]
+    # The fill stops at the batch's limits like any row.
+    assert q.plan(0.5, Knobs(max_row_padding=16, priority_fill=True, max_batch_size=2)).rows == [
+        (1, 0),
+        (4, 0),
+    ]
+
+
+def test_a_held_batch_wakes_when_the_oldest_ages():
+    q = _native.BatchQueue()
+    q.push(0, 0, 10, 0.0, priority=9)
+    q.push(1, 0, 10, 0.05, priority=0)
+    knobs = Knobs(max_wait_ms=500, max_priority_wait_ms=100)
+    held = q.plan(0.06, knobs)
+    assert held.rows == [(1, 0)] and not held.ready
+    assert held.wake_at == pytest.approx(0.1)
+    assert q.plan(0.1, knobs).rows == [(0, 0), (1, 0)]
+
+
+@pytest.mark.parametrize("priority", [-1, 10, 1000])
+def test_priorities_outside_the_range_are_refused(priority):
+    q = _native.BatchQueue()
+    with pytest.raises(ValueError, match=r"priority must be an integer in \[0, 9\].*got"):
+        q.push(0, 0, 10, 0.0, priority=priority)
+    assert len(q) == 0
+    assert (_native.PRIORITY_MOST_URGENT, _native.PRIORITY_LEAST_URGENT) == (0, 9)
+    assert _native.PRIORITY_DEFAULT == 5
+
+
 @settings(max_examples=300, deadline=None)
 @given(
     lengths=st.lists(st.integers(1, 512), min_size=1, max_size=80),
-    gaps=st.lists(st.floats(0, 0.05), min_size=80, max_size=80),
+    gaps_ms=st.lists(st.integers(0, 50), min_size=80, max_size=80),
+    priorities=st.lists(st.sampled_from([0, 3, 5, 9]), min_size=80, max_size=80),
+    max_priority_wait_ms=st.sampled_from([0, 100, 1000, 100_000]),
+    priority_fill=st.booleans(),
     max_batch_size=st.integers(1, 40),
     max_batch_tokens=st.integers(1, 6000),
     max_row_padding=st.integers(0, 300),
     fairness=st.sampled_from([0.0, 0.5, 0.7, 1.0]),
 )
 def test_plan_invariants(
-    lengths, gaps, max_batch_size, max_batch_tokens, max_row_padding, fairness
+    lengths,
+    gaps_ms,
+    priorities,
+    max_priority_wait_ms,
+    priority_fill,
+    max_batch_size,
+    max_batch_tokens,
+    max_row_padding,
+    fairness,
 ):
     knobs = Knobs(
         max_batch_size=max_batch_size,
         max_batch_tokens=max_batch_tokens,
         max_row_padding=max_row_padding,
         fairness=fairness,
+        max_priority_wait_ms=max_priority_wait_ms,
+        priority_fill=priority_fill,
     )
-    arrivals = np.cumsum(gaps[: len(lengths)]).tolist()
-    now = arrivals[-1] + 0.01
-    latest = now - fairness * (now - arrivals[0])  # max_wait is 0
-    q = queue_of(lengths, arrivals)
-    plan = q.plan(now, knobs)
+    arrivals_ms = np.cumsum(gaps_ms[: len(lengths)]).tolist()  # whole ms: exact in ns
+    now_ms = arrivals_ms[-1] + 10
+    q = _native.BatchQueue()
+    for o, length in enumerate(lengths):
+        assert q.push(o, 0, length, arrivals_ms[o] / 1000, priority=priorities[o])
+
+    one_class = len(set(priorities[: len(lengths)])) == 1
+
+    def class_of(o: int) -> int:  # the aged count as the most urgent class
+        if one_class:  # ageing orders classes against each other, nothing else
+            return 0
+        return 0 if now_ms - arrivals_ms[o] >= max_priority_wait_ms else priorities[o]
+
+    best = min(class_of(o) for o in range(len(lengths)))
+    anchor = min(o for o in range(len(lengths)) if class_of(o) == best)
+    latest = (now_ms - fairness * (now_ms - arrivals_ms[anchor])) / 1000  # max_wait is 0
+    arrivals = [a / 1000 for a in arrivals_ms]
+    plan = q.plan(now_ms / 1000, knobs)
     rows = [o for o, _ in plan.rows]
     chosen = [lengths[o] for o in rows]
-    assert rows[0] == 0 and rows == sorted(rows)  # the oldest, then arrival order
+    assert anchor in rows and rows == sorted(rows)  # the anchor, in arrival order
     assert 1 <= len(rows) <= max_batch_size
     assert plan.width == max(chosen) and plan.real_tokens == sum(chosen)
     if len(rows) > 1:
@@ -242,16 +377,22 @@ def test_plan_invariants(
     # Every row added at most max_row_padding padded tokens.
     assert plan.padded_tokens - plan.real_tokens <= (len(rows) - 1) * max_row_padding
     # Fairness: the other rows waited long enough (1 us of rounding slack).
-    assert all(arrivals[o] <= latest + 1e-6 for o in rows[1:])
-    # Closed: no eligible sequence left behind could have joined within the limits.
-    if len(rows) < max_batch_size:
+    assert all(arrivals[o] <= latest + 1e-6 for o in rows if o != anchor)
+    # One class per batch; with priority_fill, other classes only where they fit
+    # within the width the batch's own class set.
+    own = [o for o in rows if class_of(o) == best]
+    others = [o for o in rows if class_of(o) != best]
+    assert not others or priority_fill
+    assert all(lengths[o] <= max(lengths[k] for k in own) for o in others)
+    # Closed: no eligible row of its class left behind could have joined within the limits.
+    if len(rows) < max_batch_size and not others:
         for o, length in enumerate(lengths):
-            if o in rows or arrivals[o] > latest - 1e-6:
+            if o in rows or class_of(o) != best or arrivals[o] > latest - 1e-6:
                 continue
             width = max(plan.width, length)
             cost = width * (len(rows) + 1) - plan.padded_tokens - length
             fits = width * (len(rows) + 1) <= max_batch_tokens
             assert cost > max_row_padding or not fits
     # Taking batch after batch serves everything exactly once.
-    served = [r for p in drain(q, knobs, now) for r in p.rows]
+    served = [r for p in drain(q, knobs, now_ms / 1000) for r in p.rows]
     assert sorted(served) == [(i, 0) for i in range(len(lengths))]

@@ -32,14 +32,17 @@ class TaskMethods:
                 f"{method}() needs a model of task {needed.name!r}",
             )
 
-    def classify(self, texts: Sequence[str], top_k: int | None = 1) -> list[list[LabelScore]]:
+    def classify(
+        self, texts: Sequence[str], top_k: int | None = 1, *, priority: int | None = None
+    ) -> list[list[LabelScore]]:
         """Per text, its ``top_k`` labels (all when None), best first.
 
         Scores are softmax probabilities, or sigmoid for multi-label configs
-        (as transformers' text-classification pipeline decides).
+        (as transformers' text-classification pipeline decides). ``priority`` here and
+        below: the request's class, lower is more urgent (engine/priority.py).
         """
         texts, top_k = self._classify_args(texts, top_k)
-        return self._classify_rows(self._forward(texts), top_k)
+        return self._classify_rows(self._forward(texts, priority=priority), top_k)
 
     def _classify_args(self, texts, top_k):
         self._require("classify")
@@ -50,7 +53,9 @@ class TaskMethods:
         scores = classification.activate(logits, self._task.activation)
         return classification.top_k_labels(scores, self._task.labels, top_k)
 
-    def entities(self, texts: Sequence[str], aggregation: str | None = None) -> list[list[Entity]]:
+    def entities(
+        self, texts: Sequence[str], aggregation: str | None = None, *, priority: int | None = None
+    ) -> list[list[Entity]]:
         """Per text, its entity spans with character offsets into that text.
 
         ``aggregation``: none | simple | first | average | max (transformers'
@@ -59,7 +64,8 @@ class TaskMethods:
         window, the default here) and its spans carry offsets into the whole text.
         """
         texts, aggregation = self._entities_args(texts, aggregation)
-        return self._entities_rows(texts, self._forward(texts), aggregation)
+        rows = self._forward(texts, priority=priority)
+        return self._entities_rows(texts, rows, aggregation)
 
     def _entities_args(self, texts, aggregation):
         self._require("entities")
@@ -88,11 +94,17 @@ class TaskMethods:
             )
         return out
 
-    def score(self, pairs: Sequence[Sequence[str]], raw_scores: bool = False) -> np.ndarray:
+    def score(
+        self,
+        pairs: Sequence[Sequence[str]],
+        raw_scores: bool = False,
+        *,
+        priority: int | None = None,
+    ) -> np.ndarray:
         """float32 [n]: one relevance per (query, document) pair; sigmoid(logit) unless raw."""
         self._require("score")
         firsts, seconds = scoring.check_pairs(pairs)
-        return self._pair_scores(self._forward(firsts, seconds), raw_scores)
+        return self._pair_scores(self._forward(firsts, seconds, priority), raw_scores)
 
     def rerank(
         self,
@@ -100,10 +112,12 @@ class TaskMethods:
         documents: Sequence[str],
         top_k: int | None = None,
         raw_scores: bool = False,
+        *,
+        priority: int | None = None,
     ) -> list[Ranked]:
         """Documents by relevance to ``query``, best first (``index`` into ``documents``)."""
         documents = self._rerank_args(query, documents, top_k)
-        rows = self._forward([query] * len(documents), documents)
+        rows = self._forward([query] * len(documents), documents, priority)
         return scoring.rank(self._pair_scores(rows, raw_scores), top_k)
 
     def _rerank_args(self, query, documents, top_k):
@@ -125,22 +139,32 @@ class TaskMethods:
         return np.stack(rows) if len(rows) else np.empty((0, width), np.float32)
 
     # Async forms: the same checks and heads; the rows come from one scheduler
-    # request resolved on the caller's loop (``timeout`` in seconds).
-    async def aclassify(self, texts, top_k: int | None = 1, timeout: float | None = None):
+    # request resolved on the caller's loop (``timeout`` in seconds, ``priority`` its class).
+    async def aclassify(
+        self, texts, top_k: int | None = 1, timeout: float | None = None, *, priority=None
+    ):
         texts, top_k = self._classify_args(texts, top_k)
-        return self._classify_rows(await self._aforward(texts, None, timeout), top_k)
+        rows = await self._aforward(texts, None, timeout, priority)
+        return self._classify_rows(rows, top_k)
 
-    async def aentities(self, texts, aggregation: str | None = None, timeout: float | None = None):
+    async def aentities(
+        self, texts, aggregation: str | None = None, timeout: float | None = None, *, priority=None
+    ):
         texts, aggregation = self._entities_args(texts, aggregation)
-        rows = await self._aforward(texts, None, timeout)
+        rows = await self._aforward(texts, None, timeout, priority)
         return self._entities_rows(texts, rows, aggregation)
 
-    async def ascore(self, pairs, raw_scores: bool = False, timeout: float | None = None):
+    async def ascore(
+        self, pairs, raw_scores: bool = False, timeout: float | None = None, *, priority=None
+    ):
         self._require("score")
         firsts, seconds = scoring.check_pairs(pairs)
-        return self._pair_scores(await self._aforward(firsts, seconds, timeout), raw_scores)
+        rows = await self._aforward(firsts, seconds, timeout, priority)
+        return self._pair_scores(rows, raw_scores)
 
-    async def arerank(self, query, documents, top_k=None, raw_scores=False, timeout=None):
+    async def arerank(
+        self, query, documents, top_k=None, raw_scores=False, timeout=None, *, priority=None
+    ):
         documents = self._rerank_args(query, documents, top_k)
-        rows = await self._aforward([query] * len(documents), documents, timeout)
+        rows = await self._aforward([query] * len(documents), documents, timeout, priority)
         return scoring.rank(self._pair_scores(rows, raw_scores), top_k)

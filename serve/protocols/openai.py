@@ -9,6 +9,7 @@ from typing import Any, Literal
 import numpy as np
 
 from textfleet.engine.errors import InputError
+from textfleet.engine.priority import check_priority
 from textfleet.serve.protocols.common import (
     Reply,
     as_mapping,
@@ -30,6 +31,8 @@ class EmbeddingsRequest:
     dimensions: int | None
     prompt_name: str | None = None
     """An extra field (not OpenAI's): the model's instruction prompt to prepend."""
+    priority: int | None = None
+    """An extra field: the request's class, lower is more urgent (engine/priority.py)."""
 
 
 def model_of(obj: Any) -> str:
@@ -64,8 +67,9 @@ def parse_embeddings_request(obj: Any, max_texts: int) -> EmbeddingsRequest:
     prompt = obj.get("prompt_name")
     if prompt is not None and not isinstance(prompt, str):
         raise InputError("prompt_name", f"expected a string, got {short_repr(prompt)}")
+    priority = check_priority(obj.get("priority"))
     # Which widths and prompts the model has is the engine's to check (400 naming them).
-    return EmbeddingsRequest(model, list(texts), fmt, dims, prompt)
+    return EmbeddingsRequest(model, list(texts), fmt, dims, prompt, priority)
 
 
 def embeddings_reply(req: EmbeddingsRequest, embeddings: np.ndarray, prompt_tokens: int) -> Reply:

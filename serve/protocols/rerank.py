@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from textfleet.engine.errors import InputError
+from textfleet.engine.priority import check_priority
 from textfleet.serve.protocols.common import (
     Reply,
     as_mapping,
@@ -51,6 +52,8 @@ class RerankRequest:
     dialect: Literal["cohere", "tei"] = "cohere"
     """Which API the body is written for (``documents``: Cohere, ``texts``: TEI);
     the reply takes the same API's shape."""
+    priority: int | None = None
+    """An extra field: the request's class, lower is more urgent (engine/priority.py)."""
 
 
 def model_of(obj: Any) -> str:
@@ -81,6 +84,7 @@ def parse_rerank_request(obj: Any, max_texts: int) -> RerankRequest:
         return_documents=_flag(obj, "return_documents") or _flag(obj, "return_text"),
         raw_scores=_flag(obj, "raw_scores"),
         dialect="cohere" if key == "documents" else "tei",
+        priority=check_priority(obj.get("priority")),
     )
 
 

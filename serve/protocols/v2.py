@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from textfleet.engine.errors import InputError
+from textfleet.engine.priority import check_priority
 from textfleet.serve.protocols.common import (
     NotFound,
     Reply,
@@ -78,6 +79,9 @@ class InferRequest:
     binary_output: bool
     timeout_s: float | None
     parameters: dict[str, Any] = field(default_factory=dict)
+    priority: int | None = None
+    """``parameters.priority``: the request's class, lower is more urgent (Triton's
+    schedule-policy convention; engine/priority.py); None: the default class."""
 
     def input(self, name: str) -> InputTensor | None:
         return next((t for t in self.inputs if t.name == name), None)
@@ -117,6 +121,7 @@ def infer_request_from_dict(obj: dict[str, Any], binary: memoryview | None = Non
         binary_output=bool(params.get("binary_data_output", False)),
         timeout_s=_timeout(params.get("timeout")),
         parameters={k: v for k, v in params.items() if k not in _RESERVED},
+        priority=check_priority(params.get("priority"), "parameters.priority"),
     )
 
 
