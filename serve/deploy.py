@@ -201,8 +201,11 @@ def apply(config: dict[str, Any]) -> None:
                 f"{frontend_host!r}; the HTTP host is fixed while Ray runs"
             )
         http_options["host"] = LOOPBACK
+    # gRPC, like HTTP, is fixed while Serve runs: a running Serve keeps its own.
+    grpc = schema.grpc_options.model_dump() if "grpc_options" in config else None
     client = serve_start(
         http_options=http_options,
+        grpc_options=grpc,
         proxy_location=schema.proxy_location,
         global_logging_config=schema.logging_config,
     )
