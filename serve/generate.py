@@ -33,8 +33,8 @@ MODEL_BUILDER = "textfleet.serve.app:build_model_app"
 GATEWAY_BUILDER = "textfleet.serve.app:build_gateway_app"
 VERSION_BUILDER = "textfleet.serve.app:build_version_app"
 ROUTER_BUILDER = "textfleet.serve.app:build_router_app"
-# The V2 gRPC service (inference.GRPCInferenceService) as tritonclient ships it generated.
-GRPC_SERVICER = "tritonclient.grpc.service_pb2_grpc:add_GRPCInferenceServiceServicer_to_server"
+# The V2 gRPC service (inference.GRPCInferenceService), as tritonclient ships it generated.
+GRPC_SERVICER = "textfleet.serve.protocols.v2_grpc:add_servicer_to_server"
 
 
 # The API key digests and the gateway's body cap travel as each deployment's

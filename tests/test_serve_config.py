@@ -251,7 +251,7 @@ def test_grpc_options_follow_server_grpc_port():
     schema = ServeDeploySchema.model_validate(default)
     # The servicer function imports, as Ray Serve's proxy imports it.
     (add,) = gRPCOptions(**schema.grpc_options.model_dump()).grpc_servicer_func_callable
-    assert add.__name__ == "add_GRPCInferenceServiceServicer_to_server"
+    assert add.__name__ == "add_servicer_to_server"
     moved = serve_config(parse_models({"server": {"grpc_port": 9100}, "models": model}))
     assert moved["grpc_options"]["port"] == 9100
     off = serve_config(parse_models({"server": {"grpc_port": None}, "models": model}))

@@ -189,3 +189,17 @@ def test_errors_map_to_grpc_codes(exc, code):
     got, message, _ = v2_grpc.status(exc)
     assert got == code
     assert "secret internals" not in message  # internals are logged, not sent
+
+
+def test_messages_cross_ray_by_reference():
+    """Ray pickles the protos between proxy, gateway and replica (cloudpickle)."""
+    import pickle
+
+    from ray import cloudpickle
+
+    req = pb.ModelInferRequest(model_name="m", inputs=[text_tensor(1)], raw_input_contents=[b"x"])
+    req.parameters["top_k"].int64_param = 2
+    for module in (pickle, cloudpickle):
+        assert module.loads(module.dumps(req)) == req
+        answer = pb.ModelMetadataResponse(outputs=[{"name": "embedding", "shape": [-1, 384]}])
+        assert module.loads(module.dumps(answer)) == answer

@@ -20,6 +20,7 @@ from typing import Any
 import grpc
 import numpy as np
 from tritonclient.grpc import service_pb2 as pb
+from tritonclient.grpc import service_pb2_grpc
 
 from textfleet.engine.errors import InputError
 from textfleet.serve.protocols import v2
@@ -30,6 +31,35 @@ from textfleet.serve.protocols.common import (
     error_status,
     short_repr,
 )
+
+
+def _importable(module: Any) -> None:
+    """Ray pickles request and reply protos between its processes (proxy, replica,
+    gateway). tritonclient's generated classes name the proto file's module,
+    ``grpc_service_pb2``, which cannot be imported, so pickle cannot find them by
+    reference (and cloudpickle cannot copy them by value): name the module they
+    are in, for every message class and the classes nested in them."""
+
+    def fix(cls: Any, descriptor: Any) -> None:
+        cls.__module__ = module.__name__
+        for nested in descriptor.nested_types:
+            inner = getattr(cls, nested.name, None)
+            if inner is not None:
+                fix(inner, nested)
+
+    for name, descriptor in module.DESCRIPTOR.message_types_by_name.items():
+        fix(getattr(module, name), descriptor)
+
+
+_importable(pb)
+
+
+def add_servicer_to_server(servicer: Any, server: Any) -> None:
+    """What Ray Serve's ``grpc_options.grpc_servicer_functions`` names: the V2 service
+    as tritonclient generates it; importing this module first makes its messages
+    picklable in the process that registers it (Ray's proxy)."""
+    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
+
 
 APPLICATION_KEY = "application"
 """The gRPC metadata key Ray Serve routes on: the name of the model's application."""
@@ -194,6 +224,7 @@ def server_metadata(version: str) -> pb.ServerMetadataResponse:
 
 __all__ = [
     "APPLICATION_KEY",
+    "add_servicer_to_server",
     "check_model",
     "infer_request",
     "infer_response",
