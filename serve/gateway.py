@@ -8,7 +8,9 @@ claims (models own ``/v2/models/<name>``, longest prefix wins):
 - ``POST /v1/models/<name>:predict`` and ``GET /v1/models/<name>`` (KServe V1),
   which cannot live under a model's own ``/v2/models/<name>`` prefix;
 - ``/v2/models/<unknown>/...``: 404 naming the served models, or 503 for a
-  model whose application is deploying or failed (with Ray's message).
+  model whose application is deploying or failed (with Ray's message);
+- V2 gRPC calls with the metadata ``application: textfleet-gateway``, routed by
+  the request's model name (serve/grpc_service.py).
 
 Under HAProxy the ``POST`` routes above that name a running model do not come
 here: HAProxy sends them to the model's own paths (serve/haproxy_routes.py,
@@ -39,6 +41,7 @@ import textfleet
 from textfleet.serve import auth, deadlines
 from textfleet.serve.config import DEPLOYMENT_NAME, GATEWAY_DEPLOYMENT, RequestLimits
 from textfleet.serve.forwarding import forward
+from textfleet.serve.grpc_service import GatewayGrpcService
 from textfleet.serve.protocols import openai, rerank, v2
 from textfleet.serve.protocols.body import read_request_body
 from textfleet.serve.protocols.common import (
@@ -121,8 +124,9 @@ class ModelDirectory:
 
 
 # Scaling options come from GatewayConfig when the application is built (serve/app.py).
+# The V2 gRPC methods (application: textfleet-gateway) come from GatewayGrpcService.
 @serve.deployment(name=GATEWAY_DEPLOYMENT, ray_actor_options={"num_cpus": 0})
-class Gateway:
+class Gateway(GatewayGrpcService):
     def __init__(self, server_version: str = textfleet.__version__):
         self.models = ModelDirectory()
         self._metadata = json_reply(v2.server_metadata(server_version))
