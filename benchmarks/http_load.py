@@ -7,8 +7,9 @@ In one run, on the same exported model and onnxruntime thread count:
 3. ``textfleet``: the V2 infer route of ``serve/``;
 4. ``textfleet-versions`` / ``textfleet-shadow``: the same route of a versioned
    model, two versions of the same directory at 50/50 behind the model's
-   router, and the same with a 100% shadow (a third copy): what the split
-   and the mirror cost next to the unversioned model.
+   router, and the same with a 100% shadow (a third copy, at its default
+   background CPU priority): what the split and the mirror cost next to the
+   unversioned model.
 
 Each gets 1, 16 and 64 concurrent clients sending 1-4 texts per request
 drawn from the workload (benchmarks/data/texts.jsonl.gz), bounded by ``--max-requests`` and

@@ -64,6 +64,15 @@ def build_router_app(args: dict[str, Any]) -> Application:
     return VersionRouter.bind(name)
 
 
+def build_graph_app(args: dict[str, Any]) -> Application:
+    """An inference graph (serve/graph_app.py); ``args``: the graph and its models' tasks."""
+    from textfleet.serve.graph_app import GraphServer
+
+    if not isinstance(args, dict) or not {"graph", "tasks"} <= set(args):
+        raise ValueError("build_graph_app: args must hold graph and tasks")
+    return GraphServer.bind(args)
+
+
 def build_gateway_app(args: dict[str, Any] | None = None) -> Application:
     """The server-wide routes (health, server metadata, /v1/embeddings, KServe V1)."""
     cfg = GatewayConfig.model_validate(args or {})

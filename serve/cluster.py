@@ -85,7 +85,10 @@ def cluster_serve_config(models: ModelsFile, source: str = "models.yaml") -> dic
     # A request no replica can take (the model's only node gone, all replicas
     # restarting) waits in Ray's proxy; this bounds the wait to the longest
     # deadline a model gives its requests, then the proxy answers.
-    longest = max(m.request_timeout_s or MAX_REQUEST_TIMEOUT_S for m in models.models)
+    longest = max(
+        [m.request_timeout_s or MAX_REQUEST_TIMEOUT_S for m in models.models]
+        + [g.request_timeout_s for g in models.graphs]
+    )
     config["http_options"]["request_timeout_s"] = longest + PROXY_MARGIN_S
     config["proxy_location"] = "EveryNode"
     return config

@@ -27,6 +27,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    JsonValue,
     ValidationError,
     ValidationInfo,
     create_model,
@@ -37,6 +38,8 @@ from pydantic.fields import FieldInfo
 
 from textfleet.engine.config import EngineConfig
 from textfleet.engine.tasks.registry import TaskName
+from textfleet.serve.graph_config import GraphConfig, check_graphs
+from textfleet.serve.hooks import check_call
 from textfleet.serve.model_source import check_archive_path, check_model_uri
 
 GATEWAY_APP = "textfleet-gateway"
@@ -133,6 +136,79 @@ class ShadowRecord(_Strict):
         return _resolved(v, info)
 
 
+V2_DATATYPES = Literal[
+    "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
+    "FP16", "FP32", "FP64", "BYTES",
+]  # fmt: skip
+"""The V2 tensor datatypes (serve/protocols/v2.py)."""
+
+
+class TensorDecl(_Strict):
+    """An output tensor a postprocess hook adds, as the V2 metadata shows it."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    datatype: V2_DATATYPES
+    shape: list[int] = Field(min_length=1, max_length=8)
+    """One row per text: the first dimension is -1; -1 elsewhere is a free width."""
+
+    @field_validator("shape")
+    @classmethod
+    def _rows_first(cls, v: list[int]) -> list[int]:
+        if v[0] != -1 or any(d < 1 and d != -1 for d in v):
+            raise ValueError(
+                f"got {v}; the first dimension is the rows (-1), the others are widths >= 1 or -1"
+            )
+        return v
+
+
+class HookCall(_Strict):
+    """User code to run: an import path and its keyword arguments (serve/hooks.py)."""
+
+    call: str
+    """``"package.module:function"`` (called with ``args`` bound) or
+    ``"package.module:Class"`` (built once per replica as ``Class(**args)``, then called)."""
+
+    args: dict[str, JsonValue] = {}
+    """Keyword arguments, plain JSON."""
+
+    @field_validator("call")
+    @classmethod
+    def _check_call(cls, v: str) -> str:
+        return check_call(v)
+
+
+class PostprocessCall(HookCall):
+    outputs: list[TensorDecl] = []
+    """Output tensors the hook adds beside the task's (V2 metadata and responses)."""
+
+    @field_validator("outputs")
+    @classmethod
+    def _unique(cls, v: list[TensorDecl]) -> list[TensorDecl]:
+        names = [t.name for t in v]
+        dup = next((n for n in names if names.count(n) > 1), None)
+        if dup is not None:
+            raise ValueError(f"output {dup!r} is declared twice")
+        return v
+
+
+class HooksConfig(_Strict):
+    """A model's pre/post-processing, run in the replica around every engine call
+    (V2, V1, OpenAI, rerank, handle calls). See serve/hooked_engine.py."""
+
+    preprocess: HookCall | None = None
+    """``texts -> texts`` (pair models: ``[(query, document)] -> [(query, document)]``),
+    one out per one in; raising ``InputError`` answers 400."""
+
+    postprocess: PostprocessCall | None = None
+    """``(outputs, texts) -> outputs``: the task's V2 output tensors (a dict of numpy
+    arrays, one row per text) to the same tensors, plus any declared in ``outputs``."""
+
+    threads: int = Field(1, ge=1, le=64)
+    """Threads running the hooks in each replica, off its event loop. 1: a hook (a
+    class instance) sees one call at a time; more only helps hooks that release the
+    GIL (numpy, I/O) and must then be thread-safe."""
+
+
 class ModelConfig(EngineConfig):
     """One served model: one Ray Serve application at ``/v2/models/<name>``.
 
@@ -221,6 +297,10 @@ class ModelConfig(EngineConfig):
     shadow: ShadowConfig | None = None
     """A version that gets a copy of some requests after the primary answered; its
     answers are compared with the primary's and never returned (only with ``versions``)."""
+
+    hooks: HooksConfig | None = None
+    """Pre/post-processing code run in the replica around every request (preprocess,
+    postprocess: import paths). It runs with the server's privileges."""
 
     @field_validator("name")
     @classmethod
@@ -409,6 +489,14 @@ class _ShadowFields(_VersionEntry):
     record: ShadowRecord | None = None
     """Sampled (primary, shadow) pairs written to a JSONL file; None: none."""
 
+    cpu_priority: Literal["background", "shared"] = "background"
+    """``background``: the shadow's replicas run at the lowest CPU priority (nice 19), so
+    on cores it shares with the primary the shadow computes only in the time the primary
+    leaves (under saturation its mirrors past ``max_in_flight`` are dropped and counted,
+    never slowing the primary). ``shared``: the primary's priority; every mirror is
+    computed, at the cost of the primary's latency where they share cores
+    (serve/cpu_priority.py)."""
+
 
 VersionConfig = create_model(
     "VersionConfig",
@@ -467,6 +555,16 @@ def check_versions(m: ModelConfig) -> None:
             f"version {odd!r}: field 'task': {known[odd]!r}, but version {first!r} is "
             f"{known[first]!r}; every version and the shadow must share the task"
         )
+
+
+def model_task(m: ModelConfig) -> str | None:
+    """The task of a model entry: its ``task``, else the one its model directory (or its
+    first version's) records; None when neither is known on this machine."""
+    for c in [m, *m.version_configs()]:
+        task = c.task or _recorded_task(c.model_dir)
+        if task is not None:
+            return task
+    return None
 
 
 def _recorded_task(model_dir: Path | None) -> str | None:
@@ -590,6 +688,9 @@ class ModelsFile(_Strict):
 
     server: ServerConfig = ServerConfig()
     models: list[ModelConfig] = Field(..., min_length=1)
+    graphs: list[GraphConfig] = Field(default_factory=list)
+    """Inference graphs over the models (serve/graph_config.py), each served at
+    ``/v2/models/<graph>`` like a model."""
 
     @model_validator(mode="after")
     def _unique_names(self) -> ModelsFile:
@@ -610,9 +711,25 @@ class ModelsFile(_Strict):
                     )
         return self
 
+    @model_validator(mode="after")
+    def _check_graphs(self) -> ModelsFile:
+        taken = {GATEWAY_APP: "the gateway application"}
+        for m in self.models:
+            taken |= {app: f"model {m.name!r}" for app in application_names(m)}
+        check_graphs(self.graphs, {m.name: model_task(m) for m in self.models}, taken)
+        return self
+
     def app_names(self) -> list[str]:
-        """Every Ray Serve application of these models (versions first, then the model)."""
-        return [app for m in self.models for app in application_names(m)]
+        """Every Ray Serve application of these models (versions first, then the model),
+        then the graphs'."""
+        return [app for m in self.models for app in application_names(m)] + [
+            g.name for g in self.graphs
+        ]
+
+    def graph_tasks(self, graph: GraphConfig) -> dict[str, str]:
+        """The tasks of the models ``graph`` calls (the graph application's args)."""
+        tasks = {m.name: model_task(m) for m in self.models}
+        return {name: tasks[name] for name in graph.models()}
 
     def model(self, name: str) -> ModelConfig:
         for m in self.models:
@@ -690,8 +807,36 @@ def _lines(errors: list[Any], data: Any, prefix: str) -> str:
         got = ""
         if e["type"] not in ("missing", "value_error") and "input" in e:
             got = f" (got {e['input']!r})"
+        if len(loc) >= 2 and loc[0] == "graphs" and isinstance(loc[1], int):
+            where, field = _graph_where(data, loc[1:])
+            if field is None:  # a check of the whole graph or step
+                lines.append(f"{prefix}{where}{msg}{got}")
+                continue
+        elif not loc and msg.startswith("graph "):  # a graph's cross-check: named already
+            lines.append(f"{prefix}{msg}")
+            continue
         lines.append(f"{prefix}{where}field '{field}': {msg}{got}")
     return "\n".join(lines)
+
+
+def _graph_where(data: Any, loc: list[Any]) -> tuple[str, str | None]:
+    """``("graph 'g': step 's': ", field)`` for an error at ``graphs[i]...`` (field
+    None: the graph's or the step's own check)."""
+    try:
+        graph = data["graphs"][loc[0]]
+    except (TypeError, KeyError, IndexError):
+        graph = None
+    name = graph.get("name") if isinstance(graph, dict) else None
+    where = f"graph {name!r}: " if isinstance(name, str) else f"graph #{loc[0]}: "
+    rest = loc[1:]
+    if len(rest) >= 2 and rest[0] == "steps" and isinstance(rest[1], int):
+        try:
+            step = graph["steps"][rest[1]].get("name")
+        except (TypeError, KeyError, IndexError, AttributeError):
+            step = None
+        where += f"step {step!r}: " if isinstance(step, str) else f"step #{rest[1]}: "
+        rest = rest[2:]
+    return where, ".".join(str(p) for p in rest) or None
 
 
 def _brief(e: dict[str, Any]) -> str:

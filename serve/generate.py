@@ -28,11 +28,14 @@ from textfleet.serve.config import (
     load_models,
     version_app,
 )
+from textfleet.serve.cpu_priority import BACKGROUND_ARG
+from textfleet.serve.graph_config import GraphConfig
 
 MODEL_BUILDER = "textfleet.serve.app:build_model_app"
 GATEWAY_BUILDER = "textfleet.serve.app:build_gateway_app"
 VERSION_BUILDER = "textfleet.serve.app:build_version_app"
 ROUTER_BUILDER = "textfleet.serve.app:build_router_app"
+GRAPH_BUILDER = "textfleet.serve.app:build_graph_app"
 # The V2 gRPC service (inference.GRPCInferenceService), as tritonclient ships it generated.
 GRPC_SERVICER = "textfleet.serve.protocols.v2_grpc:add_servicer_to_server"
 
@@ -65,14 +68,25 @@ def model_applications(m: ModelConfig, digests: list[str] | None = None) -> list
     shadow) then the model's router at ``/v2/models/<name>``."""
     if m.versions is None:
         return [model_application(m, digests)]
-    return [version_application(v, digests) for v in m.version_configs()] + [
-        router_application(m, digests)
+    configs = m.version_configs()  # the versions, then the shadow
+    background = m.shadow is not None and m.shadow.cpu_priority == "background"
+    apps = [
+        version_application(v, digests, background=background and i == len(configs) - 1)
+        for i, v in enumerate(configs)
     ]
+    return apps + [router_application(m, digests)]
 
 
-def version_application(v: ModelConfig, digests: list[str] | None = None) -> dict[str, Any]:
+def version_application(
+    v: ModelConfig, digests: list[str] | None = None, *, background: bool = False
+) -> dict[str, Any]:
     """One version: a ModelServer at ``/v2/models/<name>/versions/<v>`` (the longest
-    prefix, so that route reaches it without the router)."""
+    prefix, so that route reaches it without the router). ``background`` (a shadow's
+    replicas at the lowest CPU priority) is user_config: promoting the shadow to a
+    version changes it without a restart."""
+    user_config: dict[str, Any] = {KEYS_ARG: list(digests or [])}
+    if background:
+        user_config[BACKGROUND_ARG] = True
     return {
         "name": version_app(v.name, v.version),
         "route_prefix": f"/v2/models/{v.name}/versions/{v.version}",
@@ -82,7 +96,7 @@ def version_application(v: ModelConfig, digests: list[str] | None = None) -> dic
             {
                 "name": VERSION_DEPLOYMENT,
                 **v.deployment_options(),
-                "user_config": {KEYS_ARG: list(digests or [])},
+                "user_config": user_config,
             }
         ],
     }
@@ -127,6 +141,28 @@ def router_user_config(m: ModelConfig, digests: list[str] | None = None) -> dict
     }
 
 
+def graph_application(
+    g: GraphConfig, models: ModelsFile, digests: list[str] | None = None
+) -> dict[str, Any]:
+    """An inference graph: one ingress at ``/v2/models/<graph>`` calling the models'
+    applications by handle (serve/graph_app.py). Its args are the graph and its
+    models' tasks, nothing else of theirs: a model's change leaves it untouched."""
+    return {
+        "name": g.name,
+        "route_prefix": f"/v2/models/{g.name}",
+        "import_path": GRAPH_BUILDER,
+        "args": {"graph": g.model_dump(mode="json"), "tasks": models.graph_tasks(g)},
+        "deployments": [
+            {
+                "name": DEPLOYMENT_NAME,
+                "num_replicas": g.num_replicas,
+                "max_ongoing_requests": g.max_ongoing_requests,
+                "user_config": {KEYS_ARG: list(digests or [])},
+            }
+        ],
+    }
+
+
 def gateway_application(models: ModelsFile, digests: list[str] | None = None) -> dict[str, Any]:
     """The gateway: its scaling as args; as user_config the key digests and the
     largest body any model takes (the most it reads). No model list: adding a
@@ -153,6 +189,7 @@ def serve_config(models: ModelsFile) -> dict[str, Any]:
     digests = key_digests(models.server.api_keys)
     return serve_options(models.server) | {
         "applications": [app for m in models.models for app in model_applications(m, digests)]
+        + [graph_application(g, models, digests) for g in models.graphs]
         + [gateway_application(models, digests)],
     }
 

@@ -25,10 +25,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from textfleet.engine.errors import InputError, ModelDirError
-from textfleet.serve import auth, deadlines, model_source
+from textfleet.serve import auth, cpu_priority, deadlines, model_source
 from textfleet.serve.admission import AdmissionGate
 from textfleet.serve.config import DEPLOYMENT_NAME, ModelConfig
 from textfleet.serve.grpc_service import ModelGrpcService
+from textfleet.serve.hooked_engine import load_hooks
 from textfleet.serve.metrics import EngineStatsExporter, ModelMetrics
 from textfleet.serve.model_routes import (
     OPENAI_EMBEDDINGS,
@@ -101,13 +102,16 @@ class ModelServer(ModelGrpcService):
         self.keys = auth.KeyCheck()  # no keys unless user_config names some
         self.name = self.config.name
         self.version = self.config.version
+        # User hooks first: a module that cannot be imported fails this application
+        # (its message in `textfleet status`) before the model is loaded.
+        self.hooks = load_hooks(self.name, self.config.hooks)
         self.engine = load_engine(self.config)
         if self.config.warmup:  # Ray routes nothing here before __init__ returns
             took = self.engine.warmup()
             log.info("model %r warmed up: %s", self.name, {w: round(t, 3) for w, t in took.items()})
         # The adapters call the engine through the admission gate: a request that
         # could not finish before its deadline is refused on arrival (503).
-        self.task = adapter_for(AdmissionGate(self.engine), self.config)
+        self.task = adapter_for(AdmissionGate(self.engine), self.config, self.hooks)
         self.metrics = ModelMetrics(self.name)
         self.exporter = EngineStatsExporter(self.name, self.engine.stats)
         # Metadata never changes for a replica: encode it once.
@@ -124,8 +128,13 @@ class ModelServer(ModelGrpcService):
         log.info("model %r loaded from %s", self.name, self.config.model_dir)
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
-        """Ray Serve's light update (``user_config``): the API key digests, serve/auth.py."""
-        self.keys = auth.from_user_config(user_config)
+        """Ray Serve's light update (``user_config``): the API key digests (serve/auth.py)
+        and, for a version's replicas, whether they run in the background of the CPUs (a
+        shadow's: serve/cpu_priority.py)."""
+        self.keys = auth.from_user_config(user_config, (cpu_priority.BACKGROUND_ARG,))
+        background = bool(user_config.get(cpu_priority.BACKGROUND_ARG, False))
+        if background or cpu_priority.is_background():
+            cpu_priority.set_background(background)
 
     # ------------------------------------------------------------ HTTP
 
@@ -345,6 +354,8 @@ class ModelServer(ModelGrpcService):
         exporter, engine = getattr(self, "exporter", None), getattr(self, "engine", None)
         if exporter is not None:
             exporter.stop()
+        if getattr(self, "hooks", None) is not None:
+            self.hooks.close()
         if engine is not None:
             engine.close()
 

@@ -18,9 +18,10 @@ import numpy as np
 from textfleet.engine.errors import InputError
 from textfleet.engine.tasks import classification, embedding, pair_scoring, token_classification
 from textfleet.engine.tasks.registry import task_serving
-from textfleet.engine.tasks.spec import TaskSpec
+from textfleet.engine.tasks.spec import TaskSpec, TensorSpec
 from textfleet.serve import deadlines
 from textfleet.serve.config import ModelConfig
+from textfleet.serve.hooked_engine import HookedEngine, ModelHooks
 from textfleet.serve.protocols import openai, rerank, v1, v2
 from textfleet.serve.protocols.common import Reply, check_count, dumps, short_repr
 
@@ -39,14 +40,17 @@ class TaskAdapter:
             raise TypeError(f"task {cls.spec.name!r} already has an adapter")
         ADAPTERS[cls.spec.name] = cls
 
-    def __init__(self, engine: Any, config: ModelConfig):
-        self.engine = engine
+    def __init__(self, engine: Any, config: ModelConfig, hooks: ModelHooks | None = None):
+        # Every protocol's engine call goes through the model's hooks (if any) here.
+        self.engine = HookedEngine(engine, hooks)
         self.config = config
         self.name = config.name
         self.task = self.spec.name
         self.max_texts = config.limits.max_texts
         self.inputs = self.spec.v2_inputs
         self.outputs = tuple(t.sized(int(engine.info.dim)) for t in self.spec.v2_outputs)
+        if hooks is not None:
+            self.outputs += _extra_outputs(self.outputs, hooks, self.name)
 
     def metadata_parameters(self) -> dict[str, Any]:
         """What the V2 model metadata shows under ``parameters``."""
@@ -101,8 +105,8 @@ class EmbeddingTask(TaskAdapter):
 
     spec = embedding.TASK
 
-    def __init__(self, engine: Any, config: ModelConfig):
-        super().__init__(engine, config)
+    def __init__(self, engine: Any, config: ModelConfig, hooks: ModelHooks | None = None):
+        super().__init__(engine, config, hooks)
         self.dim = int(engine.info.dim)
 
     def metadata_parameters(self) -> dict[str, Any]:
@@ -129,9 +133,12 @@ class EmbeddingTask(TaskAdapter):
                 raise InputError(f"texts[{i}]", f"expected str, got {type(t).__name__}")
         return await self._run(list(texts), timeout, dimensions, prompt_name)
 
-    async def _run(self, texts: list[str], timeout: float | None, dimensions, prompt_name):
+    async def _run(
+        self, texts: list[str], timeout: float | None, dimensions, prompt_name, extra=None
+    ):
+        deadline = self.timeout(timeout)
         out = await self.engine.aembed(
-            texts, timeout=self.timeout(timeout), dimensions=dimensions, prompt_name=prompt_name
+            texts, timeout=deadline, extra=extra, dimensions=dimensions, prompt_name=prompt_name
         )
         if len(out) != len(texts):  # every text gets exactly one row back, in order
             raise RuntimeError(f"engine returned {len(out)} embeddings for {len(texts)} texts")
@@ -142,7 +149,9 @@ class EmbeddingTask(TaskAdapter):
         texts = v2.texts_input(req, "text", self.max_texts)
         dimensions = _param(req, "dimensions", int, None)
         prompt_name = _param(req, "prompt_name", str, None)
-        return {"embedding": await self._run(texts, req.timeout_s, dimensions, prompt_name)}
+        extra: dict[str, np.ndarray] = {}  # a postprocess hook's own outputs
+        emb = await self._run(texts, req.timeout_s, dimensions, prompt_name, extra)
+        return {"embedding": emb} | extra
 
     async def v1_predictions(self, instances: list[Any]) -> list[Any]:
         texts = v1.texts_from_instances(instances, self.max_texts)
@@ -196,12 +205,14 @@ class ClassificationTask(TaskAdapter):
         v2.check_input_names(req, self.inputs)
         texts = v2.texts_input(req, "text", self.max_texts)
         top_k = _param(req, "top_k", int, 1)
-        results = await self.engine.aclassify(texts, top_k, timeout=self.timeout(req.timeout_s))
+        extra: dict[str, np.ndarray] = {}
+        timeout = self.timeout(req.timeout_s)
+        results = await self.engine.aclassify(texts, top_k, timeout=timeout, extra=extra)
         labels = np.array([[x.label for x in r] for r in results], dtype=object)
         scores = np.array([[x.score for x in r] for r in results], dtype=np.float32)
         if top_k == 1:
             labels, scores = labels[:, 0], scores[:, 0]
-        return {"label": labels, "score": scores}
+        return {"label": labels, "score": scores} | extra
 
     async def v1_predictions(self, instances: list[Any]) -> list[Any]:
         texts = v1.texts_from_instances(instances, self.max_texts)
@@ -226,16 +237,19 @@ class TokenClassificationTask(TaskAdapter):
         texts = _checked_texts(texts, self.max_texts)
         return await self.engine.aentities(texts, aggregation, timeout=self.timeout(timeout))
 
-    async def _spans(self, texts: list[str], aggregation: str | None, timeout) -> list[list[dict]]:
-        found = await self.engine.aentities(texts, aggregation, timeout=self.timeout(timeout))
+    async def _spans(self, texts: list[str], aggregation: str | None, timeout, extra=None):
+        found = await self.engine.aentities(
+            texts, aggregation, timeout=self.timeout(timeout), extra=extra
+        )
         return [[e.as_dict() for e in spans] for spans in found]
 
     async def infer(self, req: v2.InferRequest) -> dict[str, np.ndarray]:
         v2.check_input_names(req, self.inputs)
         texts = v2.texts_input(req, "text", self.max_texts)
         aggregation = _param(req, "aggregation", str, None)
-        spans = await self._spans(texts, aggregation, req.timeout_s)
-        return {"entities": np.array([dumps(s) for s in spans], dtype=object)}
+        extra: dict[str, np.ndarray] = {}
+        spans = await self._spans(texts, aggregation, req.timeout_s, extra)
+        return {"entities": np.array([dumps(s) for s in spans], dtype=object)} | extra
 
     async def v1_predictions(self, instances: list[Any]) -> list[Any]:
         texts = v1.texts_from_instances(instances, self.max_texts)
@@ -286,10 +300,12 @@ class PairScoringTask(TaskAdapter):
                 "send as many queries as documents, or one"
             )  # fmt: skip
         raw = _param(req, "raw_scores", bool, False)
+        extra: dict[str, np.ndarray] = {}
+        pairs = list(zip(queries, docs, strict=True))
         scores = await self.engine.ascore(
-            list(zip(queries, docs, strict=True)), raw, timeout=self.timeout(req.timeout_s)
+            pairs, raw, timeout=self.timeout(req.timeout_s), extra=extra
         )
-        return {"score": np.asarray(scores, dtype=np.float32)}
+        return {"score": np.asarray(scores, dtype=np.float32)} | extra
 
     async def v1_predictions(self, instances: list[Any]) -> list[Any]:
         check_count(len(instances), self.max_texts, "instances")
@@ -309,8 +325,23 @@ def _pair(inst: Any, i: int) -> tuple[str, str]:
     return inst[0], inst[1]
 
 
-def adapter_for(engine: Any, config: ModelConfig) -> TaskAdapter:
-    """The adapter of the engine's task; a task mismatch with the config is an error."""
+def _extra_outputs(
+    task_outputs: tuple[TensorSpec, ...], hooks: ModelHooks, model: str
+) -> tuple[TensorSpec, ...]:
+    """The outputs a postprocess hook adds; none may take a name of the task's."""
+    taken = {t.name for t in task_outputs}
+    for t in hooks.extra_outputs:
+        if t.name in taken:
+            raise ValueError(
+                f"model {model!r}: field 'hooks.postprocess.outputs': {t.name!r} is an output "
+                f"of the task already ({', '.join(sorted(taken))}); name it otherwise"
+            )
+    return hooks.extra_outputs
+
+
+def adapter_for(engine: Any, config: ModelConfig, hooks: ModelHooks | None = None) -> TaskAdapter:
+    """The adapter of the engine's task, calling the engine through ``hooks`` (the
+    model's loaded hooks, if any); a task mismatch with the config is an error."""
     task = engine.info.task
     if config.task is not None and config.task != task:
         raise ValueError(
@@ -324,4 +355,4 @@ def adapter_for(engine: Any, config: ModelConfig) -> TaskAdapter:
             f"model {config.name!r}: task {task!r} cannot be served yet; served tasks: "
             f"{', '.join(ADAPTERS)}"
         ) from None
-    return cls(engine, config)
+    return cls(engine, config, hooks)

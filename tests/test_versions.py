@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -88,6 +90,55 @@ def test_weight_and_shadow_changes_touch_only_the_routers_user_config(tmp_path):
     # deployment's user_config does: a light update (reconfigure), no restart.
     assert (old["import_path"], old["args"]) == (new["import_path"], new["args"])
     assert new["deployments"][0]["user_config"]["weights"] == {"2": 10, "3": 90}
+
+
+def test_the_shadow_runs_in_the_background_and_promoting_it_restarts_nothing(tmp_path):
+    base = tmp_path / "a"
+    base.mkdir()
+    config = serve_config(load_models(_with(CANARY, base, lambda m: None)))
+    user = {a["name"]: a["deployments"][0]["user_config"] for a in config["applications"]}
+    assert user["categorium--v4"]["background"] is True  # the shadow
+    assert "background" not in user["categorium--v2"] and "background" not in user["plain"]
+
+    def shared(m):
+        m["shadow"]["cpu_priority"] = "shared"
+
+    assert "background" not in _user_config(_with(CANARY, base, shared), "categorium--v4")
+
+    def promote(m):  # the shadow becomes a version taking 10% of the traffic
+        shadow = m.pop("shadow")
+        m["versions"].append({"version": shadow["version"], "model_dir": shadow["model_dir"],
+                              "weight": 10})  # fmt: skip
+
+    before = next(a for a in config["applications"] if a["name"] == "categorium--v4")
+    promoted = serve_config(load_models(_with(CANARY, base, promote)))
+    after = next(a for a in promoted["applications"] if a["name"] == "categorium--v4")
+    assert (before["import_path"], before["args"]) == (after["import_path"], after["args"])
+    assert "background" not in after["deployments"][0]["user_config"]
+
+
+def _user_config(path: Path, app: str) -> dict:
+    apps = serve_config(load_models(path))["applications"]
+    return next(a for a in apps if a["name"] == app)["deployments"][0]["user_config"]
+
+
+def test_background_sets_every_thread_and_the_threads_started_later():
+    # In a child process: a nice value cannot be lowered again without privileges.
+    code = """
+import os, threading
+from textfleet.serve import cpu_priority
+ready, stop = threading.Event(), threading.Event()
+early = threading.Thread(target=lambda: (ready.set(), stop.wait())); early.start(); ready.wait()
+assert cpu_priority.set_background(True) == 0 and cpu_priority.is_background()
+later = []
+t = threading.Thread(target=lambda: later.append(os.getpriority(os.PRIO_PROCESS, 0)))
+t.start(); t.join()
+tids = [int(x) for x in os.listdir("/proc/self/task")]
+print(sorted({os.getpriority(os.PRIO_PROCESS, tid) for tid in tids}), later)
+stop.set(); early.join()
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["[19]", "[19]"]
 
 
 def test_a_version_whose_directory_records_another_task_is_refused(tmp_path):

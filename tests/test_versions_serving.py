@@ -93,6 +93,22 @@ def replica_ids(prefix: str) -> dict[str, str]:
     return out
 
 
+def replica_nice(app: str) -> set[int]:
+    """The nice values of every thread of the application's replica processes (Ray
+    titles a replica's process ``ray::ServeReplica:<app>:<deployment>``)."""
+    values = set()
+    for proc in Path("/proc").iterdir():
+        try:
+            if f"ServeReplica:{app}:".encode() not in (proc / "cmdline").read_bytes():
+                continue
+            for task in (proc / "task").iterdir():
+                stat = (task / "stat").read_text()
+                values.add(int(stat[stat.rindex(")") + 2 :].split()[16]))  # field 19: nice
+        except (OSError, ValueError):
+            continue  # not a process, or gone meanwhile
+    return values
+
+
 class Load:
     """Requests in a loop on a thread, every answer kept, until stopped."""
 
@@ -287,6 +303,10 @@ def test_shadow_of_the_same_model_agrees_fully_and_leaves_the_primary_unchanged(
         time.sleep(0.2)
     mirrored = infer(http, "/v2/models/mv/infer", texts=["one text alone"])
     assert mirrored.content == plain.content  # byte for byte
+    # The shadow computes in the background of the cores, the primary does not.
+    # (Ray runs a few threads of its own at nice 15 in every replica.)
+    primary = replica_nice("mv--v2")
+    assert replica_nice("mv--vs") == {19} and 0 in primary and 19 not in primary
     assert mirrored.headers[HEADER] == "2"
     for _ in range(20):
         assert infer(http).status_code == 200

@@ -316,12 +316,19 @@ def select_outputs(
 
 
 def infer_response(
-    model_name: str, model_version: str, req: InferRequest, outputs: dict[str, np.ndarray]
+    model_name: str,
+    model_version: str,
+    req: InferRequest,
+    outputs: dict[str, np.ndarray],
+    parameters: dict[str, Any] | None = None,
 ) -> Reply:
-    """Encode outputs as JSON, or JSON header + binary tensors where asked."""
+    """Encode outputs as JSON, or JSON header + binary tensors where asked;
+    ``parameters``: the response's (none by default)."""
     header, blobs = _response_header(
         model_name, model_version, req.id, select_outputs(outputs, req)
     )
+    if parameters:
+        header["parameters"] = parameters
     head = dumps(header)
     if not blobs:
         return Reply(200, head)
@@ -334,12 +341,29 @@ def infer_response(
 
 
 def infer_response_dict(
-    model_name: str, model_version: str, req: InferRequest, outputs: dict[str, np.ndarray]
+    model_name: str,
+    model_version: str,
+    req: InferRequest,
+    outputs: dict[str, np.ndarray],
+    parameters: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The JSON form of a response as a Python dict (``handle.infer``'s result)."""
     chosen = [(n, a, False) for n, a, _ in select_outputs(outputs, req)]
     header, _ = _response_header(model_name, model_version, req.id, chosen, as_lists=True)
+    if parameters:
+        header["parameters"] = parameters
     return header
+
+
+def output_array(out: dict[str, Any]) -> np.ndarray:
+    """One output of ``infer_response_dict`` back as an array (BYTES: an object array
+    of str); float32 data comes back bit for bit."""
+    shape = out["shape"]
+    if out["datatype"] == "BYTES":
+        arr = np.empty(len(out["data"]), dtype=object)
+        arr[:] = out["data"]
+        return arr.reshape(shape)
+    return np.asarray(out["data"], dtype=_NUMPY[out["datatype"]]).reshape(shape)
 
 
 def _response_header(name, version, req_id, chosen, as_lists=False):
@@ -426,6 +450,7 @@ __all__ = [
     "infer_response",
     "infer_response_dict",
     "model_metadata",
+    "output_array",
     "parse_infer_request",
     "server_metadata",
     "split_version",
