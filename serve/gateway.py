@@ -9,7 +9,9 @@ claims (models own ``/v2/models/<name>``, longest prefix wins):
   which cannot live under a model's own ``/v2/models/<name>`` prefix;
 - ``/v2/models/<unknown>/...``: 404 naming the served models, or 503 for a
   model whose application is deploying or failed (with Ray's message);
-- ``POST /v2/repository/...``: the model repository API of pools (serve/repository.py).
+- ``POST /v2/repository/...``: the model repository API of pools (serve/repository.py);
+- V2 gRPC calls with the metadata ``application: textfleet-gateway``, routed by
+  the request's model name (serve/grpc_service.py).
 
 A name ``<pool>/<id>`` (a body's ``model``) is member ``id`` of pool ``pool``:
 its calls go to the pool's handle with ``multiplexed_model_id=<id>``, which Ray
@@ -49,6 +51,7 @@ from textfleet.serve.config import (
     RequestLimits,
 )
 from textfleet.serve.forwarding import forward
+from textfleet.serve.grpc_service import GatewayGrpcService
 from textfleet.serve.protocols import openai, rerank, v2
 from textfleet.serve.protocols.body import read_request_body
 from textfleet.serve.protocols.common import (
@@ -142,8 +145,9 @@ class ModelDirectory:
 
 
 # Scaling options come from GatewayConfig when the application is built (serve/app.py).
+# The V2 gRPC methods (application: textfleet-gateway) come from GatewayGrpcService.
 @serve.deployment(name=GATEWAY_DEPLOYMENT, ray_actor_options={"num_cpus": 0})
-class Gateway:
+class Gateway(GatewayGrpcService):
     def __init__(self, server_version: str = textfleet.__version__):
         self.models = ModelDirectory(deployment=(DEPLOYMENT_NAME, POOL_DEPLOYMENT))
         self._metadata = json_reply(v2.server_metadata(server_version))

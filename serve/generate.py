@@ -25,6 +25,7 @@ from textfleet.serve.config import (
     VERSION_DEPLOYMENT,
     ModelConfig,
     ModelsFile,
+    ServerConfig,
     load_models,
     version_app,
 )
@@ -37,6 +38,8 @@ VERSION_BUILDER = "textfleet.serve.app:build_version_app"
 ROUTER_BUILDER = "textfleet.serve.app:build_router_app"
 GRAPH_BUILDER = "textfleet.serve.app:build_graph_app"
 POOL_BUILDER = "textfleet.serve.app:build_pool_app"
+# The V2 gRPC service (inference.GRPCInferenceService), as tritonclient ships it generated.
+GRPC_SERVICER = "textfleet.serve.protocols.v2_grpc:add_servicer_to_server"
 
 
 # The API key digests and the gateway's body cap travel as each deployment's
@@ -205,18 +208,30 @@ def serve_config(models: ModelsFile) -> dict[str, Any]:
     Reads the API keys ``server.api_keys`` names (a ConfigError if they are
     missing); only their SHA-256 digests go into the deployments' user_config.
     """
-    server = models.server
-    digests = key_digests(server.api_keys)
-    return {
-        "http_options": {"host": server.host, "port": server.port},
-        "logging_config": {
-            "log_level": server.log_level,
-            "enable_access_log": server.access_log,
-        },
+    digests = key_digests(models.server.api_keys)
+    return serve_options(models.server) | {
         "applications": [app for m in models.models for app in model_applications(m, digests)]
         + [graph_application(g, models, digests) for g in models.graphs]
         + [gateway_application(models, digests)],
     }
+
+
+def serve_options(server: ServerConfig) -> dict[str, Any]:
+    """The server-wide part of the Serve config: HTTP, gRPC (unless off) and logging.
+
+    gRPC is Ray Serve's gRPC ingress serving the V2 gRPC service: a call goes to the
+    application its ``application`` metadata names (serve/grpc_service.py)."""
+    options: dict[str, Any] = {"http_options": {"host": server.host, "port": server.port}}
+    if server.grpc_port is not None:
+        options["grpc_options"] = {
+            "port": server.grpc_port,
+            "grpc_servicer_functions": [GRPC_SERVICER],
+        }
+    options["logging_config"] = {
+        "log_level": server.log_level,
+        "enable_access_log": server.access_log,
+    }
+    return options
 
 
 def _largest_body(m: ModelConfig) -> int:

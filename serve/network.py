@@ -17,9 +17,14 @@ server runs ``setup_worker`` first (Ray's ``worker_process_setup_hook``):
   the socket owner-only, and binds the HTTP frontend on the server's host
   (``TEXTFLEET_HTTP_HOST``), which lets Serve's own HTTP host stay loopback:
   that is where each replica's direct-ingress port listens, reached by HAProxy
-  only.
+  only. HAProxy's gRPC frontend (``server.grpc_port``) binds the server's host
+  too; Ray would bind it on Serve's HTTP host.
 - A replica's inter-deployment gRPC server binds ``[::]:0``; we bind it on
   loopback (the node address, where other actors look for it).
+- Serve's gRPC ingress servers bind ``[::]:<port>``: the public one (Ray's
+  proxy, under ``ingress: ray-proxy``) binds the server's host instead, the
+  ones only HAProxy reaches (each replica's direct ingress, the fallback
+  proxy) bind loopback.
 
 HAProxy's files (its config, admin socket, server state, metrics socket) go
 into a directory of this server's own, readable by its user only, instead of
@@ -62,6 +67,7 @@ _ADMIN_SOCKET = "stats socket {{ config.socket_path }} mode 666 level admin"
 _METRICS_BIND = "    bind :{{ config.metrics_port }}\n"
 _STATS_BIND = "  bind *:{{ config.stats_port }}\n"
 _HTTP_BIND = "    bind {{ config.frontend_host }}:{{ config.frontend_port }}\n"
+_GRPC_BIND = "    bind {{ config.grpc_frontend_host }}:{{ config.grpc_frontend_port }} proto h2\n"
 
 # A bind address we write into HAProxy's config: an IP or a host name, nothing else.
 _HOST_RE = re.compile(r"^[A-Za-z0-9.:-]{1,253}$")
@@ -78,10 +84,10 @@ def haproxy_frontend_host(host: str) -> str:
 
 def haproxy_template(template: str, http_host: str) -> str:
     """Ray's HAProxy config template with the pages on loopback, the admin socket
-    owner-only and the HTTP frontend on ``http_host``."""
+    owner-only and the HTTP and gRPC frontends on ``http_host``."""
     missing = [
         line.strip()
-        for line in (_ADMIN_SOCKET, _METRICS_BIND, _STATS_BIND, _HTTP_BIND)
+        for line in (_ADMIN_SOCKET, _METRICS_BIND, _STATS_BIND, _HTTP_BIND, _GRPC_BIND)
         if template.count(line) != 1
     ]
     if missing:
@@ -89,14 +95,13 @@ def haproxy_template(template: str, http_host: str) -> str:
             "this Ray's HAProxy template does not have the lines textfleet rewrites to keep "
             f"HAProxy's pages on loopback: {missing}; use server.ingress: ray-proxy"
         )
+    frontend = haproxy_frontend_host(http_host)
     return (
         template.replace(_ADMIN_SOCKET, _ADMIN_SOCKET.replace("mode 666", "mode 600"))
         .replace(_METRICS_BIND, f"    bind {LOOPBACK}:{{{{ config.metrics_port }}}}\n")
         .replace(_STATS_BIND, f"  bind {LOOPBACK}:{{{{ config.stats_port }}}}\n")
-        .replace(
-            _HTTP_BIND,
-            f"    bind {haproxy_frontend_host(http_host)}:{{{{ config.frontend_port }}}}\n",
-        )
+        .replace(_HTTP_BIND, f"    bind {frontend}:{{{{ config.frontend_port }}}}\n")
+        .replace(_GRPC_BIND, f"    bind {frontend}:{{{{ config.grpc_frontend_port }}}} proto h2\n")
     )
 
 
@@ -117,11 +122,13 @@ def free_loopback_port() -> int:
 _PRIVATE_DIRS: list[str] = []
 
 
-# Ray's settings for the ports of HAProxy's pages and of Serve's fallback proxy.
+# Ray's settings for the ports of HAProxy's pages and of Serve's fallback proxy
+# (HTTP, gRPC).
 HAPROXY_PORT_ENV = (
     "RAY_SERVE_HAPROXY_STATS_PORT",
     "RAY_SERVE_HAPROXY_METRICS_PORT",
     "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT",
+    "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT",
 )
 
 
@@ -175,7 +182,27 @@ def setup_worker() -> None:
         return bind_grpc(server, address)
 
     replica.add_port_to_grpc_server = bind_grpc_on_loopback
+
+    from ray.serve._private import default_impl
+
+    add_grpc_address = default_impl.add_grpc_address
+
+    def bind_grpc_ingress(server, address: str) -> None:
+        if address.startswith("[::]:"):
+            address = grpc_ingress_host() + address[len("[::]") :]
+        add_grpc_address(server, address)
+
+    default_impl.add_grpc_address = bind_grpc_ingress
     logging.getLogger("ray.serve").addFilter(_DropSingleNodeHostWarning())
+
+
+def grpc_ingress_host() -> str:
+    """Where this worker's Serve gRPC ingress server binds: the server's host for Ray's
+    proxy; loopback under HAProxy, whose own frontend is the public one."""
+    if os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") == "1":
+        return LOOPBACK
+    host = os.environ.get(HTTP_HOST_ENV) or LOOPBACK
+    return f"[{host}]" if ":" in host else host
 
 
 @dataclass(frozen=True)

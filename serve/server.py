@@ -5,7 +5,8 @@ prefix ``/v2/models/<name>``, the V2 metadata, ready and infer routes, and the
 shared routes' protocols (OpenAI embeddings, rerank, KServe V1 predict: see
 serve/model_routes.py), where HAProxy also sends the shared routes themselves;
 the gateway forwards them through a handle to the same handlers, and Python
-callers use ``embed`` / ``infer`` on ``serve.get_app_handle(name)``.
+callers use ``embed`` / ``infer`` on ``serve.get_app_handle(name)``; gRPC
+clients call the V2 gRPC service (serve/grpc_service.py).
 
 The HTTP path is a plain ``async __call__`` with a three-way hand router: no
 ASGI framework, orjson, one await on the engine. Every error becomes a reply
@@ -27,6 +28,7 @@ from textfleet.engine.errors import InputError, ModelDirError
 from textfleet.serve import auth, cpu_priority, deadlines, model_source
 from textfleet.serve.admission import AdmissionGate
 from textfleet.serve.config import DEPLOYMENT_NAME, ModelConfig
+from textfleet.serve.grpc_service import ModelGrpcService
 from textfleet.serve.hooked_engine import load_hooks
 from textfleet.serve.metrics import EngineStatsExporter, ModelMetrics
 from textfleet.serve.model_routes import (
@@ -90,8 +92,9 @@ def subpath(scope: dict[str, Any]) -> str:
 
 # Options come from the model's entry (ModelConfig.deployment_options) when its
 # application is built; the decorator only names the deployment.
+# The V2 gRPC methods (ModelInfer, ModelMetadata, ...) come from ModelGrpcService.
 @serve.deployment(name=DEPLOYMENT_NAME)
-class ModelServer:
+class ModelServer(ModelGrpcService):
     def __init__(self, config: dict[str, Any], announce_version: bool = False):
         self.config = ModelConfig.model_validate(config)
         # A version of a versioned model names itself in a header on every HTTP reply.

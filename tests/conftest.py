@@ -222,14 +222,18 @@ def free_port() -> int:
 @pytest.fixture(scope="session")
 def ray_serve():
     """Ray started once per test session, every port of it on loopback (as
-    ``textfleet serve`` starts it, see serve/network.py), and the HTTP and metrics ports
-    every serving module deploys on: Serve's HTTP options are fixed while it runs,
-    and restarting Serve inside one Ray is slow (and unreliable in HAProxy mode), so
-    each module applies its own models.yaml to the same Serve instead (applying a
-    config replaces the applications that were there)."""
+    ``textfleet serve`` starts it, see serve/network.py), and the HTTP, gRPC and
+    metrics ports every serving module deploys on: Serve's HTTP and gRPC options are
+    fixed while it runs, and restarting Serve inside one Ray is slow (and unreliable
+    in HAProxy mode), so Serve starts here on free ports, with no application, and
+    each module applies its own models.yaml to the same Serve (applying a config
+    replaces the applications that were there; its ports are those of the running
+    Serve)."""
     from textfleet.serve import deploy
+    from textfleet.serve.config import ServerConfig
+    from textfleet.serve.generate import serve_options
 
-    port, metrics_port = free_port(), free_port()
+    port, grpc_port, metrics_port = free_port(), free_port(), free_port()
     # Workers inherit the environment Ray starts with.
     path = [str(HOOK_MODULES), *filter(None, [os.environ.get("PYTHONPATH")])]
     os.environ["PYTHONPATH"] = os.pathsep.join(path)
@@ -239,5 +243,7 @@ def ray_serve():
         log_to_driver=False,
         _system_config={"metrics_report_interval_ms": 1000},
     )
-    yield {"port": port, "metrics_port": metrics_port, "ingress": ingress}
+    server = ServerConfig(port=port, grpc_port=grpc_port, metrics_export_port=metrics_port)
+    deploy.apply(serve_options(server) | {"applications": []})
+    yield {"port": port, "grpc_port": grpc_port, "metrics_port": metrics_port, "ingress": ingress}
     deploy.stop()

@@ -101,7 +101,7 @@ def test_local_target_is_unchanged(path, tmp_path):
     assert out.returncode == 0, out.stderr
     config = yaml.safe_load(out.stdout)
     assert config == serve_config(load_models(path))
-    assert set(config) == {"http_options", "logging_config", "applications"}
+    assert set(config) == {"http_options", "grpc_options", "logging_config", "applications"}
     assert set(config["http_options"]) == {"host", "port"}
 
 

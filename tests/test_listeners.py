@@ -43,6 +43,7 @@ def server_env(ingress: str) -> dict[str, str]:
         RAY_SERVE_HAPROXY_STATS_PORT=str(free_port()),
         RAY_SERVE_HAPROXY_METRICS_PORT=str(free_port()),
         RAY_SERVE_FALLBACK_PROXY_HTTP_PORT=str(free_port()),
+        RAY_SERVE_FALLBACK_PROXY_GRPC_PORT=str(free_port()),
     )
     return env
 
@@ -78,9 +79,10 @@ def server(request, model_dir, tmp_path):
         resolve_ingress(ingress)
     except RuntimeError as e:
         pytest.skip(str(e))
-    port, metrics_port = free_port(), free_port()
+    port, grpc_port, metrics_port = free_port(), free_port(), free_port()
+    server = {"host": host, "port": port, "grpc_port": grpc_port}
     models = {
-        "server": {"host": host, "port": port, "metrics_export_port": metrics_port},
+        "server": server | {"metrics_export_port": metrics_port},
         "models": [
             {"name": "minilm", "model_dir": str(model_dir.path), "threads": 1}
             | {"ray_actor_options": {"num_cpus": 0}}
@@ -109,6 +111,7 @@ def server(request, model_dir, tmp_path):
             "ingress": ingress,
             "host": host,
             "port": port,
+            "grpc_port": grpc_port,
             "metrics_port": metrics_port,
             "stdout": stdout,
             "stderr": stderr,
@@ -158,10 +161,12 @@ def test_listens_on_loopback_only_and_stops_quickly(server):
     exposed = [s for s in socks if not s.loopback]
     if server["host"] == "127.0.0.1":
         assert exposed == []
-    else:  # exposing the server exposes its HTTP port, nothing else
-        assert [(s.port, ipaddress_is_any(s.host)) for s in exposed] == [(server["port"], True)]
+    else:  # exposing the server exposes its HTTP and gRPC ports, nothing else
+        assert sorted((s.port, ipaddress_is_any(s.host)) for s in exposed) == sorted(
+            [(server["port"], True), (server["grpc_port"], True)]
+        )
     ports = {s.port for s in socks}
-    assert {server["port"], server["metrics_port"]} <= ports
+    assert {server["port"], server["grpc_port"], server["metrics_port"]} <= ports
 
     if server["ingress"] == "haproxy":
         assert admin_socket_modes(socks) == ["0o600"]
@@ -209,7 +214,7 @@ def test_session_ray_listens_on_loopback_only(ray_serve):
 
 
 def test_haproxy_template_binds_pages_on_loopback_and_http_on_the_host():
-    """Ray's own template, rewritten: no bind on every interface but the HTTP one."""
+    """Ray's own template, rewritten: no bind on every interface but HTTP's and gRPC's."""
     from ray.serve._private.haproxy_templates import HAPROXY_CONFIG_TEMPLATE
 
     for host, http_bind in [("127.0.0.1", "127.0.0.1"), ("0.0.0.0", "*"), ("::", "*")]:
@@ -219,13 +224,12 @@ def test_haproxy_template_binds_pages_on_loopback_and_http_on_the_host():
             for line in text.splitlines()
             if line.strip().startswith("bind ")
         )
-        # gRPC (off unless configured) binds Serve's HTTP host: loopback under apply().
         assert binds == sorted(
             [
                 f"{http_bind}:{{{{ config.frontend_port }}}}",
                 "127.0.0.1:{{ config.metrics_port }}",
                 "127.0.0.1:{{ config.stats_port }}",
-                "{{ config.grpc_frontend_host }}:{{ config.grpc_frontend_port }}",
+                f"{http_bind}:{{{{ config.grpc_frontend_port }}}}",
             ]
         ), binds
         assert "mode 600 level admin" in text and "mode 666" not in text

@@ -237,3 +237,23 @@ def test_hand_written_ray_config_uses_the_same_builders():
     assert deployment.name == "ModelServer"
     assert deployment.num_replicas == 2 and deployment.max_ongoing_requests == 256
     assert build_gateway_app(gateway_app.args)._bound_deployment.name == "Gateway"
+
+
+def test_grpc_options_follow_server_grpc_port():
+    """gRPC is on by default at Ray Serve's port, with the V2 service; null turns it off."""
+    from ray.serve.config import gRPCOptions
+
+    from textfleet.serve.generate import GRPC_SERVICER
+
+    model = [{"name": "a", "model_dir": "/x"}]
+    default = serve_config(parse_models({"models": model}))
+    assert default["grpc_options"] == {"port": 9000, "grpc_servicer_functions": [GRPC_SERVICER]}
+    schema = ServeDeploySchema.model_validate(default)
+    # The servicer function imports, as Ray Serve's proxy imports it.
+    (add,) = gRPCOptions(**schema.grpc_options.model_dump()).grpc_servicer_func_callable
+    assert add.__name__ == "add_servicer_to_server"
+    moved = serve_config(parse_models({"server": {"grpc_port": 9100}, "models": model}))
+    assert moved["grpc_options"]["port"] == 9100
+    off = serve_config(parse_models({"server": {"grpc_port": None}, "models": model}))
+    assert "grpc_options" not in off
+    ServeDeploySchema.model_validate(off)

@@ -377,7 +377,7 @@ def _response_header(name, version, req_id, chosen, as_lists=False):
         dt = datatype_of(arr)
         entry: dict[str, Any] = {"name": out_name, "datatype": dt, "shape": list(arr.shape)}
         if binary:
-            blob = _bytes_blob(arr) if dt == "BYTES" else np.ascontiguousarray(arr).tobytes()
+            blob = bytes_blob(arr) if dt == "BYTES" else np.ascontiguousarray(arr).tobytes()
             entry["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         elif dt == "BYTES":
@@ -395,7 +395,8 @@ def _text(x: Any) -> str:
     return x.decode("utf-8") if isinstance(x, bytes) else str(x)
 
 
-def _bytes_blob(arr: np.ndarray) -> bytes:
+def bytes_blob(arr: np.ndarray) -> bytes:
+    """A BYTES tensor's raw form: each element's little-endian uint32 length, then it."""
     parts = []
     for x in arr.ravel():
         b = x if isinstance(x, bytes) else str(x).encode("utf-8")

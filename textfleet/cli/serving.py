@@ -63,6 +63,7 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("models_yaml", nargs="?", default=DEFAULT_MODELS)
     p.add_argument("--host", help="listen address (default: models.yaml's, 127.0.0.1)")
     p.add_argument("--port", type=int, help="HTTP port (default: models.yaml's, 8000)")
+    p.add_argument("--grpc-port", type=int, help="V2 gRPC port (default: models.yaml's, 9000)")
     p.add_argument("--metrics-port", type=int, help="Prometheus port of Ray's metrics agent")
     p.add_argument("--num-cpus", type=int, help="CPUs Ray may schedule (default: all)")
     p.add_argument(
@@ -223,12 +224,13 @@ def serve_on_cluster(args: argparse.Namespace) -> int:
 
 
 def _with_overrides(models, args: argparse.Namespace):
-    """models.yaml with the command line's --host, --port and --metrics-port."""
+    """models.yaml with the command line's --host, --port, --grpc-port and --metrics-port."""
     overrides = {
         k: v
         for k, v in {
             "host": args.host,
             "port": args.port,
+            "grpc_port": args.grpc_port,
             "metrics_export_port": args.metrics_port,
         }.items()
         if v is not None
@@ -264,7 +266,16 @@ def _print_urls(server, states, models) -> None:
             print(f"    {lines[-1] if lines else 'no message'}")
     print(f"  health:  {base}/v2/health/ready")
     print(f"  openai:  {base}/v1/embeddings")
+    if server.grpc_port is not None:
+        print(
+            f"  grpc:    {grpc_address(server.host, server.grpc_port)}  (V2 gRPC; metadata "
+            "application: <model name>)"
+        )
     print(f"  metrics: http://{LOOPBACK}:{server.metrics_export_port}/metrics")
+
+
+def grpc_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _print_listeners(server, ingress: str) -> None:
@@ -275,15 +286,21 @@ def _print_listeners(server, ingress: str) -> None:
         server.port: f"HTTP ({ingress})",
         server.metrics_export_port: "Prometheus metrics (Ray's metrics agent)",
     }
+    if server.grpc_port is not None:
+        roles[server.grpc_port] = f"V2 gRPC ({ingress})"
     from ray.serve._private import constants as c
 
     if ingress == "haproxy":  # ports picked when Ray started (serve/network.py, haproxy_env)
-        stats, metrics, fallback = (int(os.environ[k]) for k in HAPROXY_PORT_ENV)
+        stats, metrics, fallback, grpc_fallback = (int(os.environ[k]) for k in HAPROXY_PORT_ENV)
         roles[stats] = "HAProxy stats page"
         roles[metrics] = "HAProxy Prometheus page"
         roles[fallback] = "Ray Serve's proxy (HAProxy's fallback)"
+        roles[grpc_fallback] = "Ray Serve's gRPC proxy (HAProxy's fallback)"
     direct = range(
         c.RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT, c.RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT
+    )
+    direct_grpc = range(
+        c.RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT, c.RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT
     )
     ray_own: dict[str, list[int]] = {}
     print("  listening:")
@@ -292,6 +309,8 @@ def _print_listeners(server, ingress: str) -> None:
             print(f"    {sock.address:<22} {roles[sock.port]}")
         elif sock.process.startswith("ray::ServeReplica") and sock.port in direct:
             print(f"    {sock.address:<22} direct ingress of {sock.process[5:]}")
+        elif sock.process.startswith("ray::ServeReplica") and sock.port in direct_grpc:
+            print(f"    {sock.address:<22} direct gRPC ingress of {sock.process[5:]}")
         else:
             ray_own.setdefault(sock.host, []).append(sock.port)
     for host, ports in ray_own.items():
