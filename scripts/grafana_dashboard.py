@@ -202,13 +202,14 @@ ENGINE = Row(
             p50_p99("ray_textfleet_engine_compute_time_s"),
         ),
         Panel(
-            "Refused, timed out, failed /s",
-            "Requests the engine refused (queue full), whose caller's deadline passed "
-            "first, and batches whose backend raised.",
+            "Refused and timed out /s",
+            "Requests the engine refused (its queue full, or one larger than the whole "
+            "queue) and requests whose caller's deadline passed in the queue. A batch "
+            "whose backend raised shows in Errors/s (server).",
             "short",
             tuple(
                 Query(per_model(f"ray_textfleet_engine_{name}_total"), f"{LEGEND} {name}")
-                for name in ("rejected", "timed_out", "failed_batches")
+                for name in ("rejected", "timed_out")
             ),
         ),
     ),
