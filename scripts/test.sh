@@ -22,7 +22,7 @@ run_pytest() {
 # `serve run` and of machines without HAProxy.
 run_pytest "$@" || exit $?
 if command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ]; then
-  TEXTFLEET_INGRESS=ray-proxy run_pytest "$@" tests/test_serve_http.py tests/test_tasks_serving.py tests/test_bad_inputs.py tests/test_model_routes.py tests/test_versions_serving.py || exit $?
+  TEXTFLEET_INGRESS=ray-proxy run_pytest "$@" tests/test_serve_http.py tests/test_tasks_serving.py tests/test_bad_inputs.py tests/test_model_routes.py tests/test_versions_serving.py tests/test_dashboard.py || exit $?
 fi
 bash scripts/wheel_check.sh || exit 1
 exit 0

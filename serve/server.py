@@ -112,8 +112,8 @@ class ModelServer(ModelGrpcService):
         # The adapters call the engine through the admission gate: a request that
         # could not finish before its deadline is refused on arrival (503).
         self.task = adapter_for(AdmissionGate(self.engine), self.config, self.hooks)
-        self.metrics = ModelMetrics(self.name)
-        self.exporter = EngineStatsExporter(self.name, self.engine.stats)
+        self.metrics = ModelMetrics(self.name, self.version)
+        self.exporter = EngineStatsExporter(self.name, self.engine.stats, version=self.version)
         # Metadata never changes for a replica: encode it once.
         self._metadata = v2.model_metadata(
             self.name,
@@ -211,6 +211,8 @@ class ModelServer(ModelGrpcService):
     # ------------------------------------------------------------ shared routes
     # Called by the gateway through a handle, and by _protocol_http for the same
     # protocols below this model's prefix (where HAProxy sends the shared routes).
+    # A version's replica is reached only this way (by its model's router): each
+    # starts the engine-stats poller, as __call__ does.
 
     async def v2_infer(
         self,
@@ -222,6 +224,7 @@ class ModelServer(ModelGrpcService):
         """V2 infer forwarded by a versioned model's router: the raw body (its type
         checked there, this model's size limit here). ``keep_outputs``: also return the
         output arrays (None on failure), for the router's shadow comparison."""
+        self.exporter.start()
         start, outputs = time.perf_counter(), None
         try:
             check_body_size(len(body), self.config.limits.max_request_bytes)
@@ -237,6 +240,7 @@ class ModelServer(ModelGrpcService):
 
     async def v1_predict(self, body: bytes, timeout: float | None = None) -> Reply:
         """KServe V1 ``:predict`` (``timeout``: the client's)."""
+        self.exporter.start()
         start, n = time.perf_counter(), 0
         try:
             check_body_size(len(body), self.config.limits.max_request_bytes)
@@ -253,6 +257,7 @@ class ModelServer(ModelGrpcService):
         """OpenAI ``/v1/embeddings`` (the raw body: this model's size limit is checked
         before it is parsed, the gateway's being the largest model's; ``timeout``: the
         client's)."""
+        self.exporter.start()
         start, obj = time.perf_counter(), None
         try:
             check_body_size(len(body), self.config.limits.max_request_bytes)
@@ -270,6 +275,7 @@ class ModelServer(ModelGrpcService):
 
     async def rerank_http(self, body: bytes, timeout: float | None = None) -> Reply:
         """``POST /v1/rerank`` (the raw body, as above)."""
+        self.exporter.start()
         start, obj = time.perf_counter(), None
         try:
             check_body_size(len(body), self.config.limits.max_request_bytes)
