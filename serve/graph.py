@@ -4,7 +4,9 @@
 graph's input arrays and an async ``call_model(model, inputs, parameters,
 timeout_s)`` that returns a model's output arrays: the graph's replica passes
 one that calls the model's application through a handle (serve/graph_app.py),
-the tests one that computes in process. Nothing here knows Ray.
+the tests one that computes in process. Nothing here knows Ray. ``python:``
+steps go to ``call_python(step, inputs)`` (serve/graph_python.py's
+``PythonSteps``, loaded once per graph replica).
 
 - Steps whose references are ready run concurrently; a switch sends one
   sub-request per branch that has rows, all at once, and puts the results
@@ -34,6 +36,9 @@ from textfleet.serve.protocols.common import NotFound, error_message, error_stat
 
 CallModel = Callable[[str, dict[str, np.ndarray], dict[str, Any], float | None], Awaitable[dict]]
 """``(model, inputs, parameters, timeout_s)`` -> the model's outputs, by name."""
+
+CallPython = Callable[[StepConfig, dict[str, np.ndarray]], Awaitable[dict]]
+"""``(step, inputs)`` -> a python step's outputs, by name."""
 
 MAX_ROWS_NAMED = 20
 """Rows listed in a 422 for rows no switch case takes (then a count)."""
@@ -82,9 +87,10 @@ async def run_graph(
     inputs: dict[str, np.ndarray],
     call_model: CallModel,
     timeout_s: float | None = None,
+    call_python: CallPython | None = None,
 ) -> GraphResult:
     """Run every step of ``plan`` on ``inputs``; the outputs, or a GraphError."""
-    walk = _Walk(plan, inputs, call_model, timeout_s)
+    walk = _Walk(plan, inputs, call_model, timeout_s, call_python)
     start = time.perf_counter()
     try:
         await asyncio.wait_for(walk.run(), timeout_s)
@@ -111,8 +117,8 @@ async def run_graph(
 class _Walk:
     """The state of one graph request: the values so far and the steps running."""
 
-    def __init__(self, plan: GraphPlan, inputs, call_model: CallModel, timeout_s):
-        self.plan, self.call_model = plan, call_model
+    def __init__(self, plan: GraphPlan, inputs, call_model: CallModel, timeout_s, call_python):
+        self.plan, self.call_model, self.call_python = plan, call_model, call_python
         self.name = plan.graph.name
         self.values: dict[str, dict[str, np.ndarray]] = {INPUT: inputs}
         self.deadline = None if timeout_s is None else time.monotonic() + timeout_s
@@ -163,6 +169,10 @@ class _Walk:
                 out = graph_ops.run(s, inputs)
             elif s.switch is not None:
                 out = await self._switch(s, inputs)
+            elif s.python is not None:
+                if self.call_python is None:
+                    raise RuntimeError("python steps are not loaded here (no call_python)")
+                out = await self.call_python(s, inputs)
             else:
                 out = await self._call(s, s.model, inputs)
                 self.result.requests[s.name] = 1
@@ -217,6 +227,8 @@ class _Walk:
             where += f" (model {error.model!r})"
         elif s.op is not None:
             where += f" (op {s.op})"
+        elif s.python is not None:
+            where += f" (python {s.python.call!r})"
         status = error_status(cause)
         if isinstance(cause, GraphError):
             status = cause.status

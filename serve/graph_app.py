@@ -40,6 +40,7 @@ from textfleet.serve.forwarding import call
 from textfleet.serve.gateway import ModelDirectory
 from textfleet.serve.graph import GraphError, GraphResult, run_graph
 from textfleet.serve.graph_config import GraphConfig, output_shapes, plan_graph
+from textfleet.serve.graph_python import PythonSteps
 from textfleet.serve.model_routes import protocol_route
 from textfleet.serve.protocols import v2
 from textfleet.serve.protocols.body import read_request_body
@@ -66,6 +67,9 @@ class GraphServer:
         graph = GraphConfig.model_validate(args["graph"])
         self.plan = plan_graph(graph, args["tasks"])  # the check models.yaml passed
         self.graph, self.name = graph, graph.name
+        # User code of python steps, imported once here: a step that cannot be
+        # loaded fails this replica, and so the graph's application, by name.
+        self.python = PythonSteps(self.plan)
         self.keys = auth.KeyCheck()
         self.models = ModelDirectory()
         self.inputs = tuple(TensorSpec(i.name, i.datatype, tuple(i.shape)) for i in graph.inputs)
@@ -138,7 +142,7 @@ class GraphServer:
             arr[:] = texts
             inputs[spec.name] = arr
         budget = deadlines.effective(self.graph.request_timeout_s, asked, req.timeout_s)
-        return await run_graph(self.plan, inputs, self._call_model, budget)
+        return await run_graph(self.plan, inputs, self._call_model, budget, self.python)
 
     async def _call_model(
         self, model: str, inputs: dict[str, np.ndarray], parameters: dict[str, Any], timeout

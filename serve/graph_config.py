@@ -12,7 +12,13 @@ step outputs. A step is one of:
   results put back in input order; ``<step>.route`` names each row's model.
   ``default: {model: <name>}`` takes the rows no case names, ``default: error``
   (the default) answers 422 naming them;
-- ``op: top_k`` / ``op: gather``: built-ins, serve/graph_ops.py.
+- ``op: top_k`` / ``op: gather``: built-ins, serve/graph_ops.py;
+- ``python: {call: "pkg.module:function_or_Class", args: {...}}``: user code,
+  loaded once per graph replica with the hooks' loader (serve/hooks.py) and
+  run off the event loop (serve/graph_python.py). It reads its ``inputs`` like
+  any step and declares the tensors it returns under the step's ``outputs:``
+  (``[{name, datatype, shape}]``), so later steps and the graph's outputs are
+  checked against them. It runs with the privileges of the server process.
 
 ``optional: true`` drops a failed step (and the optional steps reading it) from
 the answer instead of failing the graph. Dependencies come from the references;
@@ -32,10 +38,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator, model_validator
 
 from textfleet.engine.tasks.registry import get_task
 from textfleet.serve import graph_ops
+from textfleet.serve.hooks import check_call
 
 INPUT = "$input"
 """The reference prefix of a graph input: ``$input.<name>``."""
@@ -73,6 +80,49 @@ class GraphInput(_Strict):
         return v
 
 
+DATATYPE = Literal[
+    "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
+    "FP16", "FP32", "FP64", "BYTES",
+]  # fmt: skip
+"""The V2 tensor datatypes a python step may return."""
+
+
+class PythonOutput(_Strict):
+    """One tensor a python step returns."""
+
+    name: str = Field(pattern=_TENSOR_NAME)
+    datatype: DATATYPE
+    shape: list[int] = Field(default_factory=lambda: [-1], min_length=1, max_length=8)
+    """First dimension: -1 for one row per row of the step's inputs (which must then
+    all have the same number of rows), or a fixed row count n >= 1; the others are
+    widths >= 1, or -1 for any width."""
+
+    @field_validator("shape")
+    @classmethod
+    def _check_shape(cls, v: list[int]) -> list[int]:
+        if any(d == 0 or d < -1 for d in v):
+            raise ValueError(f"got {v}; each dimension is -1 (any) or >= 1")
+        return v
+
+
+class PythonCall(_Strict):
+    """User code run as a graph step (serve/graph_python.py)."""
+
+    call: str
+    """``"package.module:function"`` (called with ``args`` bound) or
+    ``"package.module:Class"`` (built once per graph replica as ``Class(**args)``)."""
+    args: dict[str, JsonValue] = Field(default_factory=dict)
+    """Keyword arguments, plain JSON."""
+    threads: int = Field(1, ge=1, le=64)
+    """Threads running this step in each graph replica, off its event loop. 1: the
+    code (a class instance) sees one call at a time."""
+
+    @field_validator("call")
+    @classmethod
+    def _check_call(cls, v: str) -> str:
+        return check_call(v)
+
+
 class Branch(_Strict):
     model: str
     """The entry of ``models:`` that takes this branch's rows."""
@@ -105,12 +155,13 @@ class SwitchConfig(_Strict):
 
 
 class StepConfig(_Strict):
-    """One step: exactly one of ``model``, ``switch`` or ``op``."""
+    """One step: exactly one of ``model``, ``switch``, ``op`` or ``python``."""
 
     name: str = Field(pattern=_STEP_NAME)
     model: str | None = None
     switch: SwitchConfig | None = None
     op: str | None = None
+    python: PythonCall | None = None
     by: str | None = None
     """``top_k``: ``cosine`` or ``score``."""
     k: int | None = Field(None, ge=1, le=1_000_000)
@@ -121,6 +172,8 @@ class StepConfig(_Strict):
     """V2 request parameters for the model call (``top_k``, ``aggregation``, ...)."""
     optional: bool = False
     """On failure, leave the step's outputs out (listed in the response) instead of failing."""
+    outputs: list[PythonOutput] = Field(default_factory=list)
+    """A python step's outputs (a model's come from its task, an op's from the op)."""
 
     @field_validator("inputs")
     @classmethod
@@ -142,10 +195,19 @@ class StepConfig(_Strict):
 
     @model_validator(mode="after")
     def _one_kind(self) -> StepConfig:
-        kinds = [k for k in ("model", "switch", "op") if getattr(self, k) is not None]
+        kinds = [k for k in ("model", "switch", "op", "python") if getattr(self, k) is not None]
         if len(kinds) != 1:
             raise ValueError(
-                f"set exactly one of model, switch or op (got {', '.join(kinds) or 'none'})"
+                f"set exactly one of model, switch, op or python (got {', '.join(kinds) or 'none'})"
+            )
+        if self.python is not None:
+            problem = _check_python_step(self)
+            if problem:
+                raise ValueError(problem)
+        elif self.outputs:
+            raise ValueError(
+                f"outputs are declared by python steps only; a {kinds[0]} step's come from "
+                f"its {'op' if self.op is not None else 'task'}"
             )
         if self.op is not None:
             problem = graph_ops.check_settings(self)
@@ -155,11 +217,26 @@ class StepConfig(_Strict):
             raise ValueError("by and k are settings of op top_k")
         if self.parameters and self.op is not None:
             raise ValueError("parameters go to a model call; an op takes none")
+        if self.parameters and self.python is not None:
+            raise ValueError("parameters go to a model call; a python step takes python.args")
         return self
 
     def refs(self) -> list[str]:
         """Every reference the step reads (its inputs, then the switch's key)."""
         return [*self.inputs.values(), *([self.switch.on] if self.switch else [])]
+
+
+def _check_python_step(step: StepConfig) -> str | None:
+    """What is wrong with a python step's inputs and outputs, or None."""
+    if not step.inputs:
+        return "a python step reads at least one input"
+    if not step.outputs:
+        return "a python step declares its outputs: [{name, datatype, shape}]"
+    names = [o.name for o in step.outputs]
+    dup = next((n for n in names if names.count(n) > 1), None)
+    if dup is not None:
+        return f"two outputs are named {dup!r}"
+    return None
 
 
 class GraphConfig(_Strict):
@@ -286,6 +363,8 @@ def output_shapes(plan: GraphPlan) -> dict[str, list[int]]:
         if step == INPUT:
             return inputs[name]
         s = steps[step]
+        if s.python is not None:
+            return list(next(o.shape for o in s.outputs if o.name == name))
         if s.op is not None:
             same = graph_ops.OPS[s.op].outputs[name] == graph_ops.SAME_AS_VALUES
             return [-1, *shape(s.inputs["values"])[1:]] if same else [-1]
@@ -401,10 +480,14 @@ def _describe(s: StepConfig, used: Mapping[str, str]) -> str:
         return f"step {s.name!r} (model {s.model!r}, task {used[s.model]})"
     if s.switch:
         return f"step {s.name!r} (switch over task {used[s.switch.branches()[0]]})"
+    if s.python:
+        return f"step {s.name!r} (python {s.python.call!r})"
     return f"step {s.name!r} (op {s.op})"
 
 
 def _outputs_of(graph, s, types, inputs, produced, used, steps) -> dict[str, str]:
+    if s.python is not None:  # user code takes any tensors and gives what it declares
+        return {o.name: o.datatype for o in s.outputs}
     if s.op is not None:
         _check_tensors(graph, s, graph_ops.OPS[s.op].inputs(s), types, f"op {s.op}")
         return graph_ops.output_types(s, types)

@@ -100,3 +100,31 @@ def search_rerank(embedder: str = "minilm", scorer: str = "ce", shortlist: int =
         ],
         "outputs": {"document": "top.values", "score": "ranked.score", "index": "top_index.values"},
     }
+
+
+def clip_tag(
+    classifier: str = "topics",
+    tagger: str = "ner-a",
+    call: str = "sample_hooks:label_and_clip",
+    args: dict | None = None,
+) -> dict:
+    """A python step between two models: classify, then label and clip each text in user
+    code (tests/hook_modules/sample_hooks.py), then tag the clipped texts."""
+    return {
+        "name": "clip-tag",
+        "inputs": TEXT,
+        "steps": [
+            {"name": "topic", "model": classifier, "inputs": {"text": "$input.text"}},
+            {
+                "name": "clip",
+                "python": {"call": call, "args": {"chars": 12} if args is None else args},
+                "inputs": {"text": "$input.text", "label": "topic.label"},
+                "outputs": [
+                    {"name": "text", "datatype": "BYTES", "shape": [-1]},
+                    {"name": "length", "datatype": "INT64", "shape": [-1]},
+                ],
+            },
+            {"name": "tag", "model": tagger, "inputs": {"text": "clip.text"}},
+        ],
+        "outputs": {"entities": "tag.entities", "clipped": "clip.text", "length": "clip.length"},
+    }

@@ -16,7 +16,7 @@ import numpy as np
 import orjson
 import pytest
 import yaml
-from graph_configs import enrich, search_rerank, topic_ner
+from graph_configs import clip_tag, enrich, search_rerank, topic_ner
 from ray.serve.schema import ServeDeploySchema
 
 from textfleet.engine.errors import InputError, Overloaded
@@ -24,6 +24,8 @@ from textfleet.serve.config import ConfigError, load_models, parse_models
 from textfleet.serve.generate import GRAPH_BUILDER, serve_config
 from textfleet.serve.graph import GraphError, run_graph
 from textfleet.serve.graph_config import GraphConfig, output_shapes, plan_graph
+from textfleet.serve.graph_python import PythonSteps
+from textfleet.serve.hooks import LoadError
 from textfleet.serve.protocols.common import NotFound, Unavailable
 
 TASKS = {
@@ -112,7 +114,12 @@ def direct(model: str, inputs: dict) -> dict[str, np.ndarray]:
 
 def run(graph: dict, inputs: dict, models: Models | None = None, timeout=None):
     arrays = {k: objects(v) for k, v in inputs.items()}
-    return asyncio.run(run_graph(plan(graph), arrays, models or Models(), timeout))
+    p = plan(graph)
+    python = PythonSteps(p)  # the python steps' code, loaded as a graph replica does
+    try:
+        return asyncio.run(run_graph(p, arrays, models or Models(), timeout, python))
+    finally:
+        python.close()
 
 
 TEXTS = [f"row {i}: {'ball game' if i % 3 == 0 else 'vote count'} {i * 7}" for i in range(200)]
@@ -237,6 +244,91 @@ def test_an_op_on_bad_input_is_a_400_naming_the_op():
     assert str(e.value).startswith("graph 'search-rerank': step 'shortlist' (op top_k): query")
 
 
+def test_a_python_step_between_two_models_is_its_code_on_the_first_models_answer():
+    models = Models()
+    texts = TEXTS[:7]
+    result = run(clip_tag(), {"text": texts}, models)
+    clipped = [f"{topic(t)}: {t[:12].lower()}" for t in texts]
+    assert list(result.outputs["clipped"]) == clipped
+    assert result.outputs["length"].dtype == np.int64
+    assert result.outputs["length"].tolist() == [len(t) for t in texts]
+    assert list(result.outputs["entities"]) == [entities("ner-a", t) for t in clipped]
+    assert models.calls == [("topics", texts), ("ner-a", clipped)]
+    assert "step_ms.clip" in result.parameters() and "requests.clip" not in result.parameters()
+
+
+def test_a_python_step_runs_in_its_own_thread_off_the_event_loop():
+    graph = {
+        "name": "where",
+        "inputs": [{"name": "text", "datatype": "BYTES", "shape": [-1]}],
+        "steps": [
+            {
+                "name": "who",
+                "python": {"call": "sample_hooks:thread_name"},
+                "inputs": {"text": "$input.text"},
+                "outputs": [{"name": "thread", "datatype": "BYTES"}],
+            }
+        ],
+        "outputs": {"thread": "who.thread"},
+    }
+    result = run(graph, {"text": ["a", "b"]})
+    assert [t.startswith("graph-step-who") for t in result.outputs["thread"]] == [True, True]
+
+
+PYTHON_FAILURES = {
+    "input-error": (
+        "sample_hooks:label_and_clip",
+        None,
+        400,
+        "graph 'clip-tag': step 'clip' (python 'sample_hooks:label_and_clip'): text[1]: "
+        "'reject' is refused by the python step",
+    ),
+    "raised": (
+        "sample_hooks:label_and_clip",
+        None,
+        500,
+        "graph 'clip-tag': step 'clip' (python 'sample_hooks:label_and_clip'): raised "
+        "RuntimeError; see the server log",
+    ),
+    "rows": (
+        "sample_hooks:one_row_short",
+        {},
+        500,
+        "graph 'clip-tag': step 'clip' (python 'sample_hooks:one_row_short'): returned output "
+        "'text' of shape [2]; it declares [-1], here [3]",
+    ),
+    "names": (
+        "sample_hooks:misnamed",
+        {},
+        500,
+        "graph 'clip-tag': step 'clip' (python 'sample_hooks:misnamed'): returned outputs "
+        "length, txt; it declares text, length",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", PYTHON_FAILURES, ids=list(PYTHON_FAILURES))
+def test_a_failing_python_step_fails_the_graph_naming_the_step(case):
+    call, args, status, message = PYTHON_FAILURES[case]
+    texts = ["Ball game", "crash" if case == "raised" else "reject", "vote count"]
+    models = Models()
+    with pytest.raises(GraphError) as e:
+        run(clip_tag(call=call, args=args), {"text": texts}, models)
+    assert (e.value.status, str(e.value)) == (status, message)
+    assert [m for m, _ in models.calls] == ["topics"]  # the model after it never ran
+
+
+def test_a_python_step_that_cannot_be_loaded_names_the_graph_and_step():
+    with pytest.raises(LoadError) as e:
+        PythonSteps(plan(clip_tag(call="no_such_graph_module:clip")))
+    assert str(e.value).startswith(
+        "graph 'clip-tag': step 'clip': cannot import 'no_such_graph_module:clip': "
+        "ModuleNotFoundError"
+    )
+    with pytest.raises(LoadError, match="args do not fit its parameters"):
+        PythonSteps(plan(clip_tag(args={"width": 3})))
+
+
 # ---------------------------------------------------------------- config
 
 
@@ -258,6 +350,11 @@ def test_output_shapes_follow_the_tasks_and_the_ops():
         "document": [-1],
         "score": [-1],
         "index": [-1],
+    }
+    assert output_shapes(plan(clip_tag())) == {
+        "entities": [-1],
+        "clipped": [-1],
+        "length": [-1],
     }
     routed = plan(topic_ner({"sports": "ner-a"}, "ner-b"))
     assert output_shapes(routed) == {"topic": [-1], "entities": [-1], "route": [-1]}
@@ -292,6 +389,12 @@ def _cycle() -> dict:
 def _switch(**changes) -> dict:
     g = topic_ner({"sports": "ner-a"}, "ner-b")
     g["steps"][1]["switch"].update(changes)
+    return g
+
+
+def _clip_outputs(*outputs: dict) -> dict:
+    g = clip_tag()
+    g["steps"][1]["outputs"] = list(outputs)
     return g
 
 
@@ -336,7 +439,8 @@ BAD_GRAPHS = {
     ),
     "two-kinds": (
         _with(enrich(), "embed", op="gather"),
-        "graph 'enrich': step 'embed': set exactly one of model, switch or op (got model, op)",
+        "graph 'enrich': step 'embed': set exactly one of model, switch, op or python (got "
+        "model, op)",
     ),
     "op-setting-missing": (
         _with(search_rerank(), "shortlist", k=None),
@@ -350,6 +454,44 @@ BAD_GRAPHS = {
     "not-a-reference": (
         _with(enrich(), "embed", inputs={"text": "text"}),
         "graph 'enrich': step 'embed': field 'inputs': input 'text': 'text' is not a reference",
+    ),
+    "python-output-it-does-not-declare": (
+        {**clip_tag(), "outputs": {"entities": "tag.entities", "clipped": "clip.nope"}},
+        "graph 'clip-tag': step 'clip': gives no 'nope' (output 'clipped'); it gives text, length",
+    ),
+    "reads-a-python-output-it-does-not-declare": (
+        _with(clip_tag(), "tag", inputs={"text": "clip.txt"}),
+        "graph 'clip-tag': step 'tag': 'clip.txt': step 'clip' (python "
+        "'sample_hooks:label_and_clip') gives text, length, not 'txt'",
+    ),
+    "python-output-of-the-wrong-datatype": (
+        _clip_outputs(
+            {"name": "text", "datatype": "FP32"}, {"name": "length", "datatype": "INT64"}
+        ),
+        "graph 'clip-tag': step 'tag': input 'text' ('clip.text') is FP32; model 'ner-a' "
+        "(task token-classification) takes BYTES",
+    ),
+    "python-without-outputs": (
+        _clip_outputs(),
+        "graph 'clip-tag': step 'clip': a python step declares its outputs",
+    ),
+    "python-output-twice": (
+        _clip_outputs({"name": "text", "datatype": "BYTES"}, {"name": "text", "datatype": "BYTES"}),
+        "graph 'clip-tag': step 'clip': two outputs are named 'text'",
+    ),
+    "outputs-of-a-model-step": (
+        _with(clip_tag(), "tag", outputs=[{"name": "x", "datatype": "FP32"}]),
+        "graph 'clip-tag': step 'tag': outputs are declared by python steps only",
+    ),
+    "python-call-not-an-import-path": (
+        _with(clip_tag(), "clip", python={"call": "sample_hooks.label_and_clip"}),
+        "graph 'clip-tag': step 'clip': field 'python.call': got 'sample_hooks.label_and_clip'; "
+        "expected an import path",
+    ),
+    "python-step-with-parameters": (
+        _with(clip_tag(), "clip", parameters={"top_k": 2}),
+        "graph 'clip-tag': step 'clip': parameters go to a model call; a python step takes "
+        "python.args",
     ),
     "name-of-a-model": (
         {**enrich(), "name": "minilm"},

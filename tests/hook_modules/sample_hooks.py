@@ -76,3 +76,38 @@ def as_list(outputs: dict[str, np.ndarray], texts: list[str]) -> list:
 
 async def not_a_thread_hook(texts: list[str]) -> list[str]:
     return texts
+
+
+# ---------------------------------------------------------------- graph python steps
+# (tests/test_graphs.py, test_graphs_serving.py): one dict of inputs in, a dict out.
+
+
+def label_and_clip(inputs: dict, chars: int = 12) -> dict:
+    """Each text cut to ``chars`` and lowercased, after its label when the step reads
+    one (``"sports: row 3: ball"``), and each text's length; a text equal to "reject"
+    is the client's error, "crash" a bug."""
+    texts, labels = inputs["text"], inputs.get("label")
+    for i, t in enumerate(texts):
+        if t == "reject":
+            raise InputError(f"text[{i}]", "'reject' is refused by the python step")
+        if t == "crash":
+            raise RuntimeError("the python step fell over")
+    clipped = [t[:chars].lower() for t in texts]
+    if labels is not None:
+        clipped = [f"{label}: {t}" for label, t in zip(labels, clipped, strict=True)]
+    return {"text": clipped, "length": np.array([len(t) for t in texts])}
+
+
+def one_row_short(inputs: dict) -> dict:
+    return {"text": inputs["text"][:-1], "length": [len(t) for t in inputs["text"][:-1]]}
+
+
+def misnamed(inputs: dict) -> dict:
+    return {"txt": inputs["text"], "length": [len(t) for t in inputs["text"]]}
+
+
+def thread_name(inputs: dict) -> dict:
+    """The thread each row's call ran in (a python step runs off the event loop)."""
+    import threading
+
+    return {"thread": [threading.current_thread().name] * len(inputs["text"])}
