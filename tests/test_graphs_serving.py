@@ -4,7 +4,8 @@ One models.yaml: an embedder (``minilm``), a topic classifier (categorium,
 ``topics``), one token classifier under two names (``ner-a``, ``ner-b``: two
 branches with answers that can be told apart only by the route) and a
 cross-encoder (``ce``), with the three kinds of graph (tests/graph_configs.py)
-and a few that fail on purpose. Every graph answer is compared with the same
+a python step between two models (``clip-tag``, user code from
+tests/hook_modules) and a few that fail on purpose. Every graph answer is compared with the same
 models called directly on the same server: the graph adds routing, never
 numbers of its own. The requests go through the session's ingress (HAProxy
 when installed), so a graph's route is shown to be reachable through it.
@@ -20,7 +21,7 @@ import httpx
 import numpy as np
 import pytest
 import yaml
-from graph_configs import enrich, search_rerank, topic_ner
+from graph_configs import clip_tag, enrich, search_rerank, topic_ner
 from serving import replica_pid
 
 from textfleet.serve.config import GATEWAY_APP, load_models
@@ -68,6 +69,7 @@ def served(
         search_rerank(shortlist=5, k=3),
         enrich_bad,
         tag_bad,
+        clip_tag(),
     ]
     path = tmp_path_factory.mktemp("graphs") / "models.yaml"
     config = {
@@ -228,6 +230,57 @@ def test_python_handle_calls_equal_http(served):
     with pytest.raises(GraphError) as e:
         serve.get_app_handle("tag-bad").infer.remote(request).result(timeout_s=60)
     assert e.value.status == 400 and "step 'tag' (model 'ner-a')" in str(e.value)
+
+
+def test_a_python_step_between_two_models_equals_its_code_on_direct_calls(served):
+    http = served["http"]
+    got = outputs(infer(http, "clip-tag", text=TEXTS))
+    labels = outputs(infer(http, "topics", text=TEXTS))["label"]
+    clipped = [f"{label}: {t[:12].lower()}" for label, t in zip(labels, TEXTS, strict=True)]
+    assert list(got["clipped"]) == clipped
+    assert got["length"].tolist() == [len(t) for t in TEXTS]
+    assert list(got["entities"]) == list(outputs(infer(http, "ner-a", text=clipped))["entities"])
+    md = http.get("/v2/models/clip-tag").json()
+    assert {"name": "length", "datatype": "INT64", "shape": [-1]} in md["outputs"]
+    r = infer(http, "clip-tag", text=["fine", "reject"])
+    assert r.status_code == 400
+    assert r.json()["error"] == (
+        "graph 'clip-tag': step 'clip' (python 'sample_hooks:label_and_clip'): text[1]: "
+        "'reject' is refused by the python step"
+    )
+    r = infer(http, "clip-tag", text=["crash"])
+    assert r.status_code == 500
+    assert r.json()["error"].startswith("graph 'clip-tag': step 'clip' (python ")
+
+
+def test_a_python_step_that_cannot_be_imported_fails_only_its_graph(served):
+    """Deploys one more graph whose python step names a missing module, then the
+    module's config again (which removes it)."""
+    from ray import serve
+
+    from textfleet.serve import deploy
+    from textfleet.serve.generate import serve_config
+
+    missing = clip_tag(call="no_such_graph_module:clip") | {"name": "python-missing"}
+    config = {**served["config"], "graphs": [*served["config"]["graphs"], missing]}
+    path = served["yaml"].with_name("models-python-missing.yaml")
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    try:
+        deploy.apply(serve_config(load_models(path)))
+        states = deploy.wait(["python-missing", "clip-tag"], timeout_s=300)
+        assert str(states["python-missing"].status.value) == "DEPLOY_FAILED"
+        assert str(states["clip-tag"].status.value) == "RUNNING"
+        status = deploy.status_text()  # what `textfleet status` prints
+        assert "python-missing: DEPLOY_FAILED" in status
+        assert "No module named 'no_such_graph_module'" in status
+        message = str(states["python-missing"].deployments)
+        assert "graph 'python-missing': step 'clip': cannot import" in message
+    finally:
+        deploy.apply(serve_config(load_models(served["yaml"])))
+        deadline = time.monotonic() + 120
+        while "python-missing" in serve.status().applications and time.monotonic() < deadline:
+            time.sleep(1)
+    assert outputs(infer(served["http"], "clip-tag", text=TEXTS))["length"].size == len(TEXTS)
 
 
 def _pid(app: str) -> int | None:
