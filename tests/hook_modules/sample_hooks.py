@@ -1,4 +1,5 @@
-"""Hooks the tests' models.yaml entries name (tests/test_hooks.py, test_hooks_serving.py).
+"""Hooks and graph python steps the tests' models.yaml entries name (tests/test_hooks*.py,
+tests/test_graphs*.py).
 
 This folder is on the test process's path and on the Ray workers' PYTHONPATH
 (tests/conftest.py), as a user's hook modules must be on the replicas' path.
