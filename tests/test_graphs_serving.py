@@ -273,7 +273,7 @@ def test_a_python_step_that_cannot_be_imported_fails_only_its_graph(served):
         status = deploy.status_text()  # what `textfleet status` prints
         assert "python-missing: DEPLOY_FAILED" in status
         assert "No module named 'no_such_graph_module'" in status
-        message = str(states["python-missing"].deployments)
+        message = states["python-missing"].deployments["ModelServer"].message
         assert "graph 'python-missing': step 'clip': cannot import" in message
     finally:
         deploy.apply(serve_config(load_models(served["yaml"])))
