@@ -17,9 +17,12 @@ def replica_processes(app: str) -> dict[str, int]:
     out = {}
     for entry in ray.util.list_named_actors(all_namespaces=True):
         if isinstance(entry, dict) and entry["name"].startswith(f"SERVE_REPLICA::{app}#"):
-            actor = ray.get_actor(entry["name"], namespace=entry["namespace"])
-            pid = actor.__ray_call__.remote(lambda _self: os.getpid())
-            out[entry["name"]] = ray.get(pid, timeout=30)
+            try:
+                actor = ray.get_actor(entry["name"], namespace=entry["namespace"])
+                pid = actor.__ray_call__.remote(lambda _self: os.getpid())
+                out[entry["name"]] = ray.get(pid, timeout=30)
+            except (ValueError, ray.exceptions.RayActorError):
+                continue  # a replica stopping between the listing and the lookup
     return out
 
 
