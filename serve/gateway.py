@@ -75,6 +75,11 @@ _V2_MODEL = re.compile(r"^/v2/models/([^/]+)")
 MISS_MAX_AGE_S = 0.1
 
 
+def _unknown(name: str, apps: dict[str, Any]) -> str:
+    served = ", ".join(sorted(apps)) or "none"
+    return f"unknown model {short_repr(name)}; served models: {served}"
+
+
 class ModelDirectory:
     """Which models exist and their handles, from ``serve.status()`` cached briefly."""
 
@@ -119,7 +124,10 @@ class ModelDirectory:
             return h
         pool, sep, member = name.partition("/")
         if sep:
-            return (await self.handle(pool)).options(multiplexed_model_id=member)
+            handle = await self.handle(pool)  # the pool's own 404 / 503 first
+            if pool not in await self.pools():  # "<model>/..." of a model that is no pool
+                raise NotFound(_unknown(name, await self.statuses()))
+            return handle.options(multiplexed_model_id=member)
         # The cached status (at most ttl_s old) answers known names, and floods of
         # unknown ones cost at most one controller call per MISS_MAX_AGE_S.
         apps = await self.statuses()
@@ -130,8 +138,7 @@ class ModelDirectory:
             apps = await self.statuses(max_age_s=MISS_MAX_AGE_S)
             app = apps.get(name)
         if app is None:
-            served = ", ".join(sorted(apps)) or "none"
-            raise NotFound(f"unknown model {short_repr(name)}; served models: {served}")
+            raise NotFound(_unknown(name, apps))
         if str(app.status.value) != "RUNNING":
             detail = f": {app.message}" if app.message else ""
             raise Unavailable(f"model {name!r} is {app.status.value}{detail}")
