@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -32,6 +34,30 @@ def replica_pid(app: str) -> int:
     if not pids:
         raise LookupError(f"no replica of {app!r}")
     return next(iter(pids.values()))
+
+
+def cli_status(address: str) -> str:
+    """What ``textfleet status --address ADDRESS`` prints, run as a user runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "textfleet.cli", "status", "--address", address],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+
+
+def thread_nice_values(app: str) -> set[int]:
+    """The nice values of every thread of the application's replica processes."""
+    values = set()
+    for pid in replica_processes(app).values():
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            try:
+                stat = (task / "stat").read_text()
+            except OSError:
+                continue  # the thread ended meanwhile
+            values.add(int(stat[stat.rindex(")") + 2 :].split()[16]))  # field 19: nice
+    return values
 
 
 def raw_request(port: int, head: str, chunks: list[bytes], timeout: float = 10.0):

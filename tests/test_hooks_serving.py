@@ -9,14 +9,12 @@ process.
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import httpx
 import numpy as np
 import orjson
 import pytest
 import yaml
+from serving import cli_status
 
 from textfleet.serve.config import GATEWAY_APP, load_models
 
@@ -129,11 +127,5 @@ def test_a_missing_hook_module_fails_only_its_application(served, http):
     assert "No module named 'no_such_hooks_module'" in message
     assert http.get("/v2/models/hook-missing/ready").status_code == 503
     address = ray.get_runtime_context().gcs_address
-    out = subprocess.run(
-        [sys.executable, "-m", "textfleet.cli", "status", "--address", address],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    ).stdout
+    out = cli_status(address)
     assert "hook-missing: DEPLOY_FAILED" in out and "No module named 'no_such_hooks_module'" in out

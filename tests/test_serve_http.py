@@ -22,6 +22,7 @@ import numpy as np
 import orjson
 import pytest
 import yaml
+from serving import cli_status
 
 from textfleet.engine.errors import InputError, ModelDirError
 from textfleet.serve.config import GATEWAY_APP, load_models, parse_model
@@ -425,19 +426,9 @@ def test_prometheus_metrics_per_model(served, http, engine):
 
 def test_status_command_shows_the_failure(served):
     """`textfleet status` (serve status without a dashboard) names the broken model's error."""
-    import subprocess
-    import sys
-
     import ray
 
-    address = ray.get_runtime_context().gcs_address
-    out = subprocess.run(
-        [sys.executable, "-m", "textfleet.cli", "status", "--address", address],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    ).stdout
+    out = cli_status(ray.get_runtime_context().gcs_address)
     assert "minilm: RUNNING" in out and "broken: DEPLOY_FAILED" in out
     assert "model 'broken': model_dir" in out
 

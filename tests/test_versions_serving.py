@@ -20,6 +20,7 @@ import numpy as np
 import orjson
 import pytest
 import yaml
+from serving import thread_nice_values
 
 from textfleet.serve.config import GATEWAY_APP, load_models
 
@@ -91,22 +92,6 @@ def replica_ids(prefix: str) -> dict[str, str]:
             actor = ray.get_actor(entry["name"], namespace=entry["namespace"])
             out[entry["name"]] = actor._actor_id.hex()
     return out
-
-
-def replica_nice(app: str) -> set[int]:
-    """The nice values of every thread of the application's replica processes (Ray
-    titles a replica's process ``ray::ServeReplica:<app>:<deployment>``)."""
-    values = set()
-    for proc in Path("/proc").iterdir():
-        try:
-            if f"ServeReplica:{app}:".encode() not in (proc / "cmdline").read_bytes():
-                continue
-            for task in (proc / "task").iterdir():
-                stat = (task / "stat").read_text()
-                values.add(int(stat[stat.rindex(")") + 2 :].split()[16]))  # field 19: nice
-        except (OSError, ValueError):
-            continue  # not a process, or gone meanwhile
-    return values
 
 
 class Load:
@@ -305,8 +290,8 @@ def test_shadow_of_the_same_model_agrees_fully_and_leaves_the_primary_unchanged(
     assert mirrored.content == plain.content  # byte for byte
     # The shadow computes in the background of the cores, the primary does not.
     # (Ray runs a few threads of its own at nice 15 in every replica.)
-    primary = replica_nice("mv--v2")
-    assert replica_nice("mv--vs") == {19} and 0 in primary and 19 not in primary
+    primary = thread_nice_values("mv--v2")
+    assert thread_nice_values("mv--vs") == {19} and 0 in primary and 19 not in primary
     assert mirrored.headers[HEADER] == "2"
     for _ in range(20):
         assert infer(http).status_code == 200
