@@ -29,29 +29,39 @@ BACKGROUND_ARG = "background"
 
 BACKGROUND_NICE = 19
 NORMAL_NICE = 0
+_MAX_PASSES = 10
 
 
 def set_background(on: bool) -> int:
     """Every thread of this process at nice 19 (``on``) or 0; the number of threads
-    whose priority could not be set (already gone, or not allowed)."""
+    whose priority could not be set (not allowed)."""
     nice = BACKGROUND_NICE if on else NORMAL_NICE
-    failed = 0
-    for tid in _thread_ids():
-        try:
-            if os.getpriority(os.PRIO_PROCESS, tid) != nice:
-                os.setpriority(os.PRIO_PROCESS, tid, nice)
-        except ProcessLookupError:
-            continue  # the thread ended meanwhile
-        except PermissionError:
-            failed += 1
-    if failed:
+    # A thread that starts another while the list is walked (an onnxruntime or Ray
+    # pool growing) may hand it the old value: walk again until a pass changes nothing.
+    denied: set[int] = set()
+    for _ in range(_MAX_PASSES):
+        changed = False
+        for tid in _thread_ids():
+            if tid in denied:
+                continue
+            try:
+                if os.getpriority(os.PRIO_PROCESS, tid) != nice:
+                    os.setpriority(os.PRIO_PROCESS, tid, nice)
+                    changed = True
+            except ProcessLookupError:
+                continue  # the thread ended meanwhile
+            except PermissionError:
+                denied.add(tid)
+        if not changed:
+            break
+    if denied:
         log.warning(
             "could not set %d thread(s) to nice %d (raising a priority needs CAP_SYS_NICE "
             "or RLIMIT_NICE); restart the replica to run it at the normal priority",
-            failed,
+            len(denied),
             nice,
         )
-    return failed
+    return len(denied)
 
 
 def is_background() -> bool:
