@@ -137,8 +137,9 @@ tids = [int(x) for x in os.listdir("/proc/self/task")]
 print(sorted({os.getpriority(os.PRIO_PROCESS, tid) for tid in tids}), later)
 stop.set(); early.join()
 """
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["[19]", "[19]"]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["[19]", "[19]"], (out.stdout, out.stderr)
 
 
 def test_a_version_whose_directory_records_another_task_is_refused(tmp_path):
