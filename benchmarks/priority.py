@@ -29,7 +29,14 @@ import time
 
 import numpy as np
 
-from benchmarks.common import ensure_model_dir, load_texts, machine_info, table, write_results
+from benchmarks.common import (
+    RESULTS,
+    ensure_model_dir,
+    load_texts,
+    machine_info,
+    table,
+    write_results,
+)
 from textfleet.engine import Engine
 
 URGENT, LOW = 0, 9
@@ -95,6 +102,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def write_markdown(name: str, args: dict, machine: dict, runs: list[dict]) -> str:
+    """The runs as a table in results/NAME.md (also returned)."""
+    headers = ["run", "p50 ms", "p99 ms", "p50 / idle", "background texts/s"]
+    keys = ("run", "p50_ms", "p99_ms", "p50_over_idle", "background_texts_per_s")
+    text = table([[r.get(k, "") for k in keys] for r in runs], headers)
+    (RESULTS / f"{name}.md").write_text(
+        "# Request priority under load, in one process\n\n"
+        f"`python -m benchmarks.priority --background {args['background']} "
+        f"--requests {args['requests']}`, {machine['cpu']}, {machine['logical_cores']} "
+        f"logical cores, load average {machine['loadavg_1m']:.1f} at the end.\n\n"
+        "```\n" + text + "\n```\n"
+    )
+    return text
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     texts = load_texts(max(1000, 2 * args.requests))
@@ -118,11 +140,9 @@ def main(argv=None) -> int:
         summary("urgent under load", urgent.pop("latencies"), idle_p50, urgent),
         summary("same class under load", same.pop("latencies"), idle_p50, same),
     ]
-    headers = ["run", "p50 ms", "p99 ms", "p50 / idle", "background texts/s"]
-    keys = ("run", "p50_ms", "p99_ms", "p50_over_idle", "background_texts_per_s")
-    rows = [[r.get(k, "") for k in keys] for r in runs]
-    print(table(rows, headers))
-    path = write_results(args.name, {"args": vars(args), "machine": machine_info(), "runs": runs})
+    machine = machine_info()
+    path = write_results(args.name, {"args": vars(args), "machine": machine, "runs": runs})
+    print(write_markdown(args.name, vars(args), machine, runs))
     print(f"wrote {path}")
     return 0
 
