@@ -32,7 +32,9 @@ from ray import serve
 from ray.exceptions import RayTaskError
 from starlette.requests import Request
 from starlette.responses import Response
+from tritonclient.grpc import service_pb2 as pb
 
+import textfleet
 from textfleet.engine.errors import InputError
 from textfleet.serve import auth, deadlines
 from textfleet.serve.config import DEPLOYMENT_NAME
@@ -41,8 +43,9 @@ from textfleet.serve.gateway import ModelDirectory
 from textfleet.serve.graph import GraphError, GraphResult, run_graph
 from textfleet.serve.graph_config import GraphConfig, output_shapes, plan_graph
 from textfleet.serve.graph_python import PythonSteps
+from textfleet.serve.grpc_service import Answer, GrpcIngress, model_named, requested_timeout
 from textfleet.serve.model_routes import protocol_route
-from textfleet.serve.protocols import v2
+from textfleet.serve.protocols import v2, v2_grpc
 from textfleet.serve.protocols.body import read_request_body
 from textfleet.serve.protocols.common import (
     MethodNotAllowed,
@@ -62,7 +65,7 @@ GRAPH_VERSION = "1"
 
 # Replicas and max_ongoing_requests come from the graph's entry (serve/generate.py).
 @serve.deployment(name=DEPLOYMENT_NAME, ray_actor_options={"num_cpus": 0})
-class GraphServer:
+class GraphServer(GrpcIngress):
     def __init__(self, args: dict[str, Any]):
         graph = GraphConfig.model_validate(args["graph"])
         self.plan = plan_graph(graph, args["tasks"])  # the check models.yaml passed
@@ -82,6 +85,9 @@ class GraphServer:
             self.inputs,
             outputs,
             {"models": ", ".join(self.plan.tasks), "steps": ", ".join(s.name for s in graph.steps)},
+        )
+        self._grpc_metadata = v2_grpc.model_metadata(
+            self.name, GRAPH_VERSION, "textfleet_graph", self.inputs, outputs
         )
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
@@ -161,6 +167,34 @@ class GraphServer:
         apps = await self.models.statuses()
         states = {m: str(apps[m].status.value) if m in apps else "ABSENT" for m in self.plan.tasks}
         return all(s == "RUNNING" for s in states.values()), states
+
+    # ------------------------------------------------------------ V2 gRPC
+
+    async def grpc_call(self, rpc: str, request: Any, metadata: dict[str, str]) -> Answer:
+        """A V2 gRPC call (from Ray's gRPC ingress, or the gateway's), answered as V2 over
+        HTTP: the same walk, outputs and response ``parameters`` (step times); ready when
+        every model it calls is RUNNING; a failure with its HTTP status's gRPC code."""
+        try:
+            self.keys.check(metadata)
+            if rpc == "ServerMetadata":
+                return Answer(v2_grpc.server_metadata(textfleet.__version__))
+            name, version = model_named(rpc, request)
+            v2_grpc.check_model(name, version, self.name, GRAPH_VERSION)
+            if rpc == "ModelReady":
+                return Answer(pb.ModelReadyResponse(ready=(await self._models_ready())[0]))
+            if rpc == "ModelMetadata":
+                return Answer(self._grpc_metadata)
+            req = v2_grpc.infer_request(request)
+            result = await self._run(req, requested_timeout(metadata))
+            reply = v2_grpc.infer_response(
+                self.name, GRAPH_VERSION, _present(req, result), result.outputs,
+                result.parameters(),
+            )  # fmt: skip
+            return Answer(reply)
+        except GraphError as e:
+            return Answer.failed(rpc, e, e.status)
+        except Exception as e:  # a bad call never takes the replica down
+            return Answer.failed(rpc, e)
 
     # ------------------------------------------------------------ Python callers
 

@@ -7,6 +7,9 @@ with the request proto:
 
 - ``application: <model name>``: the model's ``ModelServer``
   (``ModelGrpcService``), straight to its replica, as the per-model HTTP paths;
+  for a versioned model its router, for a graph its ``GraphServer``, for a pool
+  its ``ModelPool`` (the member named ``<pool>/<id>`` in the request), each a
+  ``GrpcIngress`` answering with its own ``grpc_call``;
 - ``application: textfleet-gateway``: the ``Gateway`` (``GatewayGrpcService``),
   which answers the server-wide calls itself and forwards the model calls to
   the model the request names, through a handle, as the shared HTTP routes.
@@ -30,7 +33,7 @@ import grpc
 from tritonclient.grpc import service_pb2 as pb
 
 import textfleet
-from textfleet.serve import forwarding
+from textfleet.serve import deadlines, forwarding
 from textfleet.serve.protocols import v2_grpc
 
 PROTOCOL = "grpc"
@@ -54,8 +57,12 @@ class Answer:
     details: str = ""
 
     @classmethod
-    def failed(cls, rpc: str, exc: BaseException) -> Answer:
+    def failed(cls, rpc: str, exc: BaseException, http_status: int | None = None) -> Answer:
+        """``exc`` as the call's status; ``http_status``: the one it carries itself (a
+        graph's errors), instead of the one its type means."""
         code, details, _ = v2_grpc.status(exc)
+        if http_status is not None:
+            code = v2_grpc.code_for(http_status)
         return cls(_REPLIES[rpc](), code, details)
 
     def deliver(self, grpc_context) -> Any:
@@ -77,15 +84,17 @@ def call_metadata(grpc_context) -> dict[str, str]:
     }
 
 
-class ModelGrpcService:
-    """Mixed into ``ModelServer``: needs its ``name``, ``version``, ``config``, ``task``
-    (the adapter), ``keys``, ``metrics`` and ``exporter``."""
+class GrpcIngress:
+    """The RPCs Ray's gRPC ingress calls on an application's ingress deployment, each
+    answered by the host's ``grpc_call(rpc, request, metadata) -> Answer`` (what the
+    gateway also calls through a handle). Mixed into the model server, a versioned
+    model's router, a graph and a pool."""
 
     async def ServerLive(self, request: pb.ServerLiveRequest, grpc_context=None):
         return pb.ServerLiveResponse(live=True)
 
     async def ServerReady(self, request: pb.ServerReadyRequest, grpc_context=None):
-        # Ray routes nothing to a replica before its model has loaded.
+        # Ray routes nothing to a replica before it has started.
         return pb.ServerReadyResponse(ready=True)
 
     async def ServerMetadata(self, request: pb.ServerMetadataRequest, grpc_context=None):
@@ -105,13 +114,34 @@ class ModelGrpcService:
         return answer.deliver(grpc_context)
 
     async def grpc_call(self, rpc: str, request: Any, metadata: dict[str, str]) -> Answer:
+        raise NotImplementedError
+
+
+def model_named(rpc: str, request: Any) -> tuple[str, str]:
+    """(model name, version or "") that a model call's request names."""
+    if rpc == "ModelInfer":
+        return request.model_name, request.model_version
+    return request.name, request.version
+
+
+def requested_timeout(metadata: dict[str, str]) -> float | None:
+    """The ``x-request-timeout`` metadata (seconds), as the HTTP header of that name."""
+    return deadlines.parse_header(metadata.get(deadlines.HEADER))
+
+
+class ModelGrpcService(GrpcIngress):
+    """Mixed into ``ModelServer``: needs its ``name``, ``version``, ``config``, ``task``
+    (the adapter), ``keys``, ``metrics`` and ``exporter``."""
+
+    async def grpc_call(self, rpc: str, request: Any, metadata: dict[str, str]) -> Answer:
         """One call of ``rpc`` (a key of ``_REPLIES``), checked and counted; also what the
         gateway forwards through a handle."""
         self.exporter.start()
         start, rows, status = time.perf_counter(), 0, 200
         try:
             self.keys.check(metadata)
-            answer = Answer(await self._grpc_reply(rpc, request))
+            with deadlines.client_timeout(requested_timeout(metadata)):
+                answer = Answer(await self._grpc_reply(rpc, request))
             if rpc == "ModelInfer" and answer.reply.outputs:
                 rows = answer.reply.outputs[0].shape[0]
         except Exception as e:  # a bad call never takes the replica down
@@ -177,13 +207,16 @@ class GatewayGrpcService:
         return await self._forward("ModelInfer", request.model_name, request, grpc_context)
 
     async def _forward(self, rpc: str, model: str, request: Any, grpc_context) -> Any:
-        """The model's ``grpc_call``; an unknown model is NOT_FOUND, one that cannot
-        answer now UNAVAILABLE (serve/forwarding.py)."""
+        """The ``grpc_call`` of the model, versioned model, graph or pool member
+        (``<pool>/<id>``) the request names, as the shared HTTP routes reach them; an
+        unknown model is NOT_FOUND, one that cannot answer now UNAVAILABLE
+        (serve/forwarding.py); an ``x-request-timeout`` bounds the wait, as on HTTP."""
         metadata = call_metadata(grpc_context)
         try:
             self.keys.check(metadata)
+            timeout = requested_timeout(metadata)
             args = (rpc, request, metadata)
-            answer = await forwarding.call(self.models, model, "grpc_call", args, {}, None)
+            answer = await forwarding.call(self.models, model, "grpc_call", args, {}, timeout)
         except Exception as e:
             answer = Answer.failed(rpc, e)
         return answer.deliver(grpc_context)

@@ -47,8 +47,10 @@ from ray import serve
 from starlette.requests import Request
 from starlette.responses import Response
 
+import textfleet
 from textfleet.serve import auth
 from textfleet.serve.config import POOL_DEPLOYMENT, ModelConfig
+from textfleet.serve.grpc_service import Answer, GrpcIngress, model_named
 from textfleet.serve.pool_members import (
     MemberNotFound,
     check_member_id,
@@ -57,8 +59,15 @@ from textfleet.serve.pool_members import (
     resolved_root,
 )
 from textfleet.serve.pool_metrics import PoolMetrics
-from textfleet.serve.protocols import openai
-from textfleet.serve.protocols.common import Reply, Unavailable, error_reply, json_reply
+from textfleet.serve.protocols import openai, v2_grpc
+from textfleet.serve.protocols.common import (
+    NotFound,
+    Reply,
+    Unavailable,
+    error_reply,
+    json_reply,
+    short_repr,
+)
 from textfleet.serve.server import ModelServer, subpath, to_response
 
 log = logging.getLogger(__name__)
@@ -150,7 +159,7 @@ class Member:
 
 
 @serve.deployment(name=POOL_DEPLOYMENT)
-class ModelPool:
+class ModelPool(GrpcIngress):
     def __init__(self, config: dict[str, Any]):
         self.config = ModelConfig.model_validate(config)
         if self.config.pool is None:
@@ -299,6 +308,32 @@ class ModelPool:
 
     async def v2_infer(self, body: bytes, timeout=None, header_length=None) -> Reply:
         return await self._reply("v2_infer", error_reply, body, timeout, header_length)
+
+    # ------------------------------------------------------------ V2 gRPC
+
+    async def grpc_call(self, rpc: str, request: Any, metadata: dict[str, str]) -> Answer:
+        """A V2 gRPC call for a member, answered by the member's own ``grpc_call`` (as it
+        answers HTTP). The member: the handle's ``multiplexed_model_id`` (the gateway's
+        call, or Ray's gRPC ingress given that metadata), else the request's model name
+        ``<pool>/<id>`` (a replica that lacks it loads it, as over HTTP)."""
+        try:
+            self.keys.check(metadata)
+            if rpc == "ServerMetadata":
+                return Answer(v2_grpc.server_metadata(textfleet.__version__))
+            member_id = serve.get_multiplexed_model_id() or self._member_named(rpc, request)
+            return await self._call(member_id, "grpc_call", rpc, request, metadata)
+        except Exception as e:  # a bad call never takes the replica down
+            return Answer.failed(rpc, e)
+
+    def _member_named(self, rpc: str, request: Any) -> str:
+        name, _ = model_named(rpc, request)
+        pool, sep, member_id = name.partition("/")
+        if pool != self.name or not sep:
+            raise NotFound(
+                f"model {short_repr(name)} is not a member of pool {self.name!r}; "
+                f"name one as '{self.name}/<id>'"
+            )
+        return member_id
 
     # ------------------------------------------------------------ Python callers
     # ``serve.get_app_handle(pool).options(multiplexed_model_id=id).<method>.remote(...)``;

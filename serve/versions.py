@@ -27,15 +27,19 @@ from typing import Any
 from ray import serve
 from starlette.requests import Request
 from starlette.responses import Response
+from tritonclient.grpc import service_pb2 as pb
 
+import textfleet
 from textfleet.serve import auth, deadlines
 from textfleet.serve.compare import REPLY_METHODS
 from textfleet.serve.config import DEPLOYMENT_NAME, VERSION_DEPLOYMENT, version_app
 from textfleet.serve.forwarding import call
 from textfleet.serve.gateway import ModelDirectory
+from textfleet.serve.grpc_service import PROTOCOL as GRPC
+from textfleet.serve.grpc_service import Answer, GrpcIngress, model_named, requested_timeout
 from textfleet.serve.metrics import VersionMetrics
 from textfleet.serve.model_routes import protocol_route
-from textfleet.serve.protocols import v2
+from textfleet.serve.protocols import v2, v2_grpc
 from textfleet.serve.protocols.body import read_request_body
 from textfleet.serve.protocols.common import (
     MethodNotAllowed,
@@ -59,7 +63,7 @@ _USER_CONFIG = ("weights", "sticky_header", "shadow", "max_request_bytes", "requ
 @serve.deployment(
     name=DEPLOYMENT_NAME, ray_actor_options={"num_cpus": 0}, max_ongoing_requests=4096
 )
-class VersionRouter:
+class VersionRouter(GrpcIngress):
     def __init__(self, name: str):
         self.name = name
         self.keys = auth.KeyCheck()
@@ -200,6 +204,39 @@ class VersionRouter:
             md = dict(await self._call(version, "metadata", (), {}, None))
             self._metadata[version] = md
         return {**md, "versions": self._known()}
+
+    # ------------------------------------------------------------ V2 gRPC
+
+    async def grpc_call(self, rpc: str, request: Any, metadata: dict[str, str]) -> Answer:
+        """A V2 gRPC call (from Ray's gRPC ingress, or the gateway's): to the version the
+        request names (``model_version``), else to one the plan picks (the sticky header
+        read from the call's metadata), as V2 over HTTP; the version's replica answers
+        (its ``model_version``). Not mirrored to the shadow."""
+        try:
+            self.keys.check(metadata)
+            if rpc == "ServerMetadata":
+                return Answer(v2_grpc.server_metadata(textfleet.__version__))
+            name, version = model_named(rpc, request)
+            v2_grpc.check_model(name, "", self.name, "")
+            if version and version not in self._known():
+                raise NotFound(
+                    f"model {self.name!r} has no version {short_repr(version)}; "
+                    f"versions: {', '.join(self._known())}"
+                )
+            if rpc == "ModelReady":
+                return Answer(pb.ModelReadyResponse(ready=self.plan is not None))
+            plan, timeout = self.plan, requested_timeout(metadata)
+            key = metadata.get(plan.sticky_header) if plan and plan.sticky_header else None
+            _, answer = await self._dispatch(
+                "grpc_call", (rpc, request, metadata), version=version or None, key=key,
+                timeout=timeout, protocol=GRPC,
+            )  # fmt: skip
+            if rpc == "ModelMetadata" and answer.code is None:
+                del answer.reply.versions[:]  # all versions, as over HTTP
+                answer.reply.versions.extend(self._known())
+            return answer
+        except Exception as e:  # a bad call never takes the router down
+            return Answer.failed(rpc, e)
 
     # ------------------------------------------------------------ gateway calls
 

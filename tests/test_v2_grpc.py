@@ -203,3 +203,82 @@ def test_messages_cross_ray_by_reference():
         assert module.loads(module.dumps(req)) == req
         answer = pb.ModelMetadataResponse(outputs=[{"name": "embedding", "shape": [-1, 384]}])
         assert module.loads(module.dumps(answer)) == answer
+
+
+def _proto_with(params: dict[str, pb.InferParameter]) -> pb.ModelInferRequest:
+    return pb.ModelInferRequest(
+        inputs=[text_tensor(1)], raw_input_contents=[raw_texts(["a"])], parameters=params
+    )
+
+
+def test_scheduling_and_embedding_parameters_are_the_json_ones():
+    """``priority`` as tritonclient sends it (uint64), ``timeout`` (int64 microseconds),
+    ``dimensions`` and ``prompt_name``: the request the JSON body gives."""
+    json_req = v2.infer_request_from_dict(
+        {
+            "inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["a"]}],
+            "parameters": {
+                "priority": 2, "timeout": 250_000, "dimensions": 64, "prompt_name": "passage",
+            },
+        }
+    )  # fmt: skip
+    req = v2_grpc.infer_request(
+        _proto_with(
+            {
+                "priority": pb.InferParameter(uint64_param=2),
+                "timeout": pb.InferParameter(int64_param=250_000),
+                "dimensions": pb.InferParameter(int64_param=64),
+                "prompt_name": pb.InferParameter(string_param="passage"),
+            }
+        )
+    )
+    assert (req.priority, req.timeout_s, req.parameters) == (
+        json_req.priority,
+        json_req.timeout_s,
+        json_req.parameters,
+    )
+    assert (req.priority, req.timeout_s) == (2, 0.25)
+    assert req.parameters == {"dimensions": 64, "prompt_name": "passage"}
+
+
+@pytest.mark.parametrize(
+    ("name", "param", "field"),
+    [
+        ("priority", pb.InferParameter(uint64_param=99), "parameters.priority"),
+        ("priority", pb.InferParameter(string_param="high"), "parameters.priority"),
+        ("priority", pb.InferParameter(bool_param=True), "parameters.priority"),
+        ("timeout", pb.InferParameter(int64_param=-5), "parameters.timeout"),
+        ("timeout", pb.InferParameter(string_param="1s"), "parameters.timeout"),
+    ],
+)
+def test_bad_scheduling_parameters_fail_as_in_json(name, param, field):
+    """The same InputError (field and message) as the JSON request with that value."""
+    value = getattr(param, param.WhichOneof("parameter_choice"))
+    body = {
+        "inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["a"]}],
+        "parameters": {name: value},
+    }
+    with pytest.raises(InputError) as want:
+        v2.infer_request_from_dict(body)
+    with pytest.raises(InputError) as got:
+        v2_grpc.infer_request(_proto_with({name: param}))
+    assert got.value.field == want.value.field == field
+    assert str(got.value) == str(want.value)
+
+
+def test_response_parameters_round_trip():
+    """A graph's response ``parameters`` (floats, counts, text) as proto parameters."""
+    req = v2.infer_request_from_dict(
+        {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["a"]}]}
+    )
+    params = {"graph_ms": 1.5, "requests.embed": 2, "failed_optional": "pii", "cached": False}
+    reply = v2_grpc.infer_response("g", "1", req, {"score": np.zeros(1, np.float32)}, params)
+    assert v2_grpc.parameters(reply.parameters) == params
+    assert reply.parameters["requests.embed"].WhichOneof("parameter_choice") == "int64_param"
+    assert reply.parameters["graph_ms"].WhichOneof("parameter_choice") == "double_param"
+
+
+def test_http_statuses_map_to_grpc_codes():
+    assert v2_grpc.code_for(400) == grpc.StatusCode.INVALID_ARGUMENT
+    assert v2_grpc.code_for(503) == grpc.StatusCode.UNAVAILABLE
+    assert v2_grpc.code_for(502) == grpc.StatusCode.INTERNAL

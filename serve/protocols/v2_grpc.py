@@ -98,7 +98,12 @@ _CODES = {
 
 def status_code(exc: BaseException) -> grpc.StatusCode:
     """The gRPC status of an exception raised while serving a call."""
-    return _CODES.get(error_status(exc), grpc.StatusCode.INTERNAL)
+    return code_for(error_status(exc))
+
+
+def code_for(http_status: int) -> grpc.StatusCode:
+    """The gRPC status code of an HTTP status."""
+    return _CODES.get(http_status, grpc.StatusCode.INTERNAL)
 
 
 def status(exc: BaseException) -> tuple[grpc.StatusCode, str, int]:
@@ -157,7 +162,9 @@ def infer_request(req: pb.ModelInferRequest) -> v2.InferRequest:
 
 
 def parameters(params) -> dict[str, Any]:
-    """A proto parameter map as plain values (the JSON request's ``parameters``)."""
+    """A proto parameter map as plain values: the JSON request's ``parameters``, so
+    ``priority``, ``timeout``, ``top_k``, ``dimensions``, ``prompt_name`` and the rest
+    pass the HTTP path's checks, with its messages (``parameters.<name>``)."""
     out = {}
     for key, p in params.items():
         which = p.WhichOneof("parameter_choice")
@@ -165,16 +172,34 @@ def parameters(params) -> dict[str, Any]:
     return out
 
 
+def infer_parameter(value: bool | int | float | str) -> pb.InferParameter:
+    """A plain value as a proto parameter (the inverse of ``parameters``)."""
+    if isinstance(value, bool):
+        return pb.InferParameter(bool_param=value)
+    if isinstance(value, int):
+        return pb.InferParameter(int64_param=value)
+    if isinstance(value, float):
+        return pb.InferParameter(double_param=value)
+    return pb.InferParameter(string_param=str(value))
+
+
 # ---------------------------------------------------------------- responses
 
 
 def infer_response(
-    model_name: str, model_version: str, req: v2.InferRequest, outputs: dict[str, np.ndarray]
+    model_name: str,
+    model_version: str,
+    req: v2.InferRequest,
+    outputs: dict[str, np.ndarray],
+    parameters: dict[str, Any] | None = None,
 ) -> pb.ModelInferResponse:
-    """Outputs as raw contents: BYTES length-prefixed, numbers little-endian."""
+    """Outputs as raw contents: BYTES length-prefixed, numbers little-endian;
+    ``parameters``: the response's (a graph's step times), as the JSON response's."""
     out = pb.ModelInferResponse(model_name=model_name, model_version=model_version)
     if req.id is not None:
         out.id = req.id
+    for key, value in (parameters or {}).items():
+        out.parameters[key].CopyFrom(infer_parameter(value))
     for name, arr, _ in v2.select_outputs(outputs, req):
         datatype = v2.datatype_of(arr)
         out.outputs.add(name=name, datatype=datatype, shape=arr.shape)
@@ -226,6 +251,8 @@ __all__ = [
     "APPLICATION_KEY",
     "add_servicer_to_server",
     "check_model",
+    "code_for",
+    "infer_parameter",
     "infer_request",
     "infer_response",
     "model_metadata",
