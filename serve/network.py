@@ -193,7 +193,32 @@ def setup_worker() -> None:
         add_grpc_address(server, address)
 
     default_impl.add_grpc_address = bind_grpc_ingress
+    _grpc_port_sharing_as_asked()
     logging.getLogger("ray.serve").addFilter(_DropSingleNodeHostWarning())
+
+
+def _grpc_port_sharing_as_asked() -> None:
+    """Serve asks its gRPC servers for ``grpc.so_reuseport`` as the string "0" or "1";
+    gRPC reads that option only as an integer and ignores a string, so port sharing
+    stays on. A replica's direct gRPC port (allocated from 40000 up, per Ray) could
+    then bind beside another server's replica on the same port, and the kernel would
+    spread that port's connections over both. As an integer the option holds: a port
+    in use fails to bind, and Serve allocates the next one."""
+    from ray.serve._private import grpc_util
+
+    init = grpc_util.gRPCGenericServer.__init__
+    if getattr(init, "_textfleet", False):
+        return
+
+    def init_with_int_options(self, *args, extra_options=None, **kwargs):
+        options = [
+            (k, int(v)) if k == "grpc.so_reuseport" and isinstance(v, str) else (k, v)
+            for k, v in (extra_options or [])
+        ]
+        init(self, *args, extra_options=options, **kwargs)
+
+    init_with_int_options._textfleet = True
+    grpc_util.gRPCGenericServer.__init__ = init_with_int_options
 
 
 def grpc_ingress_host() -> str:

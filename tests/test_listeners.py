@@ -237,3 +237,31 @@ def test_haproxy_template_binds_pages_on_loopback_and_http_on_the_host():
         haproxy_template(HAPROXY_CONFIG_TEMPLATE, "0.0.0.0\n  bind *:1")
     with pytest.raises(RuntimeError, match="ray-proxy"):
         haproxy_template(HAPROXY_CONFIG_TEMPLATE.replace("bind *:", "bind :"), "127.0.0.1")
+
+
+def test_serve_grpc_servers_do_not_share_a_port_in_use():
+    """Serve's replicas ask for no port sharing; with it on, a direct gRPC port could
+    bind beside another server's replica on the same port and get half its calls."""
+    import asyncio
+
+    from ray.serve._private.grpc_util import gRPCGenericServer
+
+    from textfleet.serve import network
+
+    network._grpc_port_sharing_as_asked()
+
+    async def second_bind_refused() -> bool:
+        first = gRPCGenericServer(lambda *a: None, extra_options=[("grpc.so_reuseport", "0")])
+        port = first.add_insecure_port("127.0.0.1:0")
+        await first.start()
+        try:
+            second = gRPCGenericServer(lambda *a: None, extra_options=[("grpc.so_reuseport", "0")])
+            try:
+                second.add_insecure_port(f"127.0.0.1:{port}")
+            except RuntimeError:
+                return True
+            return False
+        finally:
+            await first.stop(None)
+
+    assert asyncio.run(second_bind_refused())
