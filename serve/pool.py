@@ -167,7 +167,7 @@ class ModelPool(GrpcIngress):
         self.name = self.config.name
         self.root = resolved_root(self.config.pool.model_root)
         self.keys = auth.KeyCheck()
-        self.metrics = PoolMetrics(self.name)
+        self.metrics = PoolMetrics(self.name, self.config.version)
         self.load_counts: collections.Counter[str] = collections.Counter()
         self.alive = 0  # engines open in this replica
         self.peak_alive = 0

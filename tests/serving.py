@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -75,6 +76,20 @@ def raw_request(port: int, head: str, chunks: list[bytes], timeout: float = 10.0
                 break
             reply += got
         return int(reply.split(b" ")[1]), time.perf_counter() - sent
+
+
+def linked_copy(src: Path, dst: Path) -> None:
+    """The exported directory ``src`` under another name, its files hard-linked (copied
+    across file systems): a pool member of its own without the disk cost, and no
+    symlink (a pool refuses a member whose directory resolves outside its root)."""
+
+    def link(s, d):
+        try:
+            os.link(s, d)
+        except OSError:
+            shutil.copy2(s, d)
+
+    shutil.copytree(src, dst, copy_function=link)
 
 
 def apply_one_model(folder: Path, name: str, model_dir: Path, port: int) -> None:

@@ -7,6 +7,8 @@ versioned model with a shadow answer a few requests (a bad one, an oversized one
 and a refused one among them), then every metric name the dashboard's queries and
 variables read is found in the Prometheus text of Ray's metrics agent (and of
 HAProxy's page under the HAProxy ingress), with the labels the queries filter on.
+A pool of two members that holds one at a time loads, evicts and answers too, so
+the pool panels' series are checked the same way.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import runpy
 import subprocess
 import sys
@@ -30,6 +33,10 @@ GENERATOR = REPO / "scripts" / "grafana_dashboard.py"
 
 # Grafana's variables, replaced by values PromQL accepts before a query is parsed.
 GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__interval": "1m", "$__range": "1h"}
+# What every query of our metrics filters on: the model variable (a model, or a pool and
+# each of its members "<pool>/<id>") and the version variable.
+MODEL_FILTER = 'model=~"($model)(/.+)?"'
+VERSION_FILTER = 'version=~"$version"'
 
 
 def load() -> dict:
@@ -94,6 +101,9 @@ def test_every_panel_has_the_data_source_and_a_query_that_parses():
     assert variables["datasource"]["type"] == "datasource"
     assert variables["datasource"]["query"] == "prometheus"
     assert {"model", "version"} <= set(variables)
+    # A pool is listed once, by its name, though only its members' series name it.
+    value = re.compile(variables["model"]["regex"].strip("/"))
+    assert [value.match(m)[1] for m in ("plain", "pool/member")] == ["plain", "pool"]
     ids = [p["id"] for p in dashboard["panels"]]
     assert len(ids) == len(set(ids))
     for panel in graphs(dashboard):
@@ -105,8 +115,8 @@ def test_every_panel_has_the_data_source_and_a_query_that_parses():
             assert target["expr"].strip() and target["refId"], where
             assert metric_names(target["expr"]), where
             if "ray_textfleet_" in target["expr"]:  # per model and version
-                assert 'model=~"$model"' in target["expr"], where
-                assert 'version=~"$version"' in target["expr"], where
+                assert MODEL_FILTER in target["expr"], where
+                assert VERSION_FILTER in target["expr"], where
         grid = panel["gridPos"]
         assert grid["x"] + grid["w"] <= 24 and grid["h"] > 0, where
     for expr in queries(dashboard):
@@ -133,13 +143,16 @@ def test_metric_names_come_from_the_syntax_tree():
 
 def test_the_dashboard_ships_in_the_package(tmp_path):
     """setuptools' build_py (what a wheel holds, less the compiled extension) copies the
-    JSON into textfleet/serve/dashboards/."""
-    subprocess.run(
-        [sys.executable, "setup.py", "-q", "build_py", "--build-lib", str(tmp_path)],
+    JSON into textfleet/serve/dashboards/, its folder a package of the distribution (a
+    data folder left out of ``packages`` draws setuptools' warning on every build)."""
+    built = subprocess.run(
+        [sys.executable, "setup.py", "build_py", "--build-lib", str(tmp_path)],
         cwd=REPO,
         check=True,
         capture_output=True,
+        text=True,
     )
+    assert "absent from the `packages` configuration" not in built.stderr, built.stderr
     shipped = tmp_path / "textfleet" / "serve" / "dashboards" / DASHBOARD.name
     assert shipped.read_bytes() == DASHBOARD.read_bytes()
 
@@ -148,7 +161,8 @@ def test_the_dashboard_ships_in_the_package(tmp_path):
 
 TEXTS = ["The quick brown fox.", "Zürich café ☕ naïve", "日本語のテキスト"]
 LONG_TEXT = "the committee reviewed the quarterly figures in detail " * 8  # > the queue bound
-PLAIN, VERSIONED = "dash", "dashv"
+PLAIN, VERSIONED, POOL = "dash", "dashv", "dashp"
+POOL_MEMBERS = ("a", "b")
 
 
 def v2_body(texts) -> bytes:
@@ -160,11 +174,16 @@ def v2_body(texts) -> bytes:
 @pytest.fixture(scope="module")
 def served(ray_serve, model_dir, tmp_path_factory):
     """A plain model with a small queue (so one long text is too large for it and a
-    burst is refused) and a versioned model whose shadow is the same directory."""
-    from serving import deploy_lean_models
+    burst is refused), a versioned model whose shadow is the same directory, and a pool
+    of two copies of it that holds one member at a time (so calls to both evict)."""
+    from serving import deploy_lean_models, linked_copy
 
     port = ray_serve["port"]
     model = str(model_dir.path)
+    folder = tmp_path_factory.mktemp("dashboard")
+    for member in POOL_MEMBERS:
+        linked_copy(model_dir.path, folder / "members" / member)
+    pool = {"model_root": str(folder / "members"), "max_models_per_replica": 1}
     small_queue = {"max_batch_tokens": 64, "max_queue_tokens": 64, "workers": 1}
     models = [
         # No warmup: its widths need more than this small queue holds.
@@ -177,8 +196,9 @@ def served(ray_serve, model_dir, tmp_path_factory):
             ],
             "shadow": {"version": "s", "model_dir": model, "percent": 100},
         },
+        {"name": POOL, "pool": pool, "warmup": False},
     ]
-    deploy_lean_models(tmp_path_factory.mktemp("dashboard"), models, port)
+    deploy_lean_models(folder, models, port)
     return {
         "url": f"http://127.0.0.1:{port}",
         "ray": f"http://127.0.0.1:{ray_serve['metrics_port']}/metrics",
@@ -223,12 +243,16 @@ def until(status: int, send, tries: int = 10) -> None:
 def send_traffic(url: str) -> None:
     """Answers of each kind the dashboard counts: 200s, a 400, a 413 (too large for
     the engine's queue), 503s (a burst past the queue bound), a 504 (its deadline
-    passed in the queue)."""
+    passed in the queue); the pool's members in turns (each call a load and an
+    eviction)."""
     with httpx.Client(base_url=url, timeout=60, headers=JSON) as http:
         for _ in range(5):
             for model in (PLAIN, VERSIONED):
                 reply = http.post(f"/v2/models/{model}/infer", content=v2_body(TEXTS))
                 assert reply.status_code == 200, reply.text
+        for member in (*POOL_MEMBERS, POOL_MEMBERS[0]):
+            reply = http.post(f"/v2/models/{POOL}/{member}/infer", content=v2_body(TEXTS))
+            assert reply.status_code == 200, reply.text
         assert http.post(f"/v2/models/{PLAIN}/infer", content=b"{bad").status_code == 400
         too_large = http.post(f"/v2/models/{PLAIN}/infer", content=v2_body([LONG_TEXT]))
         assert too_large.status_code == 413, too_large.text
@@ -256,11 +280,21 @@ def test_every_metric_the_dashboard_reads_is_exported_by_ray(served):
     send_traffic(served["url"])
     names = {n for n in dashboard_metrics() if n.startswith("ray_")}
     ours = {n for n in names if n.startswith("ray_textfleet_")}
-    per_model = {
-        n for n in ours if not n.startswith(("ray_textfleet_version_", "ray_textfleet_shadow_"))
-    }
+    pools = {n for n in ours if n.startswith("ray_textfleet_pool_")}
+    assert len(pools) == 5, pools  # loaded members, loads, evictions, cold loads, requests
+    routers = {n for n in ours if n.startswith(("ray_textfleet_version_", "ray_textfleet_shadow_"))}
+    per_model = ours - pools - routers
     wait_for(served["ray"], per_model, {"model": PLAIN, "version": "1"})
-    series = wait_for(served["ray"], ours - per_model, {"model": VERSIONED})
+    series = wait_for(served["ray"], routers, {"model": VERSIONED})
+    # The pool's own series, and its members' under "<pool>/<id>" (what picking the pool
+    # in the model variable shows in the per-model rows).
+    pool_series = wait_for(served["ray"], pools, {"model": POOL, "version": "1"})
+    member = {"model": f"{POOL}/{POOL_MEMBERS[0]}", "version": "1"}
+    wait_for(served["ray"], {"ray_textfleet_requests_total"}, member)
+    evictions = pool_series["ray_textfleet_pool_evictions_total"]
+    assert any(s["model"] == POOL and s["reason"] == "lru" for s in evictions), evictions
+    requests = pool_series["ray_textfleet_pool_member_requests_total"]
+    assert {s["member"] for s in requests if s["model"] == POOL} == set(POOL_MEMBERS)
     # The versioned model's replicas say which version they are.
     versions = {
         s["version"] for s in series["ray_textfleet_requests_total"] if s["model"] == VERSIONED
