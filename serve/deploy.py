@@ -134,6 +134,9 @@ def start_ray(
         os.environ.pop("RAY_SERVE_ENABLE_HA_PROXY", None)
     _apply_single_machine_switch()
     ray.init(
+        # A Ray of its own: never the cluster a `ray start` on this machine left in
+        # /tmp/ray (``textfleet serve --address`` is how to use one).
+        address="local",
         include_dashboard=False,
         num_cpus=num_cpus,
         _metrics_export_port=metrics_export_port,
