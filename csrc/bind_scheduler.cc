@@ -207,10 +207,12 @@ void bind_scheduler(py::module_& m) {
   py::class_<Scheduler>(m, "Scheduler", "Thread-safe request queue, batch former and collator.")
       .def(py::init([](const py::object& encoder, const BatchKnobs& knobs,
                        uint64_t max_queue_tokens, uint32_t tokenizer_threads,
-                       size_t inline_max_bytes, uint32_t chunk_texts) {
+                       size_t inline_max_bytes, uint32_t chunk_texts,
+                       std::optional<std::vector<uint64_t>> class_queue_tokens) {
              SchedulerOptions o;
              o.knobs = knobs;
              o.max_queue_tokens = max_queue_tokens;
+             if (class_queue_tokens) o.class_queue_tokens = std::move(*class_queue_tokens);
              o.tokenizer_threads = tokenizer_threads;
              o.inline_max_bytes = inline_max_bytes;
              o.chunk_texts = chunk_texts;
@@ -218,8 +220,10 @@ void bind_scheduler(py::module_& m) {
            }),
            py::arg("encoder"), py::arg("knobs"), py::arg("max_queue_tokens") = 1'000'000,
            py::arg("tokenizer_threads") = 1, py::arg("inline_max_bytes") = 4096,
-           py::arg("chunk_texts") = 64,
-           "encoder: an engine._native.WordPieceTokenizer, or a SequenceEncoder.")
+           py::arg("chunk_texts") = 64, py::arg("class_queue_tokens") = py::none(),
+           "encoder: an engine._native.WordPieceTokenizer, or a SequenceEncoder. "
+           "class_queue_tokens: per priority class, the queued tokens past which its "
+           "requests are refused (None: max_queue_tokens for all).")
       .def(
           "submit",
           [](Scheduler& s, uint64_t id, std::vector<std::string> texts,
@@ -257,7 +261,10 @@ void bind_scheduler(py::module_& m) {
       .def("record_outcomes", &Scheduler::record_outcomes, py::arg("ok") = 0,
            py::arg("failed") = 0, py::arg("timeouts") = 0, py::arg("cancellations") = 0)
       .def("stats", &Scheduler::stats, "A copy of the counters (a SchedulerStats).")
-      .def_property_readonly("knobs", &Scheduler::knobs);
+      .def_property_readonly("knobs", &Scheduler::knobs)
+      .def_property_readonly("class_queue_tokens", &Scheduler::class_queue_tokens,
+                             "Per priority class, most urgent first: the queued tokens past "
+                             "which its requests are refused.");
 
   py::register_exception<QueueFull>(m, "QueueFull");
   py::register_exception<RequestTooLarge>(m, "RequestTooLarge");

@@ -41,6 +41,19 @@ Scheduler::Scheduler(std::shared_ptr<const SequenceEncoder> encoder, SchedulerOp
   if (opt_.knobs.max_batch_tokens < 1) throw std::invalid_argument("max_batch_tokens must be >= 1");
   if (opt_.max_queue_tokens < 1) throw std::invalid_argument("max_queue_tokens must be >= 1");
   if (opt_.chunk_texts < 1) throw std::invalid_argument("chunk_texts must be >= 1");
+  if (!opt_.class_queue_tokens.empty()) {
+    if (opt_.class_queue_tokens.size() != static_cast<size_t>(kLeastUrgentPriority) + 1) {
+      throw std::invalid_argument("class_queue_tokens needs one bound per priority class (" +
+                                  std::to_string(kLeastUrgentPriority + 1) + "), got " +
+                                  std::to_string(opt_.class_queue_tokens.size()));
+    }
+    for (const uint64_t bound : opt_.class_queue_tokens) {
+      if (bound < 1 || bound > opt_.max_queue_tokens) {
+        throw std::invalid_argument("class_queue_tokens must lie in [1, max_queue_tokens], got " +
+                                    std::to_string(bound));
+      }
+    }
+  }
   if (opt_.knobs.max_priority_wait_ns < 0) {
     throw std::invalid_argument("max_priority_wait must be >= 0");
   }
@@ -79,10 +92,17 @@ void Scheduler::admit_locked(uint64_t id, uint64_t reserve, size_t n_seqs, doubl
                           std::to_string(opt_.max_queue_tokens) + ")");
   }
   const uint64_t used = queue_.tokens() + reserved_tokens_ + prefetched_tokens_;
-  if (used + reserve > opt_.max_queue_tokens) {
+  const uint64_t limit = queue_limit(priority);
+  // A request that finds the queue empty is taken whatever its class's bound:
+  // waiting would not make more room for it.
+  if (used > 0 && used + reserve > limit) {
     ++stats_.rejected;
-    throw QueueFull("queue full: " + std::to_string(used) + " tokens waiting, max_queue_tokens is " +
-                    std::to_string(opt_.max_queue_tokens));
+    const std::string p = std::to_string(priority);
+    throw QueueFull("queue full for priority " + p + ": " + std::to_string(used) +
+                    " tokens waiting and " + std::to_string(reserve) +
+                    " more for this request pass the " + std::to_string(limit) +
+                    " that priority " + p + " may fill (max_queue_tokens is " +
+                    std::to_string(opt_.max_queue_tokens) + ")");
   }
   Request& r = requests_[id];
   r.order = next_order_++;
@@ -95,6 +115,19 @@ void Scheduler::admit_locked(uint64_t id, uint64_t reserve, size_t n_seqs, doubl
   if (r.deadline_ns != kNever) deadlines_.push({r.deadline_ns, id, r.order});
   ++stats_.requests;
   stats_.sequences += n_seqs;
+}
+
+uint64_t Scheduler::queue_limit(int32_t priority) const {
+  if (opt_.class_queue_tokens.empty()) return opt_.max_queue_tokens;
+  return opt_.class_queue_tokens.at(static_cast<size_t>(priority));
+}
+
+std::vector<uint64_t> Scheduler::class_queue_tokens() const {
+  std::vector<uint64_t> out;
+  for (int32_t p = kMostUrgentPriority; p <= kLeastUrgentPriority; ++p) {
+    out.push_back(queue_limit(p));
+  }
+  return out;
 }
 
 void Scheduler::submit(uint64_t id, std::vector<std::string> texts, std::vector<std::string> pairs,

@@ -49,6 +49,11 @@ class RequestTooLarge : public std::runtime_error {
 struct SchedulerOptions {
   BatchKnobs knobs;
   uint64_t max_queue_tokens = 1'000'000;
+  // Per priority class (index: the class), the queued tokens past which its
+  // requests are refused, each in [1, max_queue_tokens]; empty: max_queue_tokens
+  // for all. Lower bounds for the less urgent classes keep room in the queue for
+  // urgent requests while others flood it.
+  std::vector<uint64_t> class_queue_tokens;
   uint32_t tokenizer_threads = 1;
   // Requests with at most this many bytes of text are tokenized by the
   // submitting thread: a thread hop costs more than tokenizing them.
@@ -108,6 +113,9 @@ class Scheduler {
   void record_outcomes(uint64_t ok, uint64_t failed, uint64_t timeouts, uint64_t cancellations);
   SchedulerStats stats() const;
   const BatchKnobs& knobs() const { return opt_.knobs; }
+  // Per priority class, most urgent first: the queued tokens past which its
+  // requests are refused.
+  std::vector<uint64_t> class_queue_tokens() const;
 
  private:
   struct Input {
@@ -150,6 +158,7 @@ class Scheduler {
 
   void admit_locked(uint64_t id, uint64_t reserve, size_t n_seqs, double timeout_s,
                     int32_t priority, int64_t now);
+  uint64_t queue_limit(int32_t priority) const;
   void enqueue_locked(uint64_t id, uint32_t first, std::vector<TokenSeq>& seqs);
   void worker_loop();
   void tokenize_task(const Task& task);

@@ -238,7 +238,11 @@ class Scheduler:
         tokenizer_threads: int = 1,
         inline_max_bytes: int = 4096,
         chunk_texts: int = 64,
-    ) -> None: ...
+        class_queue_tokens: Sequence[int] | None = None,
+    ) -> None:
+        """class_queue_tokens: per priority class (index: the class), the queued tokens
+        past which its requests are refused (QueueFull), each in [1, max_queue_tokens];
+        a request that finds the queue empty is always taken. None: max_queue_tokens."""
     def submit(
         self,
         id: int,
@@ -265,3 +269,7 @@ class Scheduler:
     def stats(self) -> SchedulerStats: ...
     @property
     def knobs(self) -> BatchKnobs: ...
+    @property
+    def class_queue_tokens(self) -> list[int]:
+        """Per priority class, most urgent first: the queued tokens past which its
+        requests are refused."""

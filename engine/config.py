@@ -75,6 +75,16 @@ class BatchingConfig(BaseModel):
     max_queue_tokens: int = Field(1_000_000, ge=1)
     """Bound on tokens waiting in the queue; past it, submissions fail with Overloaded."""
 
+    least_urgent_queue_share: float = Field(0.5, gt=0.0, le=1.0)
+    """Headroom for urgent requests: the share of the queue that requests of the least
+    urgent class (``priority`` 9) may fill. The default class (5) and the more urgent
+    ones may fill all of ``max_queue_tokens``, classes 6 to 8 even steps between
+    (0.5: 88%, 75%, 63%), so while low-priority requests flood the engine, the others
+    are still taken; traffic that names no priority is admitted as before.
+    A serving replica's admission gate applies the same shares to the wait a request's
+    deadline allows (serve/admission.py). 1: every class may fill the whole queue.
+    Not applied when ``max_priority_wait_ms`` is 0 (priorities ignored)."""
+
     workers: int | None = Field(None, ge=1, le=64)
     """Batches computed at the same time, each on its own executor thread; None: 2 on
     a CPU with at least 2 cores, else 1, and no more than the physical cores hold at

@@ -27,7 +27,7 @@ from textfleet.engine.errors import EngineError
 from textfleet.engine.memory import IdleMemoryRelease
 from textfleet.engine.model_dir import ModelDir, ModelInfo
 from textfleet.engine.overflow import Overflow, WindowPlan
-from textfleet.engine.priority import check_priority
+from textfleet.engine.priority import check_priority, class_queue_tokens
 from textfleet.engine.scheduler import Scheduler
 from textfleet.engine.stats import EngineStats
 from textfleet.engine.tasks import embedding
@@ -143,6 +143,7 @@ class Engine(TaskMethods):
             knobs,
             max_queue_tokens=cfg.max_queue_tokens,
             tokenizer_threads=cfg.tokenizer_threads or default_threads(),
+            class_queue_tokens=class_queue_tokens(cfg),
         )
         finalize = list if self.task.ragged else np.stack  # ragged: [tokens, labels] per text
         return Scheduler(
