@@ -14,17 +14,32 @@ The throughput is measured, not configured (``ThroughputMeter``): an EWMA of
 the tokens of requests that finished per second while the engine was busy.
 Until a first sample nothing is refused, and a request that finds the queue
 empty is always admitted: retrying it later would not help.
+
+Request priority keeps headroom for urgent work: a request of class p may wait
+only its class's share of the budget (``admission_share``: all of it for the
+default class and the more urgent ones, ``BatchingConfig.least_urgent_queue_share``
+of it for the least urgent), so a flood of low-priority requests stops being
+admitted while the others still are, as the engine's own queue bound does per
+class. The gate
+reports every request's outcome and engine time by class (``Outcome``), for
+the per-class metrics.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import math
 import sys
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from textfleet.engine import priority as classes
 from textfleet.engine.errors import Overloaded
+
+log = logging.getLogger(__name__)
 
 HEADROOM = 0.7
 """Admit only when the estimated wait is within this share of the deadline: the
@@ -46,6 +61,15 @@ class Decision:
     """Estimated seconds until the request's result (0 when unknown)."""
     retry_after_s: float = 0.0
     """When refused: seconds until the queue has drained enough to admit it."""
+    budget_s: float = 0.0
+    """The most estimated wait admitted (0 when not judged)."""
+
+
+Outcome = Callable[[int, str, float], None]
+"""Told each request's priority class, its outcome and the seconds it spent in the
+engine (0 when refused at the gate). Outcomes: ``ok``; ``shed_deadline`` (refused
+here); ``shed_queue`` (the engine's queue bound for its class); ``timeout`` (its
+deadline passed); ``cancelled`` (the caller left); ``error`` (anything else)."""
 
 
 def estimate_tokens(texts: Iterable[str], max_length: int | None) -> int:
@@ -63,10 +87,12 @@ def decide(
     deadline_s: float | None,
     batch_tokens: int = 0,
     headroom: float = HEADROOM,
+    share: float = 1.0,
 ) -> Decision:
     """Admit a request of ``request_tokens`` behind ``queue_tokens`` on an engine
     computing ``tokens_per_s`` in batches of up to ``batch_tokens``, given
-    ``deadline_s`` to answer? Pure.
+    ``deadline_s`` to answer, when its class may wait ``share`` of the budget
+    (``headroom`` of the deadline)? Pure.
 
     A request's rows come back only when the whole batch they joined is done,
     and behind a queue that batch is a full one: up to ``batch_tokens`` more
@@ -76,12 +102,12 @@ def decide(
         return Decision(True, 0.0)
     work = queue_tokens + request_tokens + min(max(0, queue_tokens), batch_tokens)
     wait_s = work / tokens_per_s
-    budget = deadline_s * headroom
+    budget = deadline_s * headroom * share
     if queue_tokens <= 0 or wait_s <= budget:
-        return Decision(True, wait_s)
+        return Decision(True, wait_s, budget_s=budget)
     # The queue must shrink by what is over budget; it drains at tokens_per_s.
     retry = min(float(MAX_RETRY_AFTER_S), max(1.0, wait_s - budget))
-    return Decision(False, wait_s, retry)
+    return Decision(False, wait_s, retry, budget)
 
 
 class ThroughputMeter:
@@ -140,10 +166,13 @@ class AdmissionGate:
     finish (its own estimate of each request's tokens), or the engine's queue
     if that says more: ``queue_tokens`` alone leaves out the batches being
     computed, up to ``max_batch_tokens`` per executor thread.
+
+    ``on_outcome`` (optional) hears every request's class, outcome and engine time.
     """
 
-    def __init__(self, engine: Any):
+    def __init__(self, engine: Any, on_outcome: Outcome | None = None):
         self._engine = engine
+        self._on_outcome = on_outcome
         self.meter = ThroughputMeter()
         self.outstanding_tokens = 0
         # Compute totals where the current sample began (after a warmup, if any).
@@ -152,9 +181,12 @@ class AdmissionGate:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._engine, name)
 
-    def check(self, texts: Iterable[str], deadline_s: float | None) -> tuple[Decision, int]:
-        """The decision for ``texts`` and their estimated tokens; raises ``Overloaded``
-        (503 + Retry-After) if they would miss the deadline."""
+    def check(
+        self, texts: Iterable[str], deadline_s: float | None, priority: int | None = None
+    ) -> tuple[Decision, int]:
+        """The decision for ``texts`` of class ``priority`` (None: the default) and their
+        estimated tokens; raises ``Overloaded`` (503 + Retry-After) if they would miss
+        the deadline, or wait longer than their class's share of it."""
         windows = getattr(self._engine, "on_overflow", "truncate") == "window"
         tokens = estimate_tokens(_strings(texts), None if windows else self._engine.max_length)
         if deadline_s is None:
@@ -163,12 +195,16 @@ class AdmissionGate:
         stats = self._engine.stats()
         rate = self.meter.tokens_per_s
         ahead = max(stats.queue_tokens, self.outstanding_tokens)
-        batch = self._engine.batching.max_batch_tokens
-        decision = decide(ahead, tokens, rate, deadline_s, batch_tokens=batch)
+        batching = self._engine.batching
+        share = classes.admission_share(priority, batching)
+        batch = batching.max_batch_tokens
+        decision = decide(ahead, tokens, rate, deadline_s, batch_tokens=batch, share=share)
         if not decision.admit:
+            klass = classes.DEFAULT if priority is None else priority
             raise Overloaded(
                 f"overloaded: about {decision.wait_s:.1f} s of work is queued ahead of this "
-                f"request, more than its {deadline_s:g} s deadline allows; retry after "
+                f"request; priority {klass} is admitted while that is at most "
+                f"{decision.budget_s:.1f} s of its {deadline_s:g} s deadline; retry after "
                 f"{math.ceil(decision.retry_after_s)} s",
                 retry_after_s=decision.retry_after_s,
             )
@@ -178,14 +214,41 @@ class AdmissionGate:
         self, texts: Any, deadline_s: float | None, method: str, *args: Any, **options: Any
     ):
         """``engine.<method>(*args, timeout=deadline_s, **options)`` once admitted, counted
-        until done."""
-        _, tokens = self.check(texts, deadline_s)
-        self.outstanding_tokens += tokens
+        until done; its outcome reported by class."""
+        priority = classes.check_priority(options.get("priority"))
+        klass = classes.DEFAULT if priority is None else priority
         try:
-            return await getattr(self._engine, method)(*args, timeout=deadline_s, **options)
+            _, tokens = self.check(texts, deadline_s, priority)
+        except Overloaded:
+            self._report(klass, "shed_deadline", 0.0)
+            raise
+        self.outstanding_tokens += tokens
+        start, outcome = time.perf_counter(), "error"
+        try:
+            result = await getattr(self._engine, method)(*args, timeout=deadline_s, **options)
+            outcome = "ok"
+            return result
+        except Overloaded:
+            outcome = "shed_queue"
+            raise
+        except TimeoutError:
+            outcome = "timeout"
+            raise
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            raise
         finally:
             self.outstanding_tokens -= tokens
             self._sample()
+            self._report(klass, outcome, time.perf_counter() - start)
+
+    def _report(self, klass: int, outcome: str, seconds: float) -> None:
+        if self._on_outcome is None:
+            return
+        try:
+            self._on_outcome(klass, outcome, seconds)
+        except Exception:  # metrics must never fail a request
+            log.exception("reporting a request's outcome failed")
 
     def _sample(self) -> None:
         """Feed the meter the engine's runs since the last sample, once they add up

@@ -69,7 +69,31 @@ class ModelMetrics:
             "request could not finish before its deadline.",
             tag_keys=REPLICA_TAGS,
         )
-        for m in (self.requests, self.latency, self.texts, self.errors, self.rejections):
+        # By request priority class (serve/admission.py reports them): the engine's
+        # side of each request, so urgent traffic's latency and sheds show apart.
+        self.class_requests = Counter(
+            "textfleet_priority_requests",
+            description="Requests by priority class (0 most urgent) and outcome: ok, "
+            "shed_deadline (refused: it would wait longer than its class may), shed_queue "
+            "(its class's share of the queue was full), timeout, cancelled, error.",
+            tag_keys=(*REPLICA_TAGS, "priority", "outcome"),
+        )
+        self.class_latency = Histogram(
+            "textfleet_priority_latency_ms",
+            description="Time a request computed by the engine spent there (queued, "
+            "then computed), by priority class, in ms.",
+            boundaries=LATENCY_BOUNDARIES_MS,
+            tag_keys=(*REPLICA_TAGS, "priority"),
+        )
+        for m in (
+            self.requests,
+            self.latency,
+            self.texts,
+            self.errors,
+            self.rejections,
+            self.class_requests,
+            self.class_latency,
+        ):
             m.set_default_tags(dict(tags))  # Ray adds its tags to the dict it gets
 
     def record(self, protocol: str, status: int, latency_s: float, n_texts: int) -> None:
@@ -81,6 +105,13 @@ class ModelMetrics:
             self.rejections.inc(1)
         if status >= 400:
             self.errors.inc(1, {"kind": "client" if status < 500 else "server"})
+
+    def record_class(self, priority: int, outcome: str, engine_s: float) -> None:
+        """One request's outcome in its priority class (``admission.Outcome``)."""
+        klass = str(priority)
+        self.class_requests.inc(1, {"priority": klass, "outcome": outcome})
+        if outcome == "ok":
+            self.class_latency.observe(engine_s * 1000.0, {"priority": klass})
 
 
 def replay(

@@ -109,10 +109,11 @@ class ModelServer(ModelGrpcService):
         if self.config.warmup:  # Ray routes nothing here before __init__ returns
             took = self.engine.warmup()
             log.info("model %r warmed up: %s", self.name, {w: round(t, 3) for w, t in took.items()})
+        self.metrics = ModelMetrics(self.name, self.version)
         # The adapters call the engine through the admission gate: a request that
         # could not finish before its deadline is refused on arrival (503).
-        self.task = adapter_for(AdmissionGate(self.engine), self.config, self.hooks)
-        self.metrics = ModelMetrics(self.name, self.version)
+        gate = AdmissionGate(self.engine, on_outcome=self.metrics.record_class)
+        self.task = adapter_for(gate, self.config, self.hooks)
         self.exporter = EngineStatsExporter(self.name, self.engine.stats, version=self.version)
         # Metadata never changes for a replica: encode it once.
         self._metadata = v2.model_metadata(

@@ -395,9 +395,18 @@ def test_handle_embed_and_infer(served, engine):
 def test_prometheus_metrics_per_model(served, http, engine):
     http.post("/v2/models/minilm/infer", content=v2_body(["metrics"]))
     http.post("/v2/models/minilm/infer", content=b"{bad")
+    urgent = v2_body(["urgent metrics"], parameters={"priority": 0})
+    assert http.post("/v2/models/minilm/infer", content=urgent).status_code == 200
+    # The urgent request in its own class, apart from the default class's.
+    by_class = [
+        ("ray_textfleet_priority_requests_total{", ('priority="0"', 'outcome="ok"')),
+        ("ray_textfleet_priority_latency_ms_count{", ('priority="0"',)),
+        ("ray_textfleet_priority_requests_total{", ('priority="5"', 'outcome="ok"')),
+    ]
     wanted = [
         "ray_textfleet_requests_total{",
         "ray_textfleet_request_latency_ms_bucket{",
+        "ray_textfleet_priority_latency_ms_bucket{",
         "ray_textfleet_errors_total{",
         "ray_textfleet_texts_total{",
         "ray_textfleet_engine_batches_total{",
@@ -409,6 +418,11 @@ def test_prometheus_metrics_per_model(served, http, engine):
         text = httpx.get(served["metrics_url"], timeout=10).text
         lines = [ln for ln in text.splitlines() if 'model="minilm"' in ln]
         missing = [w for w in wanted if not any(ln.startswith(w) for ln in lines)]
+        missing += [
+            (w, labels)
+            for w, labels in by_class
+            if not any(ln.startswith(w) and all(x in ln for x in labels) for ln in lines)
+        ]
         if not missing:
             break
         assert time.monotonic() < deadline, f"metrics never appeared: {missing}"
