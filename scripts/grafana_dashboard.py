@@ -220,6 +220,52 @@ ENGINE = Row(
     ),
 )
 
+BY_CLASS = f"{BY_MODEL}, priority"
+CLASS_LEGEND = f"{LEGEND} class {{{{priority}}}}"
+
+PRIORITY = Row(
+    "Request priority (per class, 0 the most urgent: each request's time in the engine)",
+    (
+        Panel(
+            "Engine time by priority p50 / p99",
+            "Per priority class, the time a computed request spent in the engine (queued, "
+            "then computed): urgent traffic's latency apart from the bulk's.",
+            "ms",
+            p50_p99("ray_textfleet_priority_latency_ms", BY_CLASS, CLASS_LEGEND),
+        ),
+        Panel(
+            "Shed/s by priority",
+            "Requests refused on arrival, per class: shed_deadline (it would wait longer "
+            "than its class may under its deadline), shed_queue (its class's share of the "
+            "queue was full). Less urgent classes are shed first (batching."
+            "least_urgent_queue_share).",
+            "reqps",
+            (
+                Query(
+                    per_model(
+                        "ray_textfleet_priority_requests_total",
+                        f"{BY_CLASS}, outcome",
+                        ', outcome=~"shed_.+"',
+                    ),
+                    f"{CLASS_LEGEND} {{{{outcome}}}}",
+                ),
+            ),
+        ),
+        Panel(
+            "Requests/s by priority and outcome",
+            "Every request by class and outcome: ok, shed_deadline, shed_queue, timeout, "
+            "cancelled, error.",
+            "reqps",
+            (
+                Query(
+                    per_model("ray_textfleet_priority_requests_total", f"{BY_CLASS}, outcome"),
+                    f"{CLASS_LEGEND} {{{{outcome}}}}",
+                ),
+            ),
+        ),
+    ),
+)
+
 VERSIONS = Row(
     "Versions and shadow (models with versions)",
     (
@@ -412,7 +458,7 @@ POOLS = Row(
     ),
 )
 
-ROWS = (TRAFFIC, ENGINE, VERSIONS, POOLS, SERVE, FRONT_DOOR)
+ROWS = (TRAFFIC, ENGINE, PRIORITY, VERSIONS, POOLS, SERVE, FRONT_DOOR)
 
 
 def variables() -> list[dict]:
