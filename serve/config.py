@@ -122,7 +122,8 @@ class TrafficConfig(_Strict):
 
 
 class ShadowRecord(_Strict):
-    """Sampled (primary, shadow) answer pairs written as JSON lines by the router."""
+    """Sampled (primary, shadow) answer pairs written as JSON lines by the shadow's
+    replicas (on their node)."""
 
     path: Path
     """JSONL file, appended to; relative paths resolve against the yaml's folder."""

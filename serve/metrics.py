@@ -213,9 +213,11 @@ AGREEMENT_BOUNDARIES = [0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 0.9999, 1
 
 
 class VersionMetrics:
-    """A versioned model's router: the requests each version got, and its shadow's
-    mirrors, latency and agreement with the primary (histogram ``_sum / _count``
-    is the mean)."""
+    """A versioned model's versions and shadow: the requests the router sent to each
+    version, and the shadow's mirrors, latency and agreement with the primary
+    (histogram ``_sum / _count`` is the mean). The router counts the mirrors it
+    dropped or could not deliver; the shadow's replicas count the rest, with the
+    latency and agreement they measured (serve/shadow_replica.py)."""
 
     def __init__(self, model: str):
         self.routed = Counter(

@@ -50,6 +50,7 @@ from textfleet.serve.protocols.common import (
     loads,
     short_repr,
 )
+from textfleet.serve.shadow_replica import Mirror, MirrorSummary, ShadowComparer
 from textfleet.serve.tasks import adapter_for
 
 log = logging.getLogger(__name__)
@@ -126,6 +127,7 @@ class ModelServer(ModelGrpcService):
         )
         self._metadata_reply = Reply(200, dumps(self._metadata))
         self._ready_reply = Reply(200, dumps({"name": self.name, "ready": True}))
+        self._shadow: ShadowComparer | None = None  # made by the first mirror (a shadow's)
         log.info("model %r loaded from %s", self.name, self.config.model_dir)
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
@@ -360,6 +362,14 @@ class ModelServer(ModelGrpcService):
 
     def metadata(self) -> dict[str, Any]:
         return self._metadata
+
+    async def shadow_mirror(self, mirror: Mirror) -> MirrorSummary:
+        """A request the model's router mirrored to this replica (its shadow's), with
+        the primary's answer: answered, compared and counted here; the router gets
+        the summary (serve/shadow_replica.py)."""
+        if self._shadow is None:
+            self._shadow = ShadowComparer(self.name, self.version)
+        return await self._shadow.run(self, mirror)
 
     def check_health(self) -> None:
         """Ray's periodic replica health check: a dead engine restarts the replica."""

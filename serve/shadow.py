@@ -1,33 +1,32 @@
-"""A versioned model's shadow: mirrored requests, bounded, compared, never returned.
+"""A versioned model's shadow, on the router: which requests are mirrored, how many at
+once, and the figures ``textfleet status`` prints.
 
 The router hands a request to ``Shadow.mirror`` only once the primary's reply
-is ready; the mirror runs as a task of its own and the router answers at once,
-so the shadow can neither delay nor fail the primary. At most
-``max_in_flight`` mirrors wait for the shadow at a time; past that a mirror is
-dropped and counted, never queued. Each answer is compared with the primary's
-(serve/compare.py) and counted as Prometheus metrics (serve/metrics.py,
-``VersionMetrics``) and as running sums for ``textfleet status``; a sample is
-written as JSON lines when ``record`` asks for it (input texts by SHA-256
-unless ``record.texts``).
+is ready. The mirror is sent to the shadow version's replica with the
+primary's answer beside it (a ``Mirror``, serve/shadow_replica.py), as a task
+of its own, and the router answers at once, so the shadow can neither delay
+nor fail the primary. The shadow's replica answers, compares (serve/compare.py),
+counts the outcome, latency and agreement as Prometheus metrics
+(serve/metrics.py, ``VersionMetrics``) and writes the sampled JSON lines; the
+router awaits nothing of it on a request's path and gets back only a small
+summary, added to its running sums when the task is done. At most
+``max_in_flight`` mirrors are out at a time; past that a mirror is dropped and
+counted here, never queued. A mirror that cannot reach the shadow (gone, failed
+to start) is counted here as an error; the rest are counted by the shadow.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import random
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
+from functools import partial
 from typing import Any
 
-import numpy as np
-import orjson
-
-from textfleet.serve.compare import Canonical, canonical, compare
 from textfleet.serve.metrics import VersionMetrics
+from textfleet.serve.shadow_replica import Mirror, MirrorSummary
 
 log = logging.getLogger(__name__)
 
@@ -68,10 +67,10 @@ class ShadowTally:
     sums: dict[str, float] = field(default_factory=dict)
     rows: dict[str, int] = field(default_factory=dict)
 
-    def add(self, measures: dict[str, list[float]]) -> None:
-        for name, values in measures.items():
-            self.sums[name] = self.sums.get(name, 0.0) + float(sum(values))
-            self.rows[name] = self.rows.get(name, 0) + len(values)
+    def add(self, summary: MirrorSummary) -> None:
+        for name, total in summary.sums.items():
+            self.sums[name] = self.sums.get(name, 0.0) + total
+            self.rows[name] = self.rows.get(name, 0) + summary.rows[name]
 
     def summary(self) -> dict[str, Any]:
         means = {k: self.sums[k] / n for k, n in self.rows.items() if n}
@@ -101,76 +100,52 @@ class Shadow:
 
     def mirror(
         self,
+        send: Callable[[str, Mirror], Awaitable[MirrorSummary]],
         method: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
         primary_version: str,
-        primary_result: Any,
-        run: Callable[[str], Awaitable[Any]],
-        inputs: Callable[[], dict[str, list[str]]],
+        primary: Any,
     ) -> None:
-        """Start the mirror of an answered request: ``run(version)`` calls the shadow;
-        ``inputs()`` gives the request's texts by input name (only when recorded)."""
+        """Start the mirror of an answered request: ``send(version, mirror)`` hands it
+        to the shadow's replica, which answers, compares and returns the summary."""
         plan = self.plan
         if plan is None:
             return
-        tally = self.tallies.setdefault(plan.version, ShadowTally())
+        tally = self.tallies.get(plan.version)
+        if tally is None:
+            tally = self.tallies[plan.version] = ShadowTally()
         if self.in_flight >= plan.max_in_flight:
             tally.dropped += 1
             self.metrics.mirrors.inc(1, {"version": plan.version, "outcome": "dropped"})
             return
+        recorded = plan.record_path is not None and random.random() < plan.record_sample
+        mirror = Mirror(
+            method, args, kwargs, primary_version, primary,
+            record_path=plan.record_path if recorded else None,
+            record_texts=plan.record_texts,
+        )  # fmt: skip
         self.in_flight += 1
-        task = asyncio.get_running_loop().create_task(
-            self._run(plan, method, primary_version, primary_result, run, inputs, tally)
-        )
+        task = asyncio.get_running_loop().create_task(send(plan.version, mirror))
         self._tasks.add(task)  # a reference, so the task is not collected mid-way
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(partial(self._done, plan.version, tally))
 
-    async def _run(self, plan, method, primary_version, primary_result, run, inputs, tally):
-        start = time.perf_counter()
-        try:
-            try:
-                result = await run(plan.version)
-                got = canonical(method, _answer(method, result))
-            finally:
-                self.in_flight -= 1
-            self.metrics.latency.observe(
-                (time.perf_counter() - start) * 1000.0, {"version": plan.version}
-            )
-            want = canonical(method, primary_result)
-            measures = compare(want, got)
-        except Exception as e:
+    def _done(self, version: str, tally: ShadowTally, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        self.in_flight -= 1
+        error = task.exception() if not task.cancelled() else asyncio.CancelledError()
+        if error is not None:  # the shadow was not reached (gone, failed to start, ...)
             tally.errors += 1
-            self.metrics.mirrors.inc(1, {"version": plan.version, "outcome": "error"})
-            log.debug("shadow %r of model %r failed: %s", plan.version, self.model, e)
+            self.metrics.mirrors.inc(1, {"version": version, "outcome": "error"})
+            log.debug("shadow %r of model %r unreachable: %s", version, self.model, error)
             return
-        tally.ok += 1
-        tally.add(measures)
-        self.metrics.mirrors.inc(1, {"version": plan.version, "outcome": "ok"})
-        for name, values in measures.items():
-            tags = {"version": plan.version, "primary": primary_version, "measure": name}
-            for value in values:
-                self.metrics.agreement.observe(max(value, 0.0), tags)
-        if plan.record_path and random.random() < plan.record_sample:
-            line = self._record_line(plan, method, primary_version, want, got, measures, inputs)
-            await asyncio.to_thread(_append, Path(plan.record_path), line)
-
-    def _record_line(self, plan, method, primary_version, want, got, measures, inputs) -> bytes:
-        texts = inputs()
-        if not plan.record_texts:
-            texts = {k: [_sha256(t) for t in v] for k, v in texts.items()}
-        row = {
-            "time": time.time(),
-            "model": self.model,
-            "primary": primary_version,
-            "shadow": plan.version,
-            "method": method,
-            "inputs" if plan.record_texts else "inputs_sha256": texts,
-            "primary_output": _jsonable(want),
-            "shadow_output": _jsonable(got),
-            "measures": measures,
-        }
-        return (
-            orjson.dumps(row, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS) + b"\n"
-        )
+        # The shadow's replica counted this outcome in the metrics already.
+        summary: MirrorSummary = task.result()
+        if summary.ok:
+            tally.ok += 1
+            tally.add(summary)
+        else:
+            tally.errors += 1
 
     def status(self) -> dict[str, Any]:
         plan = self.plan
@@ -180,31 +155,3 @@ class Shadow:
             "in_flight": self.in_flight,
             "versions": {v: t.summary() for v, t in self.tallies.items()},
         }
-
-
-def _answer(method: str, result: Any) -> Any:
-    """The comparable part of a shadow's answer; an error reply raises."""
-    if method != "v2_infer":
-        return result
-    reply, outputs = result
-    if outputs is None:
-        raise RuntimeError(f"the shadow answered {reply.status}: {reply.body[:200]!r}")
-    return outputs
-
-
-def _jsonable(answer: Canonical) -> Any:
-    kind, rows = answer
-    if kind == "spans":
-        return [sorted(list(s) for s in row) for row in rows]
-    if isinstance(rows, np.ndarray):
-        return rows.tolist()
-    return rows
-
-
-def _sha256(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
-
-
-def _append(path: Path, line: bytes) -> None:
-    with open(path, "ab") as f:
-        f.write(line)

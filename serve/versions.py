@@ -48,11 +48,11 @@ from textfleet.serve.protocols.common import (
     Unavailable,
     dumps,
     error_reply,
-    loads,
     short_repr,
 )
 from textfleet.serve.server import VERSION_HEADER, subpath, to_response
 from textfleet.serve.shadow import Shadow, ShadowPlan
+from textfleet.serve.shadow_replica import Mirror, MirrorSummary
 from textfleet.serve.traffic import TrafficPlan
 
 _USER_CONFIG = ("weights", "sticky_header", "shadow", "max_request_bytes", "request_timeout_s")
@@ -100,13 +100,14 @@ class VersionRouter(GrpcIngress):
         version: str | None = None,
         key: str | None = None,
         timeout: float | None = None,
-        inputs=None,
+        mirrored: bool = False,
         protocol: str = "handle",
     ) -> tuple[str, Any]:
         """Call ``method`` on the named version, or on one picked by the plan (retried
-        once on another when its application is gone); then mirror if sampled."""
+        once on another when its application is gone); then, for a ``mirrored`` kind
+        of call, mirror if sampled."""
         kwargs = dict(kwargs or {})
-        mirror = version is None and inputs is not None and self.shadow.sampled()
+        mirror = version is None and mirrored and self.shadow.sampled()
         if mirror and method == "v2_infer":
             kwargs["keep_outputs"] = True
         chosen = version or self._pick(key)
@@ -125,10 +126,10 @@ class VersionRouter(GrpcIngress):
                 primary = None
             if primary is not None:  # an error reply has nothing to compare
 
-                async def run(shadow_version: str) -> Any:
-                    return await self._call(shadow_version, method, args, kwargs, timeout)
+                async def send(shadow_version: str, m: Mirror) -> MirrorSummary:
+                    return await self._call(shadow_version, "shadow_mirror", (m,), {}, timeout)
 
-                self.shadow.mirror(method, chosen, primary, run, inputs)
+                self.shadow.mirror(send, method, args, kwargs, chosen, primary)
             result = result[0] if method == "v2_infer" else result
         return chosen, result
 
@@ -172,8 +173,7 @@ class VersionRouter(GrpcIngress):
             header_length = request.headers.get(v2.HEADER_LENGTH)
             chosen, reply = await self._dispatch(
                 "v2_infer", (body, timeout), {"header_length": header_length},
-                version=version, key=key, timeout=timeout, protocol="v2",
-                inputs=lambda: _v2_texts(body, header_length),
+                version=version, key=key, timeout=timeout, protocol="v2", mirrored=True,
             )  # fmt: skip
             return _stamped(reply, chosen)
         if sub in ("", "/"):
@@ -253,8 +253,7 @@ class VersionRouter(GrpcIngress):
         self, method: str, body: bytes, timeout, protocol: str, key: str | None = None
     ) -> Reply:
         chosen, reply = await self._dispatch(
-            method, (body, timeout), timeout=timeout, protocol=protocol, key=key,
-            inputs=lambda: _body_texts(body),
+            method, (body, timeout), timeout=timeout, protocol=protocol, key=key, mirrored=True
         )  # fmt: skip
         return _stamped(reply, chosen)
 
@@ -264,39 +263,33 @@ class VersionRouter(GrpcIngress):
     # ------------------------------------------------------------ Python callers
 
     async def embed(self, texts: list[str], timeout: float | None = None, priority=None):
-        inputs = lambda: {"text": list(texts)}  # noqa: E731
         kwargs = _priority(priority)
-        return (await self._dispatch("embed", (texts, timeout), kwargs, inputs=inputs))[1]
+        return (await self._dispatch("embed", (texts, timeout), kwargs, mirrored=True))[1]
 
     async def classify(self, texts: list[str], top_k: int | None = 1, timeout=None, priority=None):
-        inputs = lambda: {"text": list(texts)}  # noqa: E731
         call_args, kwargs = (texts, top_k, timeout), _priority(priority)
-        return (await self._dispatch("classify", call_args, kwargs, inputs=inputs))[1]
+        return (await self._dispatch("classify", call_args, kwargs, mirrored=True))[1]
 
     async def entities(
         self, texts: list[str], aggregation: str | None = None, timeout=None, priority=None
     ):
-        inputs = lambda: {"text": list(texts)}  # noqa: E731
         call_args, kwargs = (texts, aggregation, timeout), _priority(priority)
-        return (await self._dispatch("entities", call_args, kwargs, inputs=inputs))[1]
+        return (await self._dispatch("entities", call_args, kwargs, mirrored=True))[1]
 
     async def score(self, pairs: list, raw_scores: bool = False, timeout=None, priority=None):
-        inputs = lambda: {"query": [p[0] for p in pairs], "document": [p[1] for p in pairs]}  # noqa: E731
         call_args, kwargs = (pairs, raw_scores, timeout), _priority(priority)
-        return (await self._dispatch("score", call_args, kwargs, inputs=inputs))[1]
+        return (await self._dispatch("score", call_args, kwargs, mirrored=True))[1]
 
     async def rerank(
         self, query: str, documents: list[str], top_k=None, raw_scores=False, timeout=None,
         priority=None,
     ):  # fmt: skip
-        inputs = lambda: {"query": [query], "document": list(documents)}  # noqa: E731
         call_args = (query, documents, top_k, raw_scores, timeout)
         kwargs = _priority(priority)
-        return (await self._dispatch("rerank", call_args, kwargs, inputs=inputs))[1]
+        return (await self._dispatch("rerank", call_args, kwargs, mirrored=True))[1]
 
     async def infer(self, request: dict[str, Any]) -> dict[str, Any]:
-        inputs = lambda: _dict_texts(request)  # noqa: E731
-        return (await self._dispatch("infer", (request,), inputs=inputs))[1]
+        return (await self._dispatch("infer", (request,), mirrored=True))[1]
 
     async def metadata(self) -> dict[str, Any]:
         return await self._version_metadata(self._pick(None))
@@ -348,38 +341,7 @@ def _expect(method: str, allowed: str, sub: str) -> None:
         raise MethodNotAllowed(f"{sub or '/'} takes {allowed}, not {method[:16]}")
 
 
-def _v2_texts(body: bytes, header_length: str | None) -> dict[str, list[str]]:
-    """The BYTES inputs of a V2 request, by name (for the shadow's record only)."""
-    req = v2.parse_infer_request(body, header_length)
-    return _named_texts(req)
-
-
 def _priority(priority: int | None) -> dict[str, Any]:
     """The handle keyword to forward: only when given, so versions on an older build
     still take the call."""
     return {} if priority is None else {"priority": priority}
-
-
-def _body_texts(body: bytes) -> dict[str, list[str]]:
-    """The texts of a gateway body (OpenAI ``input``, V1 ``instances``, rerank
-    ``query`` and ``documents``), for the shadow's record only."""
-    obj = loads(body)
-    out: dict[str, list[str]] = {}
-    for key in ("input", "instances", "query", "documents", "texts"):
-        value = obj.get(key) if isinstance(obj, dict) else None
-        if value is not None:
-            items = value if isinstance(value, list) else [value]
-            out[key] = [x if isinstance(x, str) else dumps(x).decode() for x in items]
-    return out
-
-
-def _dict_texts(request: dict[str, Any]) -> dict[str, list[str]]:
-    return _named_texts(v2.infer_request_from_dict(request))
-
-
-def _named_texts(req: v2.InferRequest) -> dict[str, list[str]]:
-    out = {}
-    for t in req.inputs:
-        if t.datatype == "BYTES":
-            out[t.name] = v2.texts_input(req, t.name, 1_000_000)
-    return out

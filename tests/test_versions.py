@@ -13,6 +13,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import orjson
 import pytest
 import yaml
 from ray.serve.schema import ServeDeploySchema
@@ -23,6 +24,7 @@ from textfleet.serve.config import GATEWAY_APP, ConfigError, load_models, parse_
 from textfleet.serve.generate import serve_config
 from textfleet.serve.metrics import VersionMetrics
 from textfleet.serve.shadow import Shadow, ShadowPlan
+from textfleet.serve.shadow_replica import ShadowComparer, request_texts
 from textfleet.serve.traffic import TrafficPlan, sticky_point
 
 CANARY = Path(__file__).parent / "configs" / "versions" / "canary.yaml"
@@ -266,40 +268,69 @@ def test_gateway_replies_compare_like_their_structured_forms():
 # ---------------------------------------------------------------- the shadow's bound
 
 
+class SlowReplica:
+    """Where the shadow's ``ModelServer`` answers: ``embed`` returns (twice the identity:
+    cosine 1 with the primary's) once released, or fails."""
+
+    def __init__(self):
+        self.release = asyncio.Event()
+        self.fail = False
+
+    async def embed(self, texts, timeout=None):
+        await self.release.wait()
+        if self.fail:
+            raise RuntimeError("engine down")
+        return np.eye(len(texts), dtype=np.float32) * 2
+
+
 def test_shadow_mirrors_at_most_max_in_flight_and_counts_the_rest(tmp_path):
+    """The router's bound and figures (serve/shadow.py) over the shadow replica's
+    comparison (serve/shadow_replica.py), a plain call where Ray Serve has a handle."""
+
     async def scenario():
-        shadow = Shadow("m", VersionMetrics("m"))
+        shadow, comparer = Shadow("m", VersionMetrics("m")), ShadowComparer("m", "s")
+        replica = SlowReplica()
         record = tmp_path / "pairs.jsonl"
         shadow.configure(ShadowPlan("s", 100.0, 4, record_path=str(record), record_sample=1.0))
-        release = asyncio.Event()
-        primary = np.eye(3, dtype=np.float32)
+        primary, args = np.eye(3, dtype=np.float32), (["a", "b", "c"], None)
 
-        async def slow(version):
-            await release.wait()
-            return primary * 2
+        async def send(version, mirror):
+            assert version == "s" and mirror.primary_version == "1"
+            return await comparer.run(replica, mirror)
 
-        def inputs():
-            return {"text": ["a", "b", "c"]}
-
-        for _ in range(10):  # returns at once: the primary never waits for the shadow
-            shadow.mirror("embed", "1", primary, slow, inputs)
-        assert shadow.in_flight == 4
-        release.set()
-        while shadow.in_flight:
-            await asyncio.sleep(0.01)
-        await asyncio.sleep(0.05)
-
-        async def broken(version):
+        async def unreachable(version, mirror):
             raise RuntimeError("shadow down")
 
-        shadow.mirror("embed", "1", primary, broken, inputs)
-        await asyncio.sleep(0.05)
+        for _ in range(10):  # returns at once: the primary never waits for the shadow
+            shadow.mirror(send, "embed", args, {}, "1", primary)
+        assert shadow.in_flight == 4
+        replica.release.set()
+        while shadow.in_flight:
+            await asyncio.sleep(0.01)
+        shadow.mirror(unreachable, "embed", args, {}, "1", primary)  # counted by the router
+        replica.fail = True
+        shadow.mirror(send, "embed", args, {}, "1", primary)  # counted by the shadow
+        while shadow.in_flight:
+            await asyncio.sleep(0.01)
         return shadow.status(), record
 
     status, record = asyncio.run(scenario())
     figures = status["versions"]["s"]
-    assert (figures["ok"], figures["dropped"], figures["errors"]) == (4, 6, 1)
+    assert (figures["ok"], figures["dropped"], figures["errors"]) == (4, 6, 2)
     assert figures["mean"]["cosine"] == pytest.approx(1.0)
     lines = [json.loads(x) for x in record.read_text().splitlines()]
-    assert len(lines) == 4 and lines[0]["shadow"] == "s"
+    assert len(lines) == 4 and lines[0]["shadow"] == "s" and lines[0]["primary"] == "1"
     assert "inputs" not in lines[0] and len(lines[0]["inputs_sha256"]["text"][0]) == 64
+
+
+def test_a_mirrored_request_names_its_texts_for_the_record():
+    body = orjson.dumps(
+        {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [2], "data": ["a", "b"]}]}
+    )
+    assert request_texts("v2_infer", (body, None), {}) == {"text": ["a", "b"]}
+    openai_body = orjson.dumps({"model": "m", "input": "x"})
+    assert request_texts("openai_embeddings", (openai_body, None), {}) == {"input": ["x"]}
+    assert request_texts("score", ([("q", "d")], False), {}) == {"query": ["q"], "document": ["d"]}
+    rerank = request_texts("rerank", ("q", ["d", "e"]), {})
+    assert rerank == {"query": ["q"], "document": ["d", "e"]}
+    assert request_texts("embed", (["t"], None), {}) == {"text": ["t"]}
