@@ -101,8 +101,9 @@ def add_graph_options(p) -> None:
         "--smooth", type=float, nargs="?", const=0.5, default=None, metavar="ALPHA",
         help="before quantizing, SmoothQuant the LayerNorm outputs (an exact fp32 rewrite "
         "that moves their outlier channels' range into the weights; alpha 0.5 if not given, "
-        "fitted on the calibration texts). MiniLM: dynamic int8 cosine min 0.976 -> 0.985; "
-        "with --keep-fp32 4, see benchmarks/results/quantize.md",
+        "fitted on the calibration texts). MiniLM, cosine min on 2,000 workload texts / the "
+        "multilingual sample: int8 0.976 / 0.976, smoothed 0.985 / 0.986, smoothed with "
+        "--keep-fp32 4 0.991 / 0.991",
     )  # fmt: skip
     g.add_argument(
         "--check", action="store_true",
