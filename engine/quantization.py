@@ -36,7 +36,10 @@ class Quantization(BaseModel):
     keep_fp32: tuple[str, ...] = ()
     """Graph nodes left in fp32 because they were measured to be the most sensitive."""
     calibration_texts: int = Field(0, ge=0)
-    """Texts the static scales (and the sensitivity ranking) were measured on."""
+    """Texts the static scales (and the sensitivity ranking, the smoothing) were measured on."""
+    smooth: float | None = None
+    """SmoothQuant alpha: the LayerNorm outputs' channels were divided by per-channel
+    factors (folded into the weights that read them) before quantizing; None: not smoothed."""
 
 
 class QualityFigures(BaseModel):

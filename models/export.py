@@ -45,6 +45,7 @@ from textfleet.engine.model_dir import (
 from textfleet.engine.tasks.registry import DEFAULT_TASK
 from textfleet.models.onnx_export import OPSET, export_onnx
 from textfleet.models.quantize import check_keep_fp32, check_quantization
+from textfleet.models.smooth import check_alpha
 from textfleet.models.source import (
     ExportError,
     check_source,
@@ -131,6 +132,7 @@ def export(
     check_texts: list[str | os.PathLike] | None = None,
     fuse: bool = False,
     matryoshka_dims: Sequence[int] | None = None,
+    smooth: float | None = None,
 ) -> ModelDir:
     """Export SOURCE into the model directory OUT_DIR and return it, opened.
 
@@ -144,16 +146,20 @@ def export(
     ``keep_fp32`` (N or ``auto``) of the most sensitive matmuls left in fp32 and, with
     ``check``, the quality against the fp32 graph measured on ``check_texts`` (default:
     the committed samples) and recorded; below ``check_threshold`` the export is refused
-    (QualityError). See models/int8_export.py. ``fuse``: onnxruntime's transformer
+    (QualityError); ``smooth`` (alpha): SmoothQuant the LayerNorm outputs first
+    (models/smooth.py). See models/int8_export.py. ``fuse``: onnxruntime's transformer
     fusions (models/fusion.py), checked equal to the unfused graph.
     """
     spec = lookup_task(task, "export")
     check_quantization(quantize)
     check_keep_fp32(keep_fp32)
-    if quantize is None and (check or keep_fp32 is not None or check_threshold is not None):
+    check_alpha(smooth)
+    if quantize is None and (
+        check or keep_fp32 is not None or check_threshold is not None or smooth is not None
+    ):
         raise ExportError(
-            "--check, --check-threshold and --keep-fp32 measure a quantized graph "
-            "against fp32: pass --quantize too"
+            "--check, --check-threshold, --keep-fp32 and --smooth measure or prepare a "
+            "quantized graph: pass --quantize too"
         )
     folder, src = resolve_source(source)
     config = check_source(folder)
@@ -192,7 +198,7 @@ def export(
             from textfleet.models.int8_export import quantize_staged
 
             info |= quantize_staged(
-                tmp, info, quantize, keep_fp32, check, check_threshold, check_texts
+                tmp, info, quantize, keep_fp32, check, check_threshold, check_texts, smooth=smooth
             )
         seal_model_dir(tmp, out_dir, info)
     log.info("exported %s (%s) to %s", src.name, task, out_dir)

@@ -10,6 +10,11 @@ refused, figures in the message, when the task's figure is below the threshold.
 textfleet.models.sensitivity on calibration texts); ``auto`` tries 0, 1, 2, 4, ...,
 then bisects between the last count that failed and the first that passed,
 and keeps the fewest that pass the check.
+
+``smooth`` (an alpha in (0, 1)): before quantizing (and before ranking
+sensitivity), the fp32 graph's LayerNorm outputs are smoothed on the
+calibration texts (textfleet.models.smooth), an exact rewrite that moves their
+outlier channels' range into the weights.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from textfleet.models.quantize import (
     prepare_graph,
     workspace,
 )
+from textfleet.models.smooth import check_alpha, smooth_onnx
 
 log = logging.getLogger(__name__)
 
@@ -94,12 +100,14 @@ def quantize_staged(
     threshold: float | None = None,
     check_texts: list[str | os.PathLike] | None = None,
     threads: int | None = None,
+    smooth: float | None = None,
 ) -> dict[str, Any]:
     """Quantize ``staged``/model.onnx in place; return the ModelInfo fields to record
     (``quantization``, and ``quality`` when checked). Raises QualityError when the check
     fails (nothing is then left to seal)."""
     check_quantization(mode)
     keep_fp32 = check_keep_fp32(keep_fp32)
+    smooth = check_alpha(smooth)
     method = QUANTIZATIONS[mode]
     check = check or keep_fp32 == "auto"
     task = info["task"]
@@ -118,8 +126,11 @@ def quantize_staged(
         def feeds(items):
             return Feeds(staged / TOKENIZER_FILE, info["max_length"], info["inputs"], items)
 
-        needs_calibration = method == "static" or keep_fp32 not in (None, 0)
+        needs_calibration = method == "static" or keep_fp32 not in (None, 0) or smooth is not None
         calib = feeds(calibration_items) if needs_calibration else None
+        if smooth is not None:
+            smoothed = smooth_onnx(prepared, calib.feeds, smooth, threads)
+            log.info("smoothed %d matmul inputs (alpha %s)", smoothed, smooth)
         quantizer = Quantizer(prepared, method, work, calib)
         nodes = matmul_nodes(prepared)
         ranking = []
@@ -146,5 +157,6 @@ def quantize_staged(
         method=method,
         keep_fp32=tuple(excluded),
         calibration_texts=len(calibration_items) if needs_calibration else 0,
+        smooth=smooth,
     )
     return {"quantization": quantization, "quality": report}

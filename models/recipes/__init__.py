@@ -39,7 +39,9 @@ RECIPES = {
 
 
 # Options of ``export`` that rewrite the fp32 graph it traces.
-GRAPH_OPTIONS = ("quantize", "keep_fp32", "check", "check_threshold", "check_texts", "fuse")
+GRAPH_OPTIONS = (
+    "quantize", "keep_fp32", "check", "check_threshold", "check_texts", "fuse", "smooth",
+)  # fmt: skip
 
 
 def recipe_options(name: str) -> tuple[str, ...]:

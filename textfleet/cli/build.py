@@ -98,6 +98,14 @@ def add_graph_options(p) -> None:
         "pass the quality check (implies --check)",
     )  # fmt: skip
     g.add_argument(
+        "--smooth", type=float, nargs="?", const=0.5, default=None, metavar="ALPHA",
+        help="before quantizing, SmoothQuant the LayerNorm outputs (an exact fp32 rewrite "
+        "that moves their outlier channels' range into the weights; alpha 0.5 if not given, "
+        "fitted on the calibration texts). MiniLM, cosine min on 2,000 workload texts / the "
+        "multilingual sample: int8 0.976 / 0.976, smoothed 0.985 / 0.986, smoothed with "
+        "--keep-fp32 4 0.991 / 0.991",
+    )  # fmt: skip
+    g.add_argument(
         "--check", action="store_true",
         help="measure the int8 graph against fp32 (alone and batched), record the figures in "
         "textfleet.json, refuse the export (exit 3) below --check-threshold",
@@ -121,7 +129,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         "aggregation": args.aggregation, "merge_gaps": args.merge_gaps,
         "quantize": args.quantize, "keep_fp32": args.keep_fp32, "check": args.check,
         "check_threshold": args.check_threshold, "check_texts": args.check_texts,
-        "fuse": args.fuse, "matryoshka_dims": args.matryoshka_dims,
+        "fuse": args.fuse, "matryoshka_dims": args.matryoshka_dims, "smooth": args.smooth,
     }  # fmt: skip
     from textfleet.models.quality import QualityError, format_report
 
