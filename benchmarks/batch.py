@@ -7,20 +7,27 @@ with ids):
 - ``batch local``: ``textfleet batch``'s local run (textfleet/batch/local.py) with
   the same loaded engine: reads the file, runs it in chunks, writes parquet parts;
 - ``batch ray data``: ``textfleet batch --ray`` (textfleet/batch/ray_data.py):
-  ``--concurrency`` engine actors on a local Ray of ``--nodes`` nodes
-  (``ray.cluster_utils.Cluster``, each node ``--cpus-per-node`` CPUs), or on the
+  engine actors on a local Ray cluster of ``--nodes`` nodes (default 2,
+  ``ray.cluster_utils.Cluster``: one raylet per node on this machine), by default
+  one actor per node: each node offers ``--cpus-per-node`` logical CPUs (at
+  least 2), the head one more for Ray Data's read and write tasks, and each
+  actor reserves a node's worth, so no node fits a second one; the actors'
+  engines split this machine's cores (threads = cores / actors). Or on the
   cluster at ``--address``. Its time includes what a run pays once: reading the
-  file, starting the actors and loading an engine in each, so it needs more texts
-  than the local variants to say much.
+  file, starting the actors and loading an engine in each, so it needs more
+  texts than the local variants to say much.
 
 texts/s = texts / wall seconds; the ratio is against ``engine``. Target: the
 local run within 10% of ``Engine.embed``; on a cluster, throughput growing with
-nodes (on real machines: start Ray on each, then ``--address HEAD:PORT
---concurrency <nodes>``; the model directory must be at the same path on every
-node).
+nodes. Nodes on one machine share its cores, so the local cluster shows the cost
+of Ray Data, not scaling; on real machines start Ray on each (``ray start
+--head`` on one, ``ray start --address HEAD_IP:6379`` on the others, textfleet
+installed on all, the model directory at the same path on every node) and run
+this with ``--address HEAD_IP:6379 --actor-cpus <cores per node>``: one actor
+per node by default; compare runs with 1, 2, ... nodes joined.
 
-    python -m benchmarks.batch [--limit N] [--concurrency C] [--nodes K] [--address A]
-        [--skip-ray]
+    python -m benchmarks.batch [--limit N] [--nodes K] [--concurrency C] [--actor-cpus N]
+        [--address A] [--skip-ray]
 
 Writes benchmarks/results/batch.{json,md} (``--name`` changes the stem).
 """
@@ -29,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -50,13 +58,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--model-dir", default=None, help="default: the exported default model")
     p.add_argument("--limit", type=int, default=5000, help="the first N workload texts")
     p.add_argument("--batch-size", type=int, default=512, help="rows per engine call / block")
-    p.add_argument("--concurrency", type=int, default=1, help="Ray Data engine actors")
-    p.add_argument("--actor-cpus", type=int, default=None, help="CPUs (threads) per actor")
-    p.add_argument("--nodes", type=int, default=1, help="nodes of the local Ray cluster")
+    p.add_argument(
+        "--concurrency", type=int, default=None,
+        help="Ray Data engine actors (default: one per node)",
+    )  # fmt: skip
+    p.add_argument(
+        "--actor-cpus", type=int, default=None,
+        help="CPUs each actor reserves (default: a local node's CPUs; with --address: 1, "
+        "and its engine's threads too)",
+    )  # fmt: skip
+    p.add_argument("--nodes", type=int, default=2, help="nodes of the local Ray cluster")
     p.add_argument(
         "--cpus-per-node", type=int, default=None,
-        help="default: all cores / nodes, at least 2 (an actor holds one; the read and "
-        "write tasks need another, or the run waits forever)",
+        help="logical CPUs of each local node; default: this machine's cores / nodes, at "
+        "least 2 (the head gets one more: Ray Data's read and write tasks need a CPU no "
+        "actor holds, or the run waits)",
     )  # fmt: skip
     p.add_argument("--address", default=None, help="an existing Ray cluster instead")
     p.add_argument("--skip-ray", action="store_true", help="only the local variants")
@@ -64,10 +80,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def cpus_per_node(args) -> int:
+    return args.cpus_per_node or max(2, (os.cpu_count() or 1) // args.nodes)
+
+
 def start_ray(args) -> object | None:
     """A local Ray of ``--nodes`` nodes (returned to shut down), or the cluster at --address."""
-    import os
-
     import ray
 
     if args.address:
@@ -75,8 +93,8 @@ def start_ray(args) -> object | None:
         return None
     from ray.cluster_utils import Cluster
 
-    cpus = args.cpus_per_node or max(2, (os.cpu_count() or 1) // args.nodes)
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": cpus})
+    cpus = cpus_per_node(args)
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": cpus + 1})
     for _ in range(args.nodes - 1):
         cluster.add_node(num_cpus=cpus)
     ray.init(address=cluster.address, log_to_driver=False)
@@ -116,18 +134,26 @@ def main(argv=None) -> int:
 
             cluster = start_ray(args)
             try:
+                nodes = sum(1 for n in ray.nodes() if n["Alive"])
+                concurrency = args.concurrency or nodes
+                actor_cpus, engine_config = args.actor_cpus, {}
+                if not args.address:  # the nodes share this machine's cores
+                    actor_cpus = actor_cpus or cpus_per_node(args)
+                    engine_config = {"threads": max(1, (os.cpu_count() or 1) // concurrency)}
                 began = time.perf_counter()
                 summary = run_ray(
-                    model_dir, {}, runner_args, data, work / "ray.parquet",
-                    concurrency=args.concurrency, actor_cpus=args.actor_cpus,
+                    model_dir, engine_config, runner_args, data, work / "ray.parquet",
+                    concurrency=concurrency, actor_cpus=actor_cpus,
                     batch_size=args.batch_size,
                     input_columns=["id", "text"],
                 )  # fmt: skip
                 results["batch ray data"] = {
                     "seconds": time.perf_counter() - began,
                     "errors": summary.errors,
-                    "nodes": len(ray.nodes()),
-                    "concurrency": args.concurrency,
+                    "nodes": nodes,
+                    "concurrency": concurrency,
+                    "actor_cpus": actor_cpus,
+                    "threads": engine_config.get("threads", actor_cpus),
                 }
             finally:
                 ray.shutdown()

@@ -2,18 +2,21 @@
 
 Runs the command's ``main`` in this process on a few hundred workload texts,
 locally (parts, progress, failed rows, reruns) and on Ray Data with a local Ray
-(one engine actor). Both are compared row for row with ``Engine.embed`` and
-``Engine.score`` over the same texts.
+(one engine actor), and locally on the whole workload file (slow). All are
+compared row for row with ``Engine.embed`` and ``Engine.score`` over the same
+texts. On a two-node cluster: tests/test_batch_cluster.py.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import WORKLOAD
 
 from textfleet.batch.files import read_output
 from textfleet.cli import main
@@ -144,6 +147,30 @@ def test_pair_scoring_from_csv_equals_engine_score(tmp_path, capsys, cross_encod
 
     code, err = batch(capsys, *args[:-4], "--id-column", "qid")
     assert code == 2 and "--pair-column" in err
+
+
+@pytest.mark.slow
+def test_whole_workload_equals_engine_embed_and_reports_progress(
+    tmp_path, capsys, model_dir, engine, workload_texts
+):
+    """The 20,000 workload texts straight from the committed file (``.jsonl.gz``, no
+    ids) in four parts: every row, in input order, equal to ``Engine.embed`` over the
+    same texts, with progress lines on the way (one every 2 s off a terminal). On 2
+    cores each of the two computations takes minutes."""
+    total = len(workload_texts)
+    assert total == 20_000
+    out = tmp_path / "workload.parquet"
+    code, err = batch(capsys, str(model_dir.path), "--input", str(WORKLOAD), "--output", str(out),
+                      "--rows-per-part", "5000")  # fmt: skip
+    assert code == 0, err
+    done = [int(n) for n in re.findall(rf"^batch: (\d+)/{total} rows", err, re.MULTILINE)]
+    assert len(done) >= 3 and done == sorted(done) and done[-1] == total, done
+    assert f"{total} rows: {total} computed" in err and "0 with an error" in err
+    assert len(list(out.glob("part-*.parquet"))) == 4
+    table = read_output(out)
+    assert table.num_rows == total and table.column("error").null_count == total
+    got = table.column("embedding").combine_chunks().flatten().to_numpy().reshape(total, -1)
+    np.testing.assert_allclose(got, engine.embed(workload_texts), rtol=1e-4, atol=1e-5)
 
 
 @pytest.fixture

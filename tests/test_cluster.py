@@ -16,11 +16,8 @@ metrics port: ``textfleet serve --address`` reports that difference.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -33,59 +30,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import free_port
+from ray_nodes import Node, cluster_env, node_ip
 
 from textfleet.serve import cluster, model_source
 from textfleet.serve.config import MAX_REQUEST_TIMEOUT_S, ServerConfig
 
 pytestmark = pytest.mark.slow
 
-RAY = str(Path(sys.executable).with_name("ray"))
 SERVE = str(Path(sys.executable).with_name("serve"))
 TEXTS = ["a cluster of two nodes", "hello world", "the model came from a zip"]
 DEADLINE_S = 5.0  # the model's request_timeout_s: how long a request may wait
-
-
-class Node:
-    """One `ray start --block` process (and every process it starts)."""
-
-    def __init__(self, args: list[str], env: dict[str, str]):
-        self.proc = subprocess.Popen(
-            [RAY, "start", "--block", "--disable-usage-stats", *args],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
-        self.log: list[str] = []
-        started = threading.Event()
-
-        def read() -> None:
-            for line in self.proc.stdout:
-                self.log.append(line)
-                if "Ray runtime started" in line:
-                    started.set()
-
-        threading.Thread(target=read, daemon=True).start()
-        if not started.wait(120):
-            self.kill()
-            raise RuntimeError("ray start did not start:\n" + "".join(self.log[-30:]))
-
-    def kill(self) -> None:
-        """SIGKILL to the node's whole process tree: as a machine that is lost."""
-        import psutil
-
-        try:
-            tree = [self.proc, *psutil.Process(self.proc.pid).children(recursive=True)]
-        except psutil.NoSuchProcess:
-            tree = []
-        for p in tree:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(p.pid, signal.SIGKILL)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(30)
-        self.proc.stdout.close()
 
 
 @pytest.fixture(scope="module")
@@ -93,21 +47,9 @@ def two_nodes(model_dir):
     # A short temp dir: Ray's socket paths live under it (107 characters at most).
     temp = tempfile.mkdtemp(prefix="tfc", dir="/tmp")
     server = ServerConfig(port=free_port(), metrics_export_port=free_port())
-    # Without the settings of the Ray this test process runs itself (its single-machine
-    # switch, its HAProxy files and ports, its address).
-    own = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "TEXTFLEET_"))}
-    env = {
-        **own,
-        **cluster.node_env(server),
-        "RAY_AUTH_MODE": "token",
-        "RAY_ADDRESS": "",
-    }
+    env = cluster_env(cluster.node_env(server))
     gcs, dashboard = free_port(), free_port()
-    # Ray gives every node this machine's outward address (Ray refuses a
-    # multi-node cluster on loopback).
-    from ray._private.services import node_ip_address_from_perspective
-
-    ip = node_ip_address_from_perspective()
+    ip = node_ip()
     node2_args = [
         f"--address={ip}:{gcs}",
         "--num-cpus=2",
