@@ -339,25 +339,32 @@ class ModelPool(GrpcIngress):
     # ``serve.get_app_handle(pool).options(multiplexed_model_id=id).<method>.remote(...)``;
     # errors propagate as for a model's own handle.
 
-    async def embed(self, texts, timeout=None, dimensions=None, prompt_name=None):
+    # The member's own handle methods, with the same arguments (``priority`` included).
+    async def embed(self, texts, timeout=None, dimensions=None, prompt_name=None, priority=None):
         member = serve.get_multiplexed_model_id()
-        call = self._call(member, "embed", texts, timeout, dimensions, prompt_name)
-        return await call
+        return await self._call(
+            member, "embed", texts, timeout, dimensions, prompt_name, priority=priority
+        )
 
-    async def classify(self, texts, top_k=1, timeout=None):
-        return await self._call(serve.get_multiplexed_model_id(), "classify", texts, top_k, timeout)
-
-    async def entities(self, texts, aggregation=None, timeout=None):
+    async def classify(self, texts, top_k=1, timeout=None, priority=None):
         member = serve.get_multiplexed_model_id()
-        return await self._call(member, "entities", texts, aggregation, timeout)
+        return await self._call(member, "classify", texts, top_k, timeout, priority=priority)
 
-    async def score(self, pairs, raw_scores=False, timeout=None):
+    async def entities(self, texts, aggregation=None, timeout=None, priority=None):
         member = serve.get_multiplexed_model_id()
-        return await self._call(member, "score", pairs, raw_scores, timeout)
+        return await self._call(member, "entities", texts, aggregation, timeout, priority=priority)
 
-    async def rerank(self, query, documents, top_k=None, raw_scores=False, timeout=None):
+    async def score(self, pairs, raw_scores=False, timeout=None, priority=None):
         member = serve.get_multiplexed_model_id()
-        return await self._call(member, "rerank", query, documents, top_k, raw_scores, timeout)
+        return await self._call(member, "score", pairs, raw_scores, timeout, priority=priority)
+
+    async def rerank(
+        self, query, documents, top_k=None, raw_scores=False, timeout=None, priority=None
+    ):
+        member = serve.get_multiplexed_model_id()
+        return await self._call(
+            member, "rerank", query, documents, top_k, raw_scores, timeout, priority=priority
+        )
 
     async def infer(self, request: dict[str, Any]) -> dict[str, Any]:
         return await self._call(serve.get_multiplexed_model_id(), "infer", request)

@@ -169,6 +169,9 @@ def test_every_member_answers_like_its_model_alone(served, references):
             got["score"], [r[0].score for r in want], atol=1e-5, err_msg=member
         )
         assert handle(member).classify.remote(TEXTS).result(timeout_s=60) == want, member
+    # The member's handle methods take the model server's keywords, priority included.
+    urgent = handle(CLASSIFIERS[0]).classify.remote(TEXTS, priority=0).result(timeout_s=60)
+    assert urgent == want
     got = outputs(infer(http, "e1"))
     np.testing.assert_allclose(got["embedding"], references["embed"], atol=1e-5)
     for replica in statuses().values():
