@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 
-from benchmarks.common import RESULTS, ensure_model_dir, load_texts, machine_info
+from benchmarks.common import RESULTS, ROOT, ensure_model_dir, load_texts, machine_info
 from benchmarks.http_load import HOST, MODEL, request_mix, v2_requests
 from benchmarks.loadgen import LevelResult, cpu_by_role, cpu_snapshot, run_level
 
@@ -180,11 +180,20 @@ def main() -> int:
     return 0
 
 
+def shown_path(path: str) -> str:
+    """A path under the repository as a relative one: results name no machine's paths."""
+    try:
+        return str(Path(path).resolve().relative_to(ROOT))
+    except ValueError:
+        return path
+
+
 def markdown(report: dict) -> str:
     lines = [
         "# V2 infer over gRPC vs HTTP, one textfleet server",
         "",
-        f"HTTP ingress: {report['config']['ingress']}; model {report['config']['model_dir']}; "
+        f"HTTP ingress: {report['config']['ingress']}; "
+        f"model {shown_path(report['config']['model_dir'])}; "
         "1-4 texts per request.",
         "",
         "| protocol | clients | texts/s | p50 ms | p99 ms | errors |",
