@@ -11,12 +11,10 @@ and through the gateway.
 
 from __future__ import annotations
 
-import os
-import shutil
-
 import numpy as np
 import pytest
 import yaml
+from serving import linked_copy
 
 from textfleet.serve.config import GATEWAY_APP, load_models
 
@@ -25,18 +23,6 @@ pytestmark = pytest.mark.slow
 TEXTS = ["The quick brown fox.", "Zürich café ☕ naïve", "日本語のテキスト"]
 LEAN = {"threads": 1, "ray_actor_options": {"num_cpus": 0}}  # replicas fit on 2 cores
 TEXT = [{"name": "text", "datatype": "BYTES", "shape": [-1]}]
-
-
-def linked_copy(src, dst) -> None:
-    """The exported directory under another name, its files hard-linked where possible."""
-
-    def link(s, d):
-        try:
-            os.link(s, d)
-        except OSError:
-            shutil.copy2(s, d)
-
-    shutil.copytree(src, dst, copy_function=link)
 
 
 @pytest.fixture(scope="module")
