@@ -109,7 +109,13 @@ async def _client(port, rounds, next_index, result: LevelResult, deadline, max_r
             start, ok = time.perf_counter(), True
             for head, body in requests:  # one after the other, as a client without graphs
                 writer.write(head + body)
-                status, _ = await _read_response(reader)
+                try:
+                    status, _ = await _read_response(reader)
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    # closed without an answer: counted as status 0, on a new connection
+                    status = 0
+                    writer.close()
+                    reader, writer = await asyncio.open_connection(HOST, port)
                 result.statuses[status] = result.statuses.get(status, 0) + 1
                 ok = ok and status == 200
             result.latencies_ms.append((time.perf_counter() - start) * 1000.0)
