@@ -16,7 +16,9 @@ under N names (hard links: the runtime loads each as a model of its own):
    clients on ``/v2/models/<pool>/<id>/infer`` and on ``/v2/models/<alone>/infer``,
    taking turns, p50 and texts/s.
 
-Writes benchmarks/results/fleet.{json,md,png}. Tiny settings for a smoke run:
+Writes benchmarks/results/fleet.{json,md,png}; MiniLM's figures came from
+``--model-dir artifacts/models/all-MiniLM-L6-v2 --out fleet_minilm``. Tiny
+settings for a smoke run:
 
     python -m benchmarks.fleet --counts 1,2 --pool-replicas 1 --cold-members 3 \\
         --cold-loads 6 --hot-requests 200 --hot-seconds 5
@@ -48,13 +50,20 @@ from benchmarks.common import (
 from benchmarks.loadgen import Request, make_request, process_role, run_level
 
 HOST = "127.0.0.1"
+SMALL_MODEL_DIR = Path(__file__).resolve().parent.parent / "artifacts" / "models" / "categorium"
 POOL = "fleet"
 LEAN = {"threads": 1, "ray_actor_options": {"num_cpus": 0}, "warmup": False}
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model-dir", type=Path, default=None)
+    p.add_argument(
+        "--model-dir",
+        type=Path,
+        default=SMALL_MODEL_DIR,
+        help="the model copied under N names (default: categorium, a 4 MB classifier: "
+        "a pool is for many small models)",
+    )
     p.add_argument("--counts", default="1,5,10,20", help="N: models deployed side by side")
     p.add_argument("--pool-replicas", default="1,2", help="replicas of the pool")
     p.add_argument("--cold-members", type=int, default=8)
@@ -215,6 +224,23 @@ def marginal(rows: list[dict]) -> dict[str, list[dict]]:
     return out
 
 
+def member_cost_ratios(marginal_rows: dict[str, list[dict]]) -> dict[str, float]:
+    """Each pool layout's marginal PSS over the separate layout's, step by step of N
+    (``"pool x1 10->20": 0.39``)."""
+    separate = {(x["from_n"], x["to_n"]): x["pss_mib_per_model"] for x in marginal_rows["separate"]}
+    out = {}
+    for layout, xs in marginal_rows.items():
+        if layout == "separate":
+            continue
+        for x in xs:
+            base = separate.get((x["from_n"], x["to_n"]))
+            if base:
+                out[f"{layout} {x['from_n']}->{x['to_n']}"] = round(
+                    x["pss_mib_per_model"] / base, 2
+                )
+    return out
+
+
 def cold_loads(args, model_dir: Path, root: Path) -> dict:
     ids = member_copies(model_dir, root, max(3, args.cold_members))
     pool = {"model_root": str(root), "max_models_per_replica": 2}
@@ -294,6 +320,8 @@ def markdown(result: dict) -> str:
         for x in xs
     ]
     cold, hot = result["cold_loads"], result["hot"]
+    model = result.get("model", {})
+    ratios = member_cost_ratios(result["marginal"])
     hot_rows = [[k, v["p50_ms"], v["p99_ms"], v["texts_per_s"]] for k, v in hot["best"].items()]
     return "\n".join(
         [
@@ -302,6 +330,9 @@ def markdown(result: dict) -> str:
             f"Machine: {machine['cpu']}, {machine['logical_cores']} logical cores. "
             f"Ray and Serve with no application: PSS {base['pss_mib']} MiB, "
             f"RSS {base['rss_mib']} MiB.",
+            "",
+            f"Model: `{model.get('name')}`, {model.get('onnx_mib')} MiB of ONNX weights, "
+            "copied under N names (hard links; each loads as a model of its own).",
             "",
             "## Standing memory and time to ready",
             "",
@@ -314,6 +345,9 @@ def markdown(result: dict) -> str:
             "```",
             table(margin_rows, ["layout", "N", "PSS MiB/model", "RSS MiB/model"]),
             "```",
+            "",
+            "A pool member's marginal PSS over a separate model's, per step of N: "
+            + ", ".join(f"{k} {v}" for k, v in ratios.items()),
             "",
             "## Cold load of a member",
             "",
@@ -356,7 +390,7 @@ def plot(result: dict, path: Path) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    model_dir = ensure_model_dir(args.model_dir)
+    model_dir = ensure_model_dir(args.model_dir)  # exported by scripts/setup.sh
     from textfleet.serve import deploy
 
     deploy.start_ray(num_cpus=os.cpu_count(), log_to_driver=False)
@@ -368,6 +402,10 @@ def main(argv=None) -> int:
             result: dict[str, Any] = {
                 "machine": machine_info(),
                 "model_dir": str(model_dir),
+                "model": {
+                    "name": model_dir.name,
+                    "onnx_mib": round((model_dir / "model.onnx").stat().st_size / 2**20, 1),
+                },
                 "baseline": baseline,
                 "standing": rows,
                 "marginal": marginal(rows),
