@@ -247,3 +247,24 @@ def ray_serve():
     deploy.apply(serve_options(server) | {"applications": []})
     yield {"port": port, "grpc_port": grpc_port, "metrics_port": metrics_port, "ingress": ingress}
     deploy.stop()
+
+
+# tritonclient against the module's `served` server (its HTTP and V2 gRPC ports).
+
+
+@pytest.fixture(scope="module")
+def triton_grpc(served):
+    import tritonclient.grpc as grpcclient
+
+    c = grpcclient.InferenceServerClient(url=f"127.0.0.1:{served['grpc_port']}")
+    yield c
+    c.close()
+
+
+@pytest.fixture(scope="module")
+def triton_http(served):
+    import tritonclient.http as httpclient
+
+    c = httpclient.InferenceServerClient(url=f"127.0.0.1:{served['port']}")
+    yield c
+    c.close()

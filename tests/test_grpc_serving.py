@@ -53,24 +53,6 @@ def served(
     return ray_serve
 
 
-@pytest.fixture(scope="module")
-def client(served):
-    import tritonclient.grpc as grpcclient
-
-    c = grpcclient.InferenceServerClient(url=f"127.0.0.1:{served['grpc_port']}")
-    yield c
-    c.close()
-
-
-@pytest.fixture(scope="module")
-def http(served):
-    import tritonclient.http as httpclient
-
-    c = httpclient.InferenceServerClient(url=f"127.0.0.1:{served['port']}")
-    yield c
-    c.close()
-
-
 def app(name: str) -> dict[str, str]:
     """The metadata that routes a call to the model's application."""
     return {"application": name}
@@ -110,12 +92,12 @@ def status_of(call) -> str:
 
 
 @pytest.mark.parametrize("model", list(CASES))
-def test_infer_equals_http_infer(client, http, model):
+def test_infer_equals_http_infer(triton_grpc, triton_http, model):
     import tritonclient.grpc as grpcclient
     import tritonclient.http as httpclient
 
     inputs, outputs, params = CASES[model]
-    got = client.infer(
+    got = triton_grpc.infer(
         model,
         grpc_inputs(inputs),
         outputs=[grpcclient.InferRequestedOutput(n) for n in outputs],
@@ -123,7 +105,7 @@ def test_infer_equals_http_infer(client, http, model):
         headers=app(model),
         request_id="r-1",
     )
-    want = http.infer(
+    want = triton_http.infer(
         model,
         http_inputs(inputs),
         outputs=[httpclient.InferRequestedOutput(n) for n in outputs],
@@ -150,12 +132,12 @@ def _same_spans(got: list[dict], want: list[dict]) -> None:
     np.testing.assert_allclose([s["score"] for s in got], [s["score"] for s in want], atol=1e-5)
 
 
-def test_typed_contents_equal_raw_contents(client, served):
+def test_typed_contents_equal_raw_contents(triton_grpc, served):
     """``contents.bytes_contents`` (the typed form) gives what raw contents give."""
     from tritonclient.grpc import service_pb2 as pb
     from tritonclient.grpc import service_pb2_grpc
 
-    raw = client.infer("minilm", grpc_inputs([("text", TEXTS)]), headers=app("minilm"))
+    raw = triton_grpc.infer("minilm", grpc_inputs([("text", TEXTS)]), headers=app("minilm"))
     tensor = pb.ModelInferRequest.InferInputTensor(
         name="text",
         datatype="BYTES",
@@ -175,15 +157,15 @@ def test_typed_contents_equal_raw_contents(client, served):
     np.testing.assert_allclose(typed, raw.as_numpy("embedding"), rtol=1e-5, atol=1e-6)
 
 
-def test_the_gateway_routes_by_model_name(client):
+def test_the_gateway_routes_by_model_name(triton_grpc):
     """``application: textfleet-gateway`` reaches every model by the name in the request."""
     from textfleet.serve.config import GATEWAY_APP
 
     gateway = app(GATEWAY_APP)
     for model, (inputs, outputs, params) in CASES.items():
-        direct = client.infer(model, grpc_inputs(inputs), parameters=params or None,
+        direct = triton_grpc.infer(model, grpc_inputs(inputs), parameters=params or None,
                               headers=app(model))  # fmt: skip
-        routed = client.infer(model, grpc_inputs(inputs), parameters=params or None,
+        routed = triton_grpc.infer(model, grpc_inputs(inputs), parameters=params or None,
                               headers=gateway)  # fmt: skip
         assert routed.get_response().model_name == model
         for name in outputs:
@@ -192,25 +174,27 @@ def test_the_gateway_routes_by_model_name(client):
                 assert g.tolist() == w.tolist(), (model, name)
             else:
                 np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
-        assert client.is_model_ready(model, headers=gateway)
-        assert client.get_model_metadata(model, headers=gateway).name == model
-    assert client.is_server_live(headers=gateway) and client.is_server_ready(headers=gateway)
-    assert client.get_server_metadata(headers=gateway).name == "textfleet"
+        assert triton_grpc.is_model_ready(model, headers=gateway)
+        assert triton_grpc.get_model_metadata(model, headers=gateway).name == model
+    assert triton_grpc.is_server_live(headers=gateway)
+    assert triton_grpc.is_server_ready(headers=gateway)
+    assert triton_grpc.get_server_metadata(headers=gateway).name == "textfleet"
     texts = grpc_inputs([("text", TEXTS)])
-    unknown = status_of(lambda: client.infer("nope", texts, headers=gateway))
+    unknown = status_of(lambda: triton_grpc.infer("nope", texts, headers=gateway))
     assert unknown.startswith("StatusCode.NOT_FOUND: unknown model 'nope'")
-    bad = status_of(lambda: client.infer("minilm", grpc_inputs([("txt", TEXTS)]), headers=gateway))
+    misnamed = grpc_inputs([("txt", TEXTS)])
+    bad = status_of(lambda: triton_grpc.infer("minilm", misnamed, headers=gateway))
     assert bad.startswith("StatusCode.INVALID_ARGUMENT: inputs[0].name")
 
 
 # ---------------------------------------------------------------- metadata, ready
 
 
-def test_server_live_ready_and_metadata(client, http):
-    assert client.is_server_live(headers=app("minilm"))
-    assert client.is_server_ready(headers=app("topics"))
-    meta = client.get_server_metadata(headers=app("ner"))
-    want = http.get_server_metadata()
+def test_server_live_ready_and_metadata(triton_grpc, triton_http):
+    assert triton_grpc.is_server_live(headers=app("minilm"))
+    assert triton_grpc.is_server_ready(headers=app("topics"))
+    meta = triton_grpc.get_server_metadata(headers=app("ner"))
+    want = triton_http.get_server_metadata()
     assert (meta.name, meta.version, list(meta.extensions)) == (
         want["name"],
         want["version"],
@@ -219,10 +203,10 @@ def test_server_live_ready_and_metadata(client, http):
 
 
 @pytest.mark.parametrize("model", list(CASES))
-def test_model_ready_and_metadata_equal_http(client, http, model):
-    assert client.is_model_ready(model, headers=app(model))
-    meta = client.get_model_metadata(model, headers=app(model))
-    want = http.get_model_metadata(model)
+def test_model_ready_and_metadata_equal_http(triton_grpc, triton_http, model):
+    assert triton_grpc.is_model_ready(model, headers=app(model))
+    meta = triton_grpc.get_model_metadata(model, headers=app(model))
+    want = triton_http.get_model_metadata(model)
 
     def tensors(ts):
         return [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in ts]
@@ -239,24 +223,23 @@ def test_model_ready_and_metadata_equal_http(client, http, model):
 # ---------------------------------------------------------------- errors
 
 
-def test_bad_inputs_are_invalid_argument(client):
+def test_bad_inputs_are_invalid_argument(triton_grpc):
     import tritonclient.grpc as grpcclient
 
     wrong_name = grpc_inputs([("txt", TEXTS)])
-    assert status_of(lambda: client.infer("minilm", wrong_name, headers=app("minilm"))).startswith(
-        "StatusCode.INVALID_ARGUMENT: inputs[0].name: unknown input 'txt'"
-    )
+    got = status_of(lambda: triton_grpc.infer("minilm", wrong_name, headers=app("minilm")))
+    assert got.startswith("StatusCode.INVALID_ARGUMENT: inputs[0].name: unknown input 'txt'")
     numbers = grpcclient.InferInput("text", [2], "FP32").set_data_from_numpy(
         np.zeros(2, np.float32)
     )
     assert "must be BYTES" in status_of(
-        lambda: client.infer("minilm", [numbers], headers=app("minilm"))
+        lambda: triton_grpc.infer("minilm", [numbers], headers=app("minilm"))
     )
     too_many = grpc_inputs([("text", ["a"] * (MAX_TEXTS + 1))])
-    message = status_of(lambda: client.infer("minilm", too_many, headers=app("minilm")))
+    message = status_of(lambda: triton_grpc.infer("minilm", too_many, headers=app("minilm")))
     assert message.startswith("StatusCode.INVALID_ARGUMENT") and "limits.max_texts" in message
     top_k = status_of(
-        lambda: client.infer(
+        lambda: triton_grpc.infer(
             "topics",
             grpc_inputs([("text", TEXTS)]),
             parameters={"top_k": "two"},
@@ -289,25 +272,24 @@ def test_bad_raw_contents_are_invalid_argument(served):
             assert expected in info.value.details()
 
 
-def test_unknown_models_and_versions_are_not_found(client):
+def test_unknown_models_and_versions_are_not_found(triton_grpc):
     texts = grpc_inputs([("text", TEXTS)])
     # The metadata chose minilm's application; the request names another model.
-    wrong = status_of(lambda: client.infer("topics", texts, headers=app("minilm")))
+    wrong = status_of(lambda: triton_grpc.infer("topics", texts, headers=app("minilm")))
     assert wrong.startswith("StatusCode.NOT_FOUND") and "application" in wrong
     # No application of that name: Ray Serve's own answer.
-    assert status_of(lambda: client.infer("nope", texts, headers=app("nope"))).startswith(
+    assert status_of(lambda: triton_grpc.infer("nope", texts, headers=app("nope"))).startswith(
         "StatusCode.NOT_FOUND"
     )
     version = status_of(
-        lambda: client.infer("minilm", texts, model_version="7", headers=app("minilm"))
+        lambda: triton_grpc.infer("minilm", texts, model_version="7", headers=app("minilm"))
     )
     assert version.startswith("StatusCode.NOT_FOUND") and "no version '7'" in version
-    assert status_of(lambda: client.get_model_metadata("topics", headers=app("minilm"))).startswith(
-        "StatusCode.NOT_FOUND"
-    )
+    got = status_of(lambda: triton_grpc.get_model_metadata("topics", headers=app("minilm")))
+    assert got.startswith("StatusCode.NOT_FOUND")
 
 
-def test_overload_is_unavailable(client):
+def test_overload_is_unavailable(triton_grpc):
     """A burst past minilm's small queue: each call succeeds or is refused UNAVAILABLE."""
     from tritonclient.utils import InferenceServerException
 
@@ -316,7 +298,7 @@ def test_overload_is_unavailable(client):
 
     def call(_):
         try:
-            client.infer("minilm", texts, headers=app("minilm"), client_timeout=120)
+            triton_grpc.infer("minilm", texts, headers=app("minilm"), client_timeout=120)
             return "OK"
         except InferenceServerException as e:
             return e.status()
