@@ -77,8 +77,9 @@ DRAIN_S = 30.0
 closes (they then fail with 503)."""
 
 GAUGE_PERIOD_S = 2.0
-"""How often the loaded-members gauge is reported again: Ray drops a gauge series
-that has not been set for a while (its time-to-live), however current its value."""
+"""How often the loaded-members gauge is reported again (Ray drops a gauge series
+that has not been set for a while, its time-to-live, however current its value)
+and the requests counted per member are exported."""
 
 LOAD_RETRY_AFTER_S = 5.0
 """How long a member that failed to load is answered 503 at once (its Retry-After):
@@ -201,10 +202,12 @@ class ModelPool(GrpcIngress):
             raise MemberNotFound(
                 f"model {self.name!r} is a pool: name a member as '{self.name}/<id>'"
             )
-        member_dir(self.root, self.name, member_id)  # refused before Ray hears of the id
-        failed = self._failed.get(member_id)
-        if failed is not None and time.monotonic() - failed < LOAD_RETRY_AFTER_S:
-            raise self._load_failed(member_id, "failed to load moments ago")
+        lru = self._lru()
+        if lru is None or member_id not in lru:  # a loaded member opens nothing more
+            member_dir(self.root, self.name, member_id)  # refused before Ray hears of the id
+            failed = self._failed.get(member_id)
+            if failed is not None and time.monotonic() - failed < LOAD_RETRY_AFTER_S:
+                raise self._load_failed(member_id, "failed to load moments ago")
         return await self._member(member_id)
 
     async def _report_gauge(self) -> None:
@@ -212,6 +215,7 @@ class ModelPool(GrpcIngress):
             with self._count_lock:
                 alive = self.alive
             self.metrics.loaded_now(alive)
+            self.metrics.flush()
             await asyncio.sleep(GAUGE_PERIOD_S)
 
     def _load_failed(self, member_id: str, what: str) -> Unavailable:
