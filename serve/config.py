@@ -557,7 +557,7 @@ class _ShadowFields(_VersionEntry):
     """Sampled (primary, shadow) pairs written to a JSONL file; None: none."""
 
     cpu_priority: Literal["background", "shared"] = "background"
-    """``background``: the shadow's replicas run at the lowest CPU priority (nice 19), so
+    """``background``: the shadow's replicas run at the lowest CPU priority (SCHED_IDLE), so
     on cores it shares with the primary the shadow computes only in the time the primary
     leaves (under saturation its mirrors past ``max_in_flight`` are dropped and counted,
     never slowing the primary). ``shared``: the primary's priority; every mirror is
