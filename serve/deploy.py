@@ -23,19 +23,46 @@ from ray._private import ray_constants
 from textfleet.serve import haproxy_routes, ingress_policy, network, worker_setup
 from textfleet.serve.network import LOOPBACK
 
+HANDLE_GRPC_MAX_MESSAGE_BYTES = 2**31 - 1
+"""Largest message a handle call by gRPC carries, each way: gRPC's own ceiling (what
+Ray allows on its gRPC ingress). Ray's default for the replicas' internal server
+is 4 MiB, below our default body limit plus its framing, and answers are not
+bounded by any body limit (embeddings of ``max_texts`` texts); a call over it
+fails where the same call by reference succeeds. Sizes are checked where a body
+comes in (``limits.max_request_bytes``, the gateway's cap): the sender of every
+handle call is one of our deployments, so this cap protects nothing."""
+
 # Environment for Ray's processes (read at import, so set before Ray starts;
 # a value already in the environment wins). User code on the replica's main
 # event loop and the proxy's router on its own loop save two thread hand-offs
 # per request; our handlers never block their loop (the engine computes on its
 # own threads), so nothing is lost. Measured with benchmarks/http_load.py on 2
 # cores, 64 clients, MiniLM: 64.0 / 69.6 -> 76.2 / 72.3 texts/s (two rounds).
-# gRPC between proxy and replica (RAY_SERVE_PROXY_USE_GRPC=1) gave nothing more
-# there and Ray marks it experimental. For a cluster started without `textfleet
-# serve`, set these in the environment of `ray start`.
+#
+# Calls between our deployments (gateway -> model, a versioned model's router ->
+# version and shadow, a graph -> its models, pools) go by value: gRPC straight to
+# the callee replica's internal server instead of a Ray actor call whose result
+# goes through the object store. On 2 cores, one deployment awaiting another's
+# trivial method: p50 2.0-2.3 -> 1.0-1.1 ms, p99 4.8-5.8 -> 2.1-2.6 ms;
+# benchmarks/graphs.py: a one-step graph costs +2.1 ms p50 over the model's own
+# route at 1 client (+7.2 ms by reference) and keeps 0.88x of its throughput at 64
+# clients (0.74x), the enrich graph's p50 16.9 -> 10.8 ms. Failures arrive as the
+# callee's own exception rather than Ray's wrapper of it; serve/forwarding.py
+# maps both alike. Ray's proxy -> replica hop stays by reference (measured that
+# way; gRPC there gave nothing more and Ray marks it experimental).
+#
+# The driver (`textfleet serve`, the tests) has imported Ray Serve before
+# `start_ray` sets these (this module imports it): its own handles keep Ray's
+# defaults (router on a separate loop, by reference), which its blocking
+# ``.result()`` calls need. For a cluster started without
+# `textfleet serve`, set these in the environment of `ray start`.
 LEAN_ENV: dict[str, str] = {
     "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
     "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
     "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1000",
+    "RAY_SERVE_USE_GRPC_BY_DEFAULT": "1",
+    "RAY_SERVE_PROXY_USE_GRPC": "0",
+    "RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH": str(HANDLE_GRPC_MAX_MESSAGE_BYTES),
 }
 
 # Environment of a local Ray only (`start_ray`). A replica under HAProxy keeps

@@ -50,7 +50,7 @@ from textfleet.serve.config import (
     POOL_DEPLOYMENT,
     RequestLimits,
 )
-from textfleet.serve.forwarding import forward
+from textfleet.serve.forwarding import call, forward
 from textfleet.serve.grpc_service import GatewayGrpcService
 from textfleet.serve.protocols import openai, rerank, v2
 from textfleet.serve.protocols.body import read_request_body
@@ -196,8 +196,7 @@ class Gateway(GatewayGrpcService):
             return await self._call(m.group(1), "v1_predict", body, request)
         if m := _V1_MODEL.match(path):
             _expect(method, "GET", path)
-            handle = await self.models.handle(m.group(1))
-            return json_reply(await handle.v1_status.remote())
+            return json_reply(await call(self.models, m.group(1), "v1_status", (), {}, None))
         if path.startswith(repository.PREFIX):
             return await repository.route(self.models, path, method, request)
         if path == "/v2/health/live":

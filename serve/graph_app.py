@@ -29,7 +29,6 @@ from typing import Any
 
 import numpy as np
 from ray import serve
-from ray.exceptions import RayTaskError
 from starlette.requests import Request
 from starlette.responses import Response
 from tritonclient.grpc import service_pb2 as pb
@@ -157,10 +156,9 @@ class GraphServer(GrpcIngress):
         if timeout is not None:  # V2's timeout is in microseconds
             parameters = {**parameters, "timeout": max(1, math.floor(timeout * 1e6))}
         request = {"inputs": [_tensor(n, a) for n, a in inputs.items()], "parameters": parameters}
-        try:
-            reply = await call(self.models, model, "infer", (request,), {}, timeout)
-        except RayTaskError as e:  # the model's own error (InputError, Overloaded, ...)
-            raise e.cause from None
+        # A failure is the model's own error (InputError, Overloaded, ...) or the
+        # forwarding's (serve/forwarding.py), either way as raised.
+        reply = await call(self.models, model, "infer", (request,), {}, timeout)
         return {o["name"]: v2.output_array(o) for o in reply["outputs"]}
 
     async def _models_ready(self) -> tuple[bool, dict[str, str]]:

@@ -138,6 +138,10 @@ def test_node_env_is_what_the_ingress_needs():
     ray_proxy = cluster.node_env(ServerConfig())
     assert "RAY_SERVE_ENABLE_HA_PROXY" not in ray_proxy  # auto picks ray-proxy on a cluster
     assert ray_proxy["RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD"] == "0"
+    # Calls between deployments by gRPC, with room for any body a model accepts.
+    assert ray_proxy["RAY_SERVE_USE_GRPC_BY_DEFAULT"] == "1"
+    assert ray_proxy["RAY_SERVE_PROXY_USE_GRPC"] == "0"
+    assert int(ray_proxy["RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH"]) > 64 * 2**20
     haproxy = cluster.node_env(ServerConfig(ingress="haproxy"))
     assert haproxy["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
     assert haproxy["RAY_SERVE_HAPROXY_TIMEOUT_SERVER_S"]  # our front-door timeouts
