@@ -33,8 +33,8 @@ REPLY_METHODS = ("openai_embeddings", "v1_predict", "rerank_http")
 
 def canonical(method: str, result: Any) -> Canonical:
     """The canonical answer of a router-forwarded call (``method``: the ModelServer
-    method; ``v2_infer`` and ``infer`` by their output names, the gateway's calls
-    from their JSON replies)."""
+    method; ``v2_infer``, ``infer`` and ``infer_arrays`` by their output names, the
+    gateway's calls from their JSON replies)."""
     if method in REPLY_METHODS:
         return _from_reply(method, result)
     if method == "embed":
@@ -49,7 +49,7 @@ def canonical(method: str, result: Any) -> Canonical:
         return "ranking", {int(r.index): float(r.score) for r in result}
     if method == "infer":
         result = {o["name"]: np.asarray(o["data"]).reshape(o["shape"]) for o in result["outputs"]}
-    if method in ("infer", "v2_infer"):
+    if method in ("infer", "v2_infer", "infer_arrays"):
         return _from_outputs(result)
     raise ValueError(f"no comparison for {method!r}")
 

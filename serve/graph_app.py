@@ -152,14 +152,13 @@ class GraphServer(GrpcIngress):
     async def _call_model(
         self, model: str, inputs: dict[str, np.ndarray], parameters: dict[str, Any], timeout
     ) -> dict[str, np.ndarray]:
-        """One model step: a V2 request to the model's application, by handle."""
+        """One model step: the model application's ``infer_arrays``, by handle: a V2
+        request's checks and answer, its tensors as arrays both ways (no JSON form)."""
         if timeout is not None:  # V2's timeout is in microseconds
             parameters = {**parameters, "timeout": max(1, math.floor(timeout * 1e6))}
-        request = {"inputs": [_tensor(n, a) for n, a in inputs.items()], "parameters": parameters}
         # A failure is the model's own error (InputError, Overloaded, ...) or the
         # forwarding's (serve/forwarding.py), either way as raised.
-        reply = await call(self.models, model, "infer", (request,), {}, timeout)
-        return {o["name"]: v2.output_array(o) for o in reply["outputs"]}
+        return await call(self.models, model, "infer_arrays", (inputs, parameters), {}, timeout)
 
     async def _models_ready(self) -> tuple[bool, dict[str, str]]:
         apps = await self.models.statuses()
@@ -245,12 +244,6 @@ def _present(req: v2.InferRequest, result: GraphResult) -> v2.InferRequest:
         return req
     kept = tuple(o for o in req.outputs if o.name in result.outputs or o.name not in result.omitted)
     return dataclasses.replace(req, outputs=kept)
-
-
-def _tensor(name: str, arr: np.ndarray) -> dict[str, Any]:
-    dt = v2.datatype_of(arr)
-    data = [str(x) for x in arr.ravel()] if dt == "BYTES" else arr.ravel().tolist()
-    return {"name": name, "datatype": dt, "shape": list(arr.shape), "data": data}
 
 
 def _expect(method: str, allowed: str, sub: str) -> None:

@@ -360,6 +360,21 @@ class ModelServer(ModelGrpcService):
 
         return await self._handle_call(run(), lambda r: r["outputs"][0]["shape"][0])
 
+    async def infer_arrays(
+        self, inputs: dict[str, np.ndarray], parameters: dict[str, Any] | None = None
+    ) -> dict[str, np.ndarray]:
+        """A graph step's call (serve/graph_app.py): ``infer`` on named arrays, with no
+        JSON form either way. ``inputs``: BYTES as object arrays of str; ``parameters``:
+        the V2 request's (``timeout`` in microseconds, ``priority``, the task's), checked
+        as ``infer`` checks them. The outputs are ``infer``'s, each as
+        ``v2.output_array`` gives it back (BYTES as str), bit for bit."""
+
+        async def run():
+            req = v2.infer_request_from_arrays(inputs, parameters)
+            return v2.output_arrays(await self.task.infer(req))
+
+        return await self._handle_call(run(), _rows)
+
     def metadata(self) -> dict[str, Any]:
         return self._metadata
 

@@ -144,6 +144,8 @@ def request_texts(
         return {"query": [args[0]], "document": list(args[1])}
     if method == "infer":
         return _named_texts(v2.infer_request_from_dict(args[0]))
+    if method == "infer_arrays":
+        return _named_texts(v2.infer_request_from_arrays(*args, **kwargs))
     raise ValueError(f"no texts for {method!r}")
 
 

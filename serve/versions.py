@@ -291,6 +291,11 @@ class VersionRouter(GrpcIngress):
     async def infer(self, request: dict[str, Any]) -> dict[str, Any]:
         return (await self._dispatch("infer", (request,), mirrored=True))[1]
 
+    async def infer_arrays(self, inputs: dict[str, Any], parameters: dict[str, Any] | None = None):
+        """A graph step's call (``ModelServer.infer_arrays``), on a version."""
+        call_args = (inputs, parameters)
+        return (await self._dispatch("infer_arrays", call_args, mirrored=True))[1]
+
     async def metadata(self) -> dict[str, Any]:
         return await self._version_metadata(self._pick(None))
 

@@ -232,6 +232,40 @@ def test_python_handle_calls_equal_http(served):
     assert e.value.status == 400 and "step 'tag' (model 'ner-a')" in str(e.value)
 
 
+def test_a_graph_steps_array_call_equals_the_models_v2_infer(served):
+    """``infer_arrays`` (a graph step's call) answers as ``infer`` on the same model,
+    bit for bit, through Ray's transport both ways; its errors are the model's own."""
+    from ray import serve
+
+    from textfleet.engine.errors import InputError
+    from textfleet.serve.protocols import v2
+
+    docs = ["cats purr", "dogs bark", "the stock market fell"]
+    cases = [
+        ("minilm", {"text": TEXTS}, {}),
+        ("topics", {"text": TEXTS}, {"top_k": 2}),
+        ("ner-a", {"text": TEXTS}, {"aggregation": "first"}),
+        ("ce", {"query": ["pets"], "document": docs}, {"raw_scores": True}),
+    ]
+    for model, texts, params in cases:
+        handle = serve.get_app_handle(model)
+        request = {"inputs": [tensor(n, v) for n, v in texts.items()], "parameters": params}
+        reply = handle.infer.remote(request).result(timeout_s=60)
+        want = {o["name"]: v2.output_array(o) for o in reply["outputs"]}
+        arrays = {n: np.array(v, dtype=object) for n, v in texts.items()}
+        got = handle.infer_arrays.remote(arrays, params).result(timeout_s=60)
+        assert list(got) == list(want), model
+        for name, arr in want.items():
+            assert (got[name].dtype, got[name].shape) == (arr.dtype, arr.shape), (model, name)
+            if arr.dtype == object:
+                assert got[name].tolist() == arr.tolist(), (model, name)
+            else:
+                assert got[name].tobytes() == arr.tobytes(), (model, name)  # bit for bit
+    with pytest.raises(InputError, match="unknown input 'txt'"):
+        arrays = {"txt": np.array(TEXTS, dtype=object)}
+        serve.get_app_handle("minilm").infer_arrays.remote(arrays, {}).result(timeout_s=60)
+
+
 def test_a_python_step_between_two_models_equals_its_code_on_direct_calls(served):
     http = served["http"]
     got = outputs(infer(http, "clip-tag", text=TEXTS))

@@ -152,3 +152,80 @@ def test_pair_scoring_v1_and_rerank(scorer):
     assert body["results"][0]["document"] == {"text": docs[ranked[0].index]}
     with pytest.raises(InputError, match="documents: no texts"):
         run(scorer.rerank_http({"model": "ce", "query": "q", "documents": []}))
+
+
+# ---------------------------------------------------------------- arrays (graph steps)
+
+
+@pytest.fixture(scope="module")
+def embedder(model_dir):
+    adapter = make_adapter(model_dir, "minilm")
+    yield adapter
+    adapter.engine.close()
+
+
+def objects(items: list[str]) -> np.ndarray:
+    arr = np.empty(len(items), dtype=object)
+    arr[:] = items
+    return arr
+
+
+def json_form(inputs: dict[str, np.ndarray], parameters: dict) -> dict:
+    """The V2 JSON request of named arrays (what a graph step sent before arrays)."""
+    tensors = [
+        {"name": n, "datatype": v2.datatype_of(a), "shape": list(a.shape), "data": a.tolist()}
+        for n, a in inputs.items()
+    ]
+    return {"inputs": tensors, "parameters": parameters}
+
+
+DOCS = ["cats purr", "dogs bark", "the stock market fell"]
+ARRAY_CASES = [
+    ("embedder", {"text": TEXTS}, {}),
+    ("embedder", {"text": TEXTS}, {"priority": 1, "timeout": 30_000_000}),
+    ("classifier", {"text": TEXTS}, {}),
+    ("classifier", {"text": TEXTS}, {"top_k": 3, "priority": 9}),
+    ("tagger", {"text": TEXTS}, {"aggregation": "first"}),
+    ("scorer", {"query": ["pets"], "document": DOCS}, {"raw_scores": True}),
+]
+
+
+@pytest.mark.parametrize("which, texts, parameters", ARRAY_CASES)
+def test_arrays_request_answers_as_the_v2_dict_bit_for_bit(request, which, texts, parameters):
+    adapter = request.getfixturevalue(which)
+    inputs = {name: objects(items) for name, items in texts.items()}
+    want_req = v2.infer_request_from_dict(json_form(inputs, parameters))
+    got_req = v2.infer_request_from_arrays(inputs, parameters)
+    assert got_req == want_req  # the same request, so the same checks and engine call
+    reply = v2.infer_response_dict("m", "1", want_req, run(adapter.infer(want_req)))
+    want = {o["name"]: v2.output_array(o) for o in reply["outputs"]}
+    got = v2.output_arrays(run(adapter.infer(got_req)))
+    assert list(got) == list(want)
+    for name, arr in want.items():
+        assert (got[name].dtype, got[name].shape) == (arr.dtype, arr.shape), name
+        if arr.dtype == object:  # BYTES: str, as the JSON form gives them back
+            assert all(type(x) is str for x in got[name].ravel())
+            assert got[name].tolist() == arr.tolist()
+        else:
+            assert got[name].tobytes() == arr.tobytes()  # bit for bit
+
+
+@pytest.mark.parametrize(
+    "inputs, parameters",
+    [
+        ({"txt": objects(TEXTS)}, {}),
+        ({"text": objects(["x"] * 1025)}, {}),
+        ({"text": objects([])}, {}),
+        ({"text": np.zeros(3, dtype=np.float32)}, {}),
+        ({"text": objects(TEXTS).reshape(3, 1, 1)}, {}),
+        ({"text": objects(TEXTS)}, {"priority": 12}),
+        ({"text": objects(TEXTS)}, {"timeout": 0}),
+        ({"text": objects(TEXTS)}, {"top_k": "2"}),
+    ],
+)
+def test_arrays_request_is_refused_as_the_v2_dict(classifier, inputs, parameters):
+    with pytest.raises(InputError) as want:
+        run(classifier.infer(v2.infer_request_from_dict(json_form(inputs, parameters))))
+    with pytest.raises(InputError) as got:
+        run(classifier.infer(v2.infer_request_from_arrays(inputs, parameters)))
+    assert (type(got.value), str(got.value)) == (type(want.value), str(want.value))

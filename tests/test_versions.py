@@ -217,6 +217,9 @@ def test_classification_top1_and_score_difference():
     v2s = {"label": np.array([["x", "r"]], dtype=object), "score": np.array([[0.7, 0.2]])}
     got = compare(canonical("v2_infer", v2p), canonical("v2_infer", v2s))
     assert got["top1_agreement"] == [1.0] and got["score_diff"][0] == pytest.approx(0.2)
+    # A graph step's call (infer_arrays) answers the same arrays.
+    got = compare(canonical("infer_arrays", v2p), canonical("infer_arrays", v2s))
+    assert got["top1_agreement"] == [1.0] and got["score_diff"][0] == pytest.approx(0.2)
 
 
 def test_spans_precision_recall_f1_on_exact_spans():
@@ -338,3 +341,5 @@ def test_a_mirrored_request_names_its_texts_for_the_record():
     rerank = request_texts("rerank", ("q", ["d", "e"]), {})
     assert rerank == {"query": ["q"], "document": ["d", "e"]}
     assert request_texts("embed", (["t"], None), {}) == {"text": ["t"]}
+    arrays = {"text": np.array(["a", "b"], dtype=object)}
+    assert request_texts("infer_arrays", (arrays, {"top_k": 2}), {}) == {"text": ["a", "b"]}

@@ -187,6 +187,10 @@ def test_gateway_routes_and_handle_calls_are_split_too(served, engine):
     assert r.status_code == 200 and r.headers[HEADER] in ("1", "2")
     vectors = serve.get_app_handle("mv").embed.remote(TEXTS).result(timeout_s=60)
     np.testing.assert_allclose(vectors, engine.embed(TEXTS), atol=2e-5)
+    # A graph step's call, on a version.
+    arrays = {"text": np.array(TEXTS, dtype=object)}
+    got = serve.get_app_handle("mv").infer_arrays.remote(arrays, {}).result(timeout_s=60)
+    np.testing.assert_allclose(got["embedding"], engine.embed(TEXTS), atol=2e-5)
 
 
 def test_per_model_paths_of_a_versioned_model_are_split(served, engine):

@@ -114,10 +114,40 @@ def infer_request_from_dict(obj: dict[str, Any], binary: memoryview | None = Non
         inputs.append(tensor)
     if binary is not None and offset != len(binary):
         raise InputError("body", f"{len(binary) - offset} bytes of binary data belong to no input")
+    return _request(req_id, tuple(inputs), _parse_outputs(obj.get("outputs")), params)
+
+
+def infer_request_from_arrays(
+    inputs: dict[str, np.ndarray], parameters: dict[str, Any] | None = None
+) -> InferRequest:
+    """The request ``infer_request_from_dict`` makes of these arrays' JSON form (BYTES:
+    object arrays of str) and ``parameters``, without building that form: a graph
+    step's call (``ModelServer.infer_arrays``). Every output is answered."""
+    if not isinstance(inputs, dict) or not inputs:
+        raise InputError("inputs", "expected a non-empty mapping of input arrays")
+    tensors = []
+    for i, (name, arr) in enumerate(inputs.items()):
+        if not isinstance(name, str) or not name:
+            raise InputError(f"inputs[{i}].name", "missing or not a string")
+        if not isinstance(arr, np.ndarray):
+            raise InputError(f"inputs[{i}]", f"expected a numpy array, got {type_name(arr)}")
+        try:
+            datatype = datatype_of(arr)
+        except TypeError as e:
+            raise InputError(f"inputs[{i}].datatype", str(e)) from None
+        data = arr.ravel().tolist()
+        tensors.append(InputTensor(i, name, datatype, tuple(arr.shape), data, False))
+    params = {} if parameters is None else as_mapping(parameters, "parameters")
+    return _request(None, tuple(tensors), None, params)
+
+
+def _request(req_id, inputs, outputs, params: dict[str, Any]) -> InferRequest:
+    """The request of parsed tensors; ``params``: the request's ``parameters`` (those
+    that steer the protocol checked and taken out)."""
     return InferRequest(
         id=req_id,
-        inputs=tuple(inputs),
-        outputs=_parse_outputs(obj.get("outputs")),
+        inputs=inputs,
+        outputs=outputs,
         binary_output=bool(params.get("binary_data_output", False)),
         timeout_s=_timeout(params.get("timeout")),
         parameters={k: v for k, v in params.items() if k not in _RESERVED},
@@ -371,6 +401,19 @@ def output_array(out: dict[str, Any]) -> np.ndarray:
     return np.asarray(out["data"], dtype=_NUMPY[out["datatype"]]).reshape(shape)
 
 
+def output_arrays(outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``outputs`` as ``output_array`` gives each back from ``infer_response_dict``,
+    without the lists between: BYTES as object arrays of str, numbers unchanged."""
+    out = {}
+    for name, arr in outputs.items():
+        if datatype_of(arr) == "BYTES":
+            texts = np.empty(arr.size, dtype=object)
+            texts[:] = [_text(x) for x in arr.ravel()]
+            arr = texts.reshape(arr.shape)
+        out[name] = arr
+    return out
+
+
 def _response_header(name, version, req_id, chosen, as_lists=False):
     outs, blobs = [], []
     for out_name, arr, binary in chosen:
@@ -451,11 +494,13 @@ __all__ = [
     "InputTensor",
     "RequestedOutput",
     "check_input_names",
+    "infer_request_from_arrays",
     "infer_request_from_dict",
     "infer_response",
     "infer_response_dict",
     "model_metadata",
     "output_array",
+    "output_arrays",
     "parse_infer_request",
     "server_metadata",
     "split_version",
