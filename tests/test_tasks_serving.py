@@ -82,15 +82,6 @@ def engines(categorium_dir, rampart_dir, cross_encoder_dir):
         e.close()
 
 
-@pytest.fixture(scope="module")
-def triton(served):
-    import tritonclient.http as triton
-
-    client = triton.InferenceServerClient(url=f"127.0.0.1:{served['port']}")
-    yield client
-    client.close()
-
-
 def bytes_input(name: str, items: list[str], binary: bool):
     import tritonclient.http as triton
 
@@ -99,44 +90,46 @@ def bytes_input(name: str, items: list[str], binary: bool):
     return inp
 
 
-def test_metadata_per_task(triton):
-    assert triton.is_server_ready()
-    assert triton.get_model_metadata("topics")["outputs"] == [
+def test_metadata_per_task(triton_http):
+    assert triton_http.is_server_ready()
+    assert triton_http.get_model_metadata("topics")["outputs"] == [
         {"name": "label", "datatype": "BYTES", "shape": [-1]},
         {"name": "score", "datatype": "FP32", "shape": [-1]},
     ]
-    assert triton.get_model_metadata("pii")["outputs"] == [
+    assert triton_http.get_model_metadata("pii")["outputs"] == [
         {"name": "entities", "datatype": "BYTES", "shape": [-1]}
     ]
-    assert [i["name"] for i in triton.get_model_metadata("ce")["inputs"]] == ["query", "document"]
+    ce_inputs = triton_http.get_model_metadata("ce")["inputs"]
+    assert [i["name"] for i in ce_inputs] == ["query", "document"]
 
 
 @pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
-def test_tritonclient_classification(triton, engines, binary):
+def test_tritonclient_classification(triton_http, engines, binary):
     import tritonclient.http as triton_http
 
     outputs = [triton_http.InferRequestedOutput(n, binary_data=binary) for n in ("label", "score")]
-    result = triton.infer("topics", [bytes_input("text", TEXTS, binary)], outputs=outputs)
+    result = triton_http.infer("topics", [bytes_input("text", TEXTS, binary)], outputs=outputs)
     want = engines["topics"].classify(TEXTS)
     labels = [x.decode() if isinstance(x, bytes) else x for x in result.as_numpy("label")]
     assert labels == [r[0].label for r in want]  # JSON mode gives str, binary mode bytes
     np.testing.assert_allclose(result.as_numpy("score"), [r[0].score for r in want], atol=1e-5)
-    top3 = triton.infer("topics", [bytes_input("text", TEXTS, binary)], parameters={"top_k": 3})
+    texts = [bytes_input("text", TEXTS, binary)]
+    top3 = triton_http.infer("topics", texts, parameters={"top_k": 3})
     assert top3.as_numpy("label").shape == (3, 3) and top3.as_numpy("score").dtype == np.float32
 
 
 @pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
-def test_tritonclient_entities(triton, engines, binary):
-    result = triton.infer("pii", [bytes_input("text", TEXTS, binary)])
+def test_tritonclient_entities(triton_http, engines, binary):
+    result = triton_http.infer("pii", [bytes_input("text", TEXTS, binary)])
     got = [orjson.loads(x) for x in result.as_numpy("entities")]
     assert got == [[e.as_dict() for e in s] for s in engines["pii"].entities(TEXTS)]
     for text, spans in zip(TEXTS, got, strict=True):
         assert all(text[s["start"] : s["end"]] == s["text"] for s in spans)
 
 
-def test_tritonclient_pair_scores(triton, engines):
+def test_tritonclient_pair_scores(triton_http, engines):
     inputs = [bytes_input("query", ["pets"], True), bytes_input("document", DOCS, True)]
-    result = triton.infer("ce", inputs)
+    result = triton_http.infer("ce", inputs)
     want = engines["ce"].score([("pets", d) for d in DOCS])
     np.testing.assert_allclose(result.as_numpy("score"), want, atol=1e-5)
 
