@@ -105,9 +105,9 @@ def test_metadata_per_task(triton_http):
 
 @pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
 def test_tritonclient_classification(triton_http, engines, binary):
-    import tritonclient.http as triton_http
+    import tritonclient.http as httpclient
 
-    outputs = [triton_http.InferRequestedOutput(n, binary_data=binary) for n in ("label", "score")]
+    outputs = [httpclient.InferRequestedOutput(n, binary_data=binary) for n in ("label", "score")]
     result = triton_http.infer("topics", [bytes_input("text", TEXTS, binary)], outputs=outputs)
     want = engines["topics"].classify(TEXTS)
     labels = [x.decode() if isinstance(x, bytes) else x for x in result.as_numpy("label")]
