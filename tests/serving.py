@@ -110,20 +110,25 @@ def apply_one_model(folder: Path, name: str, model_dir: Path, port: int) -> None
     deploy.apply(serve_config(load_models(path)))
 
 
-def deploy_lean_models(folder: Path, models: list[dict], port: int) -> None:
+def deploy_lean_models(
+    folder: Path, models: list[dict], port: int, graphs: list[dict] | None = None
+) -> tuple[Path, dict]:
     """Apply a models.yaml of ``models`` (entries of models.yaml, each made lean: one
-    thread, no CPU reserved) to the session's Ray Serve and wait until every
-    application and the gateway are RUNNING."""
+    thread, no CPU reserved) and ``graphs`` to the session's Ray Serve and wait until
+    every application and the gateway are RUNNING; the file written and its content."""
     from textfleet.serve import deploy
     from textfleet.serve.config import GATEWAY_APP, load_models
     from textfleet.serve.generate import serve_config
 
     lean = {"threads": 1, "ray_actor_options": {"num_cpus": 0}}
     path = folder / "models.yaml"
-    entries = [{**m, **lean} for m in models]
-    path.write_text(yaml.safe_dump({"server": {"port": port}, "models": entries}, sort_keys=False))
+    config: dict = {"server": {"port": port}, "models": [{**m, **lean} for m in models]}
+    if graphs:
+        config["graphs"] = graphs
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
     loaded = load_models(path)
     deploy.apply(serve_config(loaded))
     names = [*loaded.app_names(), GATEWAY_APP]
     states = deploy.wait(names, timeout_s=300)
     assert {n: str(s.status.value) for n, s in states.items()} == dict.fromkeys(names, "RUNNING")
+    return path, config

@@ -22,12 +22,11 @@ import numpy as np
 import pytest
 import yaml
 from graph_configs import clip_tag, enrich, search_rerank, topic_ner
-from serving import replica_pid
+from serving import deploy_lean_models, replica_pid
 
 from textfleet.serve.config import GATEWAY_APP, load_models
 from textfleet.serve.graph import GraphError
 
-LEAN = {"threads": 1, "ray_actor_options": {"num_cpus": 0}}  # replicas fit on 2 cores
 TEXTS = ["I live at 1234 Maplewood Avenue, Springfield.", "Zoë Ångström, 東京 🎉", "flights hotel"]
 
 
@@ -40,8 +39,6 @@ def _labels(categorium_dir) -> list[str]:
 def served(
     ray_serve, model_dir, categorium_dir, token_model_dir, cross_encoder_dir, tmp_path_factory
 ):
-    from textfleet.serve import deploy
-    from textfleet.serve.generate import serve_config
 
     labels = _labels(categorium_dir)
     first_half = {label: "ner-a" for label in labels[: len(labels) // 2]}
@@ -71,18 +68,8 @@ def served(
         tag_bad,
         clip_tag(),
     ]
-    path = tmp_path_factory.mktemp("graphs") / "models.yaml"
-    config = {
-        "server": {"port": ray_serve["port"]},
-        "models": [m | LEAN for m in models],
-        "graphs": graphs,
-    }
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    loaded = load_models(path)
-    deploy.apply(serve_config(loaded))
-    names = [*loaded.app_names(), GATEWAY_APP]
-    states = deploy.wait(names, timeout_s=300)
-    assert {n: str(s.status.value) for n, s in states.items()} == dict.fromkeys(names, "RUNNING")
+    folder = tmp_path_factory.mktemp("graphs")
+    path, config = deploy_lean_models(folder, models, ray_serve["port"], graphs=graphs)
     with httpx.Client(base_url=f"http://127.0.0.1:{ray_serve['port']}", timeout=120) as http:
         yield {
             "http": http,

@@ -13,22 +13,18 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import yaml
-from serving import linked_copy
+from serving import deploy_lean_models, linked_copy
 
-from textfleet.serve.config import GATEWAY_APP, load_models
+from textfleet.serve.config import GATEWAY_APP
 
 pytestmark = pytest.mark.slow
 
 TEXTS = ["The quick brown fox.", "Zürich café ☕ naïve", "日本語のテキスト"]
-LEAN = {"threads": 1, "ray_actor_options": {"num_cpus": 0}}  # replicas fit on 2 cores
 TEXT = [{"name": "text", "datatype": "BYTES", "shape": [-1]}]
 
 
 @pytest.fixture(scope="module")
 def served(ray_serve, prompted_dir, model_dir, tmp_path_factory):
-    from textfleet.serve import deploy
-    from textfleet.serve.generate import serve_config
 
     tmp = tmp_path_factory.mktemp("grpc-parity")
     root = tmp / "members"
@@ -51,18 +47,7 @@ def served(ray_serve, prompted_dir, model_dir, tmp_path_factory):
         "steps": [{"name": "embed", "model": "emb", "inputs": {"text": "$input.text"}}],
         "outputs": {"embedding": "embed.embedding"},
     }
-    config = {
-        "server": {"port": ray_serve["port"]},
-        "models": [m | LEAN for m in models],
-        "graphs": [graph],
-    }
-    path = tmp / "models.yaml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    loaded = load_models(path)
-    deploy.apply(serve_config(loaded))
-    names = [*loaded.app_names(), GATEWAY_APP]
-    states = deploy.wait(names, timeout_s=300)
-    assert {n: str(s.status.value) for n, s in states.items()} == dict.fromkeys(names, "RUNNING")
+    deploy_lean_models(tmp, models, ray_serve["port"], graphs=[graph])
     return ray_serve
 
 
