@@ -56,6 +56,17 @@ def ensure_model_dir(path: str | os.PathLike | None = None, safetensors: bool = 
     return target
 
 
+def ensure_recipe_dir(recipe: str, target: Path) -> Path:
+    """``target``, built from the recipe ``recipe`` (models/recipes, as ``textfleet export
+    <recipe>`` builds it) on first use."""
+    if not (target / "textfleet.json").is_file():
+        from textfleet.models.recipes import build, prepare
+
+        print(f"exporting recipe {recipe} to {target} (once)", flush=True)
+        build(prepare(recipe), target)
+    return target
+
+
 class Measured:
     """Wall and process CPU seconds of a block, and the CPU share it got.
 

@@ -42,6 +42,7 @@ import psutil
 from benchmarks.common import (
     RESULTS,
     ensure_model_dir,
+    ensure_recipe_dir,
     load_texts,
     machine_info,
     table,
@@ -60,9 +61,9 @@ def parse_args(argv=None):
     p.add_argument(
         "--model-dir",
         type=Path,
-        default=SMALL_MODEL_DIR,
-        help="the model copied under N names (default: categorium, a 4 MB classifier: "
-        "a pool is for many small models)",
+        default=None,
+        help="the model copied under N names (default: categorium, a 4 MB classifier, "
+        "exported on first use: a pool is for many small models)",
     )
     p.add_argument("--counts", default="1,5,10,20", help="N: models deployed side by side")
     p.add_argument("--pool-replicas", default="1,2", help="replicas of the pool")
@@ -413,7 +414,10 @@ def plot(result: dict, path: Path) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    model_dir = ensure_model_dir(args.model_dir)  # exported by scripts/setup.sh
+    if args.model_dir is None:
+        model_dir = ensure_recipe_dir("categorium", SMALL_MODEL_DIR)
+    else:
+        model_dir = ensure_model_dir(args.model_dir)
     from textfleet.serve import deploy
 
     deploy.start_ray(num_cpus=os.cpu_count(), log_to_driver=False)
