@@ -133,17 +133,25 @@ def test_a_replica_killed_mid_call_is_retried_once_then_503(caller, tmp_path):
 
 
 def test_our_deadline_is_a_504_and_cancels_the_callees_work(caller, tmp_path):
+    wait_for_callee_replicas()
+    outcomes(caller, "member", member="warm")  # both transports' routers know the replicas
     for name, by_ref in TRANSPORTS.items():
         marker = tmp_path / f"cancelled-{by_ref}"
         start = time.monotonic()
-        got = caller.outcome.remote(by_ref, "wait", 30.0, str(marker), timeout=0.5).result(
+        got = caller.outcome.remote(by_ref, "wait", 30.0, str(marker), timeout=2.0).result(
             timeout_s=60
         )
         took = time.monotonic() - start
         assert got["type"] == "TimeoutError" and got["http_status"] == 504, (name, got)
-        assert got["message"] == f"model {CALLEE!r} did not answer within 0.5 s", (name, got)
-        assert took < 10, (name, took)
+        assert got["message"] == f"model {CALLEE!r} did not answer within 2 s", (name, got)
+        assert took < 12, (name, took)
+        # The callee's sleep is cancelled, not left to run its 30 s. On a loaded
+        # machine the call may still be in the router when the deadline passes:
+        # then it is withdrawn and the callee never starts it.
         end = time.monotonic() + 10
-        while not marker.exists() and time.monotonic() < end:
+        while time.monotonic() < end:
+            state = marker.read_text() if marker.exists() else "never started"
+            if state == "cancelled":
+                break
             time.sleep(0.1)
-        assert marker.exists() and marker.read_text() == "cancelled", name
+        assert state in ("cancelled", "never started"), (name, state)

@@ -66,12 +66,15 @@ class Callee:
         return -1
 
     async def wait(self, seconds: float, marker: str) -> None:
-        """Sleep; write "cancelled" to ``marker`` when the call is cancelled."""
+        """Sleep; ``marker`` says "started", then "cancelled" when the call is cancelled
+        or "finished" when it was not."""
+        Path(marker).write_text("started")
         try:
             await asyncio.sleep(seconds)
         except asyncio.CancelledError:
             Path(marker).write_text("cancelled")
             raise
+        Path(marker).write_text("finished")
 
 
 class _Directory:
