@@ -33,6 +33,7 @@ import grpc
 from ray.exceptions import RayActorError, RayTaskError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
+from textfleet.engine.errors import EngineError
 from textfleet.serve.protocols.common import Reply, Unavailable
 
 GRACE_S = 2.0
@@ -87,10 +88,13 @@ async def call(
                 ) from None
             if isinstance(error, DeploymentUnavailableError):
                 raise Unavailable(f"model {name!r} is unavailable: {error.message}") from None
-            # The application may have been deleted or redeployed under us: the
-            # lookup says so (404 / 503); if it is still there, the error stands.
-            models.forget(name)
-            await models.handle(name)
+            # Our own errors (bad input, overload, the callee's deadline) come from a
+            # live application: its handle stays. Any other failure may mean the
+            # application was deleted or redeployed under us: the lookup says so
+            # (404 / 503); if it is still there, the error stands.
+            if not isinstance(error, EngineError | TimeoutError):
+                models.forget(name)
+                await models.handle(name)
             if error is e:
                 raise
             raise error from None

@@ -94,8 +94,13 @@ def test_the_callees_own_error_arrives_as_raised(caller, kind):
         "status": getattr(raised, "status", None),
         "retry_after_s": getattr(raised, "retry_after_s", None),
     }
+    caller.take_lookups.remote().result(timeout_s=60)
     got = outcomes(caller, "fail", kind)
     assert got == dict.fromkeys(TRANSPORTS, expected)
+    # Our own errors keep the handle; another failure looks the application up
+    # again (it may have been deleted or redeployed).
+    lookups = 1 if kind != "bug" else 2
+    assert caller.take_lookups.remote().result(timeout_s=60) == {True: lookups, False: lookups}
 
 
 def test_messages_past_grpcs_default_limit_go_both_ways(caller):

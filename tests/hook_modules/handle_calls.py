@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -81,10 +82,11 @@ class _Directory:
     """What ``call`` needs of serve/gateway.py's ModelDirectory, with the handle's
     transport (and multiplexed member) chosen by the test."""
 
-    def __init__(self, by_reference: bool, member: str | None):
-        self.by_reference, self.member = by_reference, member
+    def __init__(self, by_reference: bool, member: str | None, lookups: Counter[bool]):
+        self.by_reference, self.member, self.lookups = by_reference, member, lookups
 
     async def handle(self, name: str):
+        self.lookups[self.by_reference] += 1
         handle = await asyncio.to_thread(serve.get_app_handle, name)
         options: dict[str, Any] = {"_by_reference": self.by_reference}
         if self.member is not None:
@@ -97,6 +99,9 @@ class _Directory:
 
 @serve.deployment(name="Caller", ray_actor_options={"num_cpus": 0})
 class Caller:
+    def __init__(self):
+        self.lookups: Counter[bool] = Counter()  # handle lookups per transport
+
     async def outcome(
         self,
         by_reference: bool,
@@ -108,7 +113,8 @@ class Caller:
         """``call(CALLEE, method, args)``: its result, or what a failure looks like to
         our code (type, message, the HTTP status we answer, the attributes we read)."""
         try:
-            result = await call(_Directory(by_reference, member), CALLEE, method, args, {}, timeout)
+            directory = _Directory(by_reference, member, self.lookups)
+            result = await call(directory, CALLEE, method, args, {}, timeout)
         except Exception as e:
             return {
                 "type": type(e).__name__,
@@ -119,6 +125,13 @@ class Caller:
                 "retry_after_s": getattr(e, "retry_after_s", None),
             }
         return {"result": result}
+
+    def take_lookups(self) -> dict[bool, int]:
+        """Handle lookups ``call`` made since the last ``take_lookups``, per transport
+        (by reference or not)."""
+        taken = dict(self.lookups)
+        self.lookups.clear()
+        return taken
 
     def settings(self) -> dict[str, str | None]:
         """The Ray Serve settings this replica runs with (read when Ray Serve was imported)."""
