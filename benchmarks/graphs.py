@@ -1,14 +1,19 @@
 """Inference graphs over HTTP: what a graph costs beside calling its models directly.
 
 One local textfleet server (``deploy.start_ray``, the default ingress: HAProxy
-when installed) serving an embedder and a second model (categorium's
-classifier by default) and two graphs over them:
+when installed) serving an embedder and a second model (by default the rampart PII tagger,
+exported from its recipe on first use: the README's ``enrich``, embeddings and
+personal data in one call) and two graphs over them:
 
 - ``one``: a one-step graph (the embedder alone), against ``POST`` to the
   embedder's own route: the graph's overhead (an ingress replica and a
   handle call more);
 - ``enrich``: both models in parallel, against the client calling them one
-  after the other on one connection (two round trips).
+  after the other on one connection (two round trips). The graph's hop costs
+  a few milliseconds of Ray's (HTTP into the graph's replica, a handle call
+  out): ``enrich`` wins when the second model takes longer than that, as a
+  tagger of the embedder's size does; beside a model that answers in 2 ms
+  (categorium's classifier, ``--second-model-dir``) two plain calls are faster.
 
 Each at 1 and 64 closed-loop clients (``--levels``), one text per request, in
 one run; the routes take turns within a level. Where the time goes: at one
@@ -28,12 +33,20 @@ from pathlib import Path
 
 import orjson
 
-from benchmarks.common import ROOT, ensure_model_dir, load_texts, machine_info, table
+from benchmarks.common import (
+    ROOT,
+    ensure_model_dir,
+    ensure_recipe_dir,
+    load_texts,
+    machine_info,
+    table,
+)
 from benchmarks.loadgen import LevelResult, _read_response, make_request
 
 HOST = "127.0.0.1"
 EMBEDDER, SECOND = "minilm", "second"
-DEFAULT_SECOND_DIR = ROOT / "artifacts" / "models" / "categorium"
+SECOND_RECIPE = "rampart"
+DEFAULT_SECOND_DIR = ROOT / "artifacts" / "models" / SECOND_RECIPE
 ROUTES = ("direct", "graph-one", "sequential", "graph-enrich")
 LABELS = {
     "direct": "embedder, its own route",
@@ -206,6 +219,8 @@ def markdown(results: dict) -> str:
         f"Machine: {results['config']['machine']['cpu']} ({os.cpu_count()} logical cores), "
         f"ingress {results['ingress']}, {results['config']['threads']} onnxruntime thread(s) "
         f"per model, one text per request; load average after: {results['loadavg_1m_after']:.2f}.",
+        f"Models: the embedder `{Path(results['config']['model_dir']).name}`, the second "
+        f"`{Path(results['config']['second_model_dir']).name}`.",
         "",
         "```",
     ]
@@ -238,9 +253,10 @@ def markdown(results: dict) -> str:
 def main() -> int:
     args = parse_args()
     args.model_dir = ensure_model_dir(args.model_dir)
-    if not (Path(args.second_model_dir) / "textfleet.json").is_file():
-        print(f"no model at {args.second_model_dir}: the second model is the embedder again")
-        args.second_model_dir = args.model_dir
+    if args.second_model_dir is None:
+        args.second_model_dir = ensure_recipe_dir(SECOND_RECIPE, DEFAULT_SECOND_DIR)
+    elif not (Path(args.second_model_dir) / "textfleet.json").is_file():
+        raise SystemExit(f"no exported model at {args.second_model_dir}")
     from textfleet.serve import deploy
     from textfleet.serve.config import GATEWAY_APP, parse_models
     from textfleet.serve.generate import serve_config
@@ -284,8 +300,8 @@ def parse_args():
     p.add_argument(
         "--second-model-dir",
         type=Path,
-        default=DEFAULT_SECOND_DIR,
-        help="the enrich graph's second model (default: categorium)",
+        default=None,
+        help=f"the enrich graph's second model (default: {SECOND_RECIPE}, exported on first use)",
     )
     p.add_argument("--levels", default="1,64", type=lambda s: [int(x) for x in s.split(",")])
     p.add_argument("--max-requests", type=int, default=600, help="per route and level")
