@@ -88,9 +88,13 @@ async def run_graph(
     call_model: CallModel,
     timeout_s: float | None = None,
     call_python: CallPython | None = None,
+    priority: int | None = None,
 ) -> GraphResult:
-    """Run every step of ``plan`` on ``inputs``; the outputs, or a GraphError."""
-    walk = _Walk(plan, inputs, call_model, timeout_s, call_python)
+    """Run every step of ``plan`` on ``inputs``; the outputs, or a GraphError.
+    ``priority``: the request's class (engine/priority.py), given to every model
+    step in its parameters, over a step's configured one: a caller that lowers or
+    raises its request's priority does so for all the work it causes."""
+    walk = _Walk(plan, inputs, call_model, timeout_s, call_python, priority)
     start = time.perf_counter()
     try:
         await asyncio.wait_for(walk.run(), timeout_s)
@@ -117,8 +121,11 @@ async def run_graph(
 class _Walk:
     """The state of one graph request: the values so far and the steps running."""
 
-    def __init__(self, plan: GraphPlan, inputs, call_model: CallModel, timeout_s, call_python):
+    def __init__(
+        self, plan: GraphPlan, inputs, call_model: CallModel, timeout_s, call_python, priority
+    ):
         self.plan, self.call_model, self.call_python = plan, call_model, call_python
+        self.priority: int | None = priority
         self.name = plan.graph.name
         self.values: dict[str, dict[str, np.ndarray]] = {INPUT: inputs}
         self.deadline = None if timeout_s is None else time.monotonic() + timeout_s
@@ -189,7 +196,10 @@ class _Walk:
         try:
             if remaining is not None and remaining <= 0:
                 raise TimeoutError(f"graph {self.name!r}: its time budget is spent")
-            return await self.call_model(model, inputs, dict(s.parameters), remaining)
+            parameters = dict(s.parameters)
+            if self.priority is not None:
+                parameters["priority"] = self.priority
+            return await self.call_model(model, inputs, parameters, remaining)
         except Exception as e:
             raise _ModelFailed(model, e) from e
 

@@ -147,7 +147,9 @@ class GraphServer(GrpcIngress):
             arr[:] = texts
             inputs[spec.name] = arr
         budget = deadlines.effective(self.graph.request_timeout_s, asked, req.timeout_s)
-        return await run_graph(self.plan, inputs, self._call_model, budget, self.python)
+        return await run_graph(
+            self.plan, inputs, self._call_model, budget, self.python, req.priority
+        )
 
     async def _call_model(
         self, model: str, inputs: dict[str, np.ndarray], parameters: dict[str, Any], timeout

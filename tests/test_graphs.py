@@ -83,11 +83,13 @@ class Models:
 
     def __init__(self, delay_s: float = 0.0, fail: dict | None = None):
         self.calls: list[tuple[str, list[str]]] = []
+        self.parameters: list[tuple[str, dict]] = []
         self.delay_s, self.fail = delay_s, fail or {}
 
     async def __call__(self, model, inputs, parameters, timeout):
         texts = list(inputs.get("text", inputs.get("document", [])))
         self.calls.append((model, texts))
+        self.parameters.append((model, parameters))
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
         if model in self.fail:
@@ -112,12 +114,12 @@ def direct(model: str, inputs: dict) -> dict[str, np.ndarray]:
     }
 
 
-def run(graph: dict, inputs: dict, models: Models | None = None, timeout=None):
+def run(graph: dict, inputs: dict, models: Models | None = None, timeout=None, priority=None):
     arrays = {k: objects(v) for k, v in inputs.items()}
     p = plan(graph)
     python = PythonSteps(p)  # the python steps' code, loaded as a graph replica does
     try:
-        return asyncio.run(run_graph(p, arrays, models or Models(), timeout, python))
+        return asyncio.run(run_graph(p, arrays, models or Models(), timeout, python, priority))
     finally:
         python.close()
 
@@ -140,6 +142,25 @@ def test_enrich_equals_direct_calls_and_runs_its_steps_concurrently():
     params = result.parameters()
     assert set(params) >= {"graph_ms", "step_ms.embed", "step_ms.pii"}
     assert params["step_ms.embed"] >= 200 and "failed_optional" not in params
+
+
+def test_the_requests_priority_reaches_every_model_step():
+    models = Models()
+    run(
+        topic_ner({"sports": "ner-a", "politics": "ner-b"}, default="ner-b"),
+        {"text": TEXTS[:6]},
+        models,
+        priority=1,
+    )
+    assert len(models.parameters) >= 3  # the topic step and one call per branch
+    assert all(p.get("priority") == 1 for _, p in models.parameters), models.parameters
+    models = Models()
+    run(
+        topic_ner({"sports": "ner-a", "politics": "ner-b"}, default="ner-b"),
+        {"text": TEXTS[:6]},
+        models,
+    )
+    assert not any("priority" in p for _, p in models.parameters), models.parameters
 
 
 def test_switch_routes_each_row_to_its_branch_once_per_branch_in_order():
