@@ -96,16 +96,24 @@ def probe(port: int, method: str, path: str, body: bytes = b"", n: int = 200) ->
     return res.summary()["p50_ms"]
 
 
-def measure(name: str, port: int, requests: list[Request], args, levels=None) -> list[dict]:
+def measure(
+    name: str, port: int, requests: list[Request], args, levels=None, mirrors=None
+) -> list[dict]:
+    """Each level's figures; ``mirrors``: a callable giving the shadow's mirror counts so
+    far (``shadow_mirrors``), recorded per level as ``row["shadow_mirrors"]``."""
     asyncio.run(run_level(HOST, port, requests, 4, 40, 30.0))  # warm up
     rows = []
     for clients in levels or args.levels:
         before = cpu_snapshot(os.getpid())
+        mirrored = mirrors() if mirrors else None
         res = asyncio.run(
             run_level(HOST, port, requests, clients, args.max_requests, args.max_seconds)
         )
         spent = cpu_by_role(before, cpu_snapshot(os.getpid()))
         row = res.summary()
+        if mirrors:
+            after = mirrors()
+            row["shadow_mirrors"] = {k: after[k] - mirrored[k] for k in after}
         busy = sorted(((r, s) for r, s in spent.items() if s > 0.01), key=lambda kv: -kv[1])
         row["cpu_ms_per_request"] = {
             r: round(1000.0 * s / max(res.requests, 1), 2) for r, s in busy
@@ -316,7 +324,8 @@ def _measure_ray_system(system: str, args, mix) -> tuple[list, dict, str]:
         deploy.apply(config)
         names = [app["name"] for app in config["applications"]]
         _check_running(deploy.wait(names, timeout_s=300))
-        rows = measure(system, args.port, v2_requests(mix, args.port), args)
+        mirrors = shadow_mirrors if system == "textfleet-shadow" else None
+        rows = measure(system, args.port, v2_requests(mix, args.port), args, mirrors=mirrors)
         one = v2_requests([[mix[0][0]]], args.port)[0].body
         ready, live = f"/v2/models/{MODEL}/ready", "/v2/health/live"
         probes.update(
@@ -340,6 +349,24 @@ def _measure_ray_system(system: str, args, mix) -> tuple[list, dict, str]:
     finally:
         serve.shutdown()
         ray.shutdown()
+
+
+def shadow_mirrors() -> dict[str, int]:
+    """The shadow's mirrors so far, as the model's router counts them: answered, failed,
+    dropped past ``max_in_flight``, and the primary requests they came from. Waits (up
+    to 10 s) for the mirrors still out, so that a level's count is all of its own."""
+    from ray import serve
+
+    handle = serve.get_app_handle(MODEL)
+    end = time.monotonic() + 10
+    while True:
+        status = handle.versions_status.remote().result(timeout_s=10)
+        shadow = status["shadow"]
+        if not shadow["in_flight"] or time.monotonic() > end:
+            break
+        time.sleep(0.2)
+    tallies = shadow["versions"].values()
+    return {k: sum(t[k] for t in tallies) for k in ("ok", "errors", "dropped")}
 
 
 def _check_running(states) -> None:

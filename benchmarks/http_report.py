@@ -76,6 +76,7 @@ def markdown(results: dict) -> str:
                 f"{row['texts_per_s'] / offline:.2f} | {row['p50_ms']:.1f} | "
                 f"{row['p99_ms']:.1f} | {row['errors']} |"
             )
+    lines += shadow_section(results)
     lines += ["", *targets(results), *routes_section(results), "", "## Where the time goes", ""]
     lines += ["Fixed cost of each HTTP path (p50 of one client, sequential):", ""]
     lines += ["| route | p50 ms |", "|---|---:|"]
@@ -109,6 +110,22 @@ def markdown(results: dict) -> str:
             )
             lines.append(f"- {LABELS[system]}: {parts}")
     return "\n".join(lines) + "\n"
+
+
+def shadow_section(results: dict) -> list[str]:
+    """What the 100% shadow did with its mirrors at each level: answered, failed, or
+    dropped past ``max_in_flight`` (the shadow runs in the CPU the primary leaves)."""
+    rows = [r for r in results["systems"].get("textfleet-shadow", []) if "shadow_mirrors" in r]
+    if not rows:
+        return []
+    out = ["", "The shadow's mirrors per level (100% of the primary's requests mirrored):", ""]
+    out += ["| clients | requests | answered | failed | dropped |", "|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        m = r["shadow_mirrors"]
+        out.append(
+            f"| {r['clients']} | {r['requests']} | {m['ok']} | {m['errors']} | {m['dropped']} |"
+        )
+    return out
 
 
 def _split(cfg: dict) -> str:
