@@ -154,6 +154,8 @@ def measure(args, texts: list[str]) -> dict[str, list[dict]]:
     """Each route at each level; within a level the routes take ``--rounds`` turns."""
     rounds = {r: route_rounds(r, texts, args.port) for r in ROUTES}
     rows: dict[str, list[dict]] = {r: [] for r in ROUTES}
+    for r in ROUTES:  # warm up, not counted: first calls, and HAProxy's reloads at start
+        asyncio.run(run_level(args.port, rounds[r], 2, 20, 30.0))
     for clients in args.levels:
         parts: dict[str, list[LevelResult]] = {r: [] for r in ROUTES}
         for _ in range(args.rounds):
