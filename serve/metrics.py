@@ -227,7 +227,8 @@ class VersionMetrics:
         )
         self.mirrors = Counter(
             "textfleet_shadow_requests",
-            description="Mirrored requests by outcome: ok, error or dropped (past max_in_flight).",
+            description="Mirrored requests by outcome: ok, error or dropped (past "
+            "max_in_flight, or past the shadow's own deadline or queue bound).",
             tag_keys=("model", "version", "outcome"),
         )
         self.latency = Histogram(

@@ -12,7 +12,10 @@ router awaits nothing of it on a request's path and gets back only a small
 summary, added to its running sums when the task is done. At most
 ``max_in_flight`` mirrors are out at a time; past that a mirror is dropped and
 counted here, never queued. A mirror that cannot reach the shadow (gone, failed
-to start) is counted here as an error; the rest are counted by the shadow.
+to start) is counted here as an error; the rest are counted by the shadow,
+which counts a mirror it had no capacity for (its own deadline passed or its
+queue was full: a shadow in the background computes only in the CPU the
+primary leaves) as dropped too, not as its error.
 """
 
 from __future__ import annotations
@@ -144,6 +147,8 @@ class Shadow:
         if summary.ok:
             tally.ok += 1
             tally.add(summary)
+        elif summary.dropped:
+            tally.dropped += 1
         else:
             tally.errors += 1
 

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from textfleet.engine.errors import Overloaded
 from textfleet.serve.compare import Canonical, canonical, compare
 from textfleet.serve.metrics import VersionMetrics
 from textfleet.serve.protocols import v2
@@ -61,6 +62,9 @@ class MirrorSummary:
     ok: bool
     sums: dict[str, float] = field(default_factory=dict)
     rows: dict[str, int] = field(default_factory=dict)
+    dropped: bool = False
+    """Not computed for want of capacity: the shadow's own deadline passed or its queue
+    was full (a shadow in the background gets only the CPU the primary leaves)."""
 
 
 class ShadowComparer:
@@ -84,6 +88,10 @@ class ShadowComparer:
             self.metrics.latency.observe(took_ms, {"version": version})
             want = canonical(method, mirror.primary)
             measures = compare(want, got)
+        except (TimeoutError, Overloaded, _NoCapacity) as e:
+            self.metrics.mirrors.inc(1, {"version": version, "outcome": "dropped"})
+            log.debug("shadow %r of model %r had no capacity: %s", version, self.model, e)
+            return MirrorSummary(ok=False, dropped=True)
         except Exception as e:
             self.metrics.mirrors.inc(1, {"version": version, "outcome": "error"})
             log.debug("shadow %r of model %r failed: %s", version, self.model, e)
@@ -179,8 +187,13 @@ def _answer(method: str, result: Any) -> Any:
         return result
     reply, outputs = result
     if outputs is None:
-        raise RuntimeError(f"the shadow answered {reply.status}: {reply.body[:200]!r}")
+        error = _NoCapacity if reply.status in (503, 504) else RuntimeError
+        raise error(f"the shadow answered {reply.status}: {reply.body[:200]!r}")
     return outputs
+
+
+class _NoCapacity(Exception):
+    """A V2 reply of 503 or 504: the shadow's queue was full or its deadline passed."""
 
 
 def _jsonable(answer: Canonical) -> Any:

@@ -18,13 +18,15 @@ import pytest
 import yaml
 from ray.serve.schema import ServeDeploySchema
 
+from textfleet.engine.errors import Overloaded
 from textfleet.engine.tasks.results import Entity, LabelScore, Ranked
 from textfleet.serve.compare import canonical, compare, cosines, span_prf, spearman
 from textfleet.serve.config import GATEWAY_APP, ConfigError, load_models, parse_models
 from textfleet.serve.generate import serve_config
 from textfleet.serve.metrics import VersionMetrics
+from textfleet.serve.protocols.common import Reply
 from textfleet.serve.shadow import Shadow, ShadowPlan
-from textfleet.serve.shadow_replica import ShadowComparer, request_texts
+from textfleet.serve.shadow_replica import Mirror, ShadowComparer, request_texts
 from textfleet.serve.traffic import TrafficPlan, sticky_point
 
 CANARY = Path(__file__).parent / "configs" / "versions" / "canary.yaml"
@@ -291,6 +293,10 @@ class SlowReplica:
         await self.release.wait()
         if self.fail:
             raise RuntimeError("engine down")
+        if texts == ["late"]:
+            raise TimeoutError("request timed out after 30 s")
+        if texts == ["full"]:
+            raise Overloaded("the engine's queue is full", 1.0)
         return np.eye(len(texts), dtype=np.float32) * 2
 
 
@@ -319,6 +325,11 @@ def test_shadow_mirrors_at_most_max_in_flight_and_counts_the_rest(tmp_path):
         while shadow.in_flight:
             await asyncio.sleep(0.01)
         shadow.mirror(unreachable, "embed", args, {}, "1", primary)  # counted by the router
+        # No capacity on the shadow (its deadline, its full queue): dropped, not errors.
+        for text in ("late", "full"):
+            shadow.mirror(send, "embed", ([text], None), {}, "1", primary[:1])
+        while shadow.in_flight:
+            await asyncio.sleep(0.01)
         replica.fail = True
         shadow.mirror(send, "embed", args, {}, "1", primary)  # counted by the shadow
         while shadow.in_flight:
@@ -327,11 +338,22 @@ def test_shadow_mirrors_at_most_max_in_flight_and_counts_the_rest(tmp_path):
 
     status, record = asyncio.run(scenario())
     figures = status["versions"]["s"]
-    assert (figures["ok"], figures["dropped"], figures["errors"]) == (4, 6, 2)
+    assert (figures["ok"], figures["dropped"], figures["errors"]) == (4, 8, 2)
     assert figures["mean"]["cosine"] == pytest.approx(1.0)
     lines = [json.loads(x) for x in record.read_text().splitlines()]
     assert len(lines) == 4 and lines[0]["shadow"] == "s" and lines[0]["primary"] == "1"
     assert "inputs" not in lines[0] and len(lines[0]["inputs_sha256"]["text"][0]) == 64
+
+
+@pytest.mark.parametrize(("status", "dropped"), [(503, True), (504, True), (500, False)])
+def test_a_v2_mirror_the_shadow_had_no_capacity_for_is_dropped_not_an_error(status, dropped):
+    class Answering:
+        async def v2_infer(self, body, timeout, **kwargs):
+            return Reply(status, b'{"error": "..."}'), None
+
+    mirror = Mirror("v2_infer", (b"{}", None), {}, "1", {})
+    summary = asyncio.run(ShadowComparer("m", "s").run(Answering(), mirror))
+    assert (summary.ok, summary.dropped) == (False, dropped)
 
 
 def test_a_mirrored_request_names_its_texts_for_the_record():
