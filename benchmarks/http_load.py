@@ -352,9 +352,9 @@ def _measure_ray_system(system: str, args, mix) -> tuple[list, dict, str]:
 
 
 def shadow_mirrors() -> dict[str, int]:
-    """The shadow's mirrors so far, as the model's router counts them: answered, failed,
-    dropped past ``max_in_flight``, and the primary requests they came from. Waits (up
-    to 10 s) for the mirrors still out, so that a level's count is all of its own."""
+    """The shadow's mirrors so far, as the model's router counts them: answered, failed
+    and dropped (past ``max_in_flight``, or for want of the shadow's capacity). Waits
+    (up to 10 s) for the mirrors still out, so that a level's count is all of its own."""
     from ray import serve
 
     handle = serve.get_app_handle(MODEL)

@@ -114,7 +114,8 @@ def markdown(results: dict) -> str:
 
 def shadow_section(results: dict) -> list[str]:
     """What the 100% shadow did with its mirrors at each level: answered, failed, or
-    dropped past ``max_in_flight`` (the shadow runs in the CPU the primary leaves)."""
+    dropped (past ``max_in_flight``, or past its own deadline or queue bound: the
+    shadow runs in the CPU the primary leaves)."""
     rows = [r for r in results["systems"].get("textfleet-shadow", []) if "shadow_mirrors" in r]
     if not rows:
         return []
