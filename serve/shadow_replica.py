@@ -28,13 +28,17 @@ from typing import Any
 import numpy as np
 import orjson
 
-from textfleet.engine.errors import Overloaded
 from textfleet.serve.compare import Canonical, canonical, compare
 from textfleet.serve.metrics import VersionMetrics
 from textfleet.serve.protocols import v2
-from textfleet.serve.protocols.common import dumps, loads
+from textfleet.serve.protocols.common import dumps, error_status, loads
 
 log = logging.getLogger(__name__)
+
+NO_CAPACITY = (503, 504)
+"""Statuses of a mirror the shadow had no capacity for, by a method call's exception
+(``error_status``: overloaded, unavailable, its deadline) or a V2 reply alike: the
+mirror is dropped, not the shadow's error."""
 
 
 @dataclass(frozen=True)
@@ -88,11 +92,11 @@ class ShadowComparer:
             self.metrics.latency.observe(took_ms, {"version": version})
             want = canonical(method, mirror.primary)
             measures = compare(want, got)
-        except (TimeoutError, Overloaded, _NoCapacity) as e:
-            self.metrics.mirrors.inc(1, {"version": version, "outcome": "dropped"})
-            log.debug("shadow %r of model %r had no capacity: %s", version, self.model, e)
-            return MirrorSummary(ok=False, dropped=True)
         except Exception as e:
+            if isinstance(e, _NoCapacity) or error_status(e) in NO_CAPACITY:
+                self.metrics.mirrors.inc(1, {"version": version, "outcome": "dropped"})
+                log.debug("shadow %r of model %r had no capacity: %s", version, self.model, e)
+                return MirrorSummary(ok=False, dropped=True)
             self.metrics.mirrors.inc(1, {"version": version, "outcome": "error"})
             log.debug("shadow %r of model %r failed: %s", version, self.model, e)
             return MirrorSummary(ok=False)
@@ -187,13 +191,13 @@ def _answer(method: str, result: Any) -> Any:
         return result
     reply, outputs = result
     if outputs is None:
-        error = _NoCapacity if reply.status in (503, 504) else RuntimeError
+        error = _NoCapacity if reply.status in NO_CAPACITY else RuntimeError
         raise error(f"the shadow answered {reply.status}: {reply.body[:200]!r}")
     return outputs
 
 
 class _NoCapacity(Exception):
-    """A V2 reply of 503 or 504: the shadow's queue was full or its deadline passed."""
+    """A V2 reply in ``NO_CAPACITY``."""
 
 
 def _jsonable(answer: Canonical) -> Any:
