@@ -17,12 +17,17 @@ void check_priority(int32_t p) {
   }
 }
 
-bool BatchQueue::push(SeqKey key, uint32_t length, int64_t arrival_ns, int32_t priority) {
+// a + b for b >= 0, kNever where that would pass it.
+static int64_t add_capped(int64_t a, int64_t b) { return a > kNever - b ? kNever : a + b; }
+
+bool BatchQueue::push(SeqKey key, uint32_t length, int64_t arrival_ns, int32_t priority,
+                      int64_t overtake_ns) {
   check_priority(priority);
-  if (!by_age_.emplace(key, Info{length, arrival_ns, priority}).second) return false;
+  const int64_t due_ns = add_capped(arrival_ns, std::max<int64_t>(overtake_ns, 0));
+  if (!by_age_.emplace(key, Info{length, arrival_ns, priority, due_ns}).second) return false;
   by_length_.emplace(length, key);
   by_request_.insert({key.order, length, key.index});
-  by_class_.insert({priority, {key.order, length, key.index}});
+  by_class_.insert({priority, due_ns, {key.order, length, key.index}});
   tokens_ += length;
   return true;
 }
@@ -33,7 +38,7 @@ int64_t BatchQueue::erase(SeqKey key) {
   const uint32_t length = it->second.length;
   by_length_.erase({length, key});
   by_request_.erase({key.order, length, key.index});
-  by_class_.erase({it->second.priority, {key.order, length, key.index}});
+  by_class_.erase({it->second.priority, it->second.due_ns, {key.order, length, key.index}});
   by_age_.erase(it);
   tokens_ -= length;
   return length;
@@ -42,9 +47,6 @@ int64_t BatchQueue::erase(SeqKey key) {
 int64_t BatchQueue::oldest_arrival_ns() const {
   return by_age_.empty() ? kNever : by_age_.begin()->second.arrival_ns;
 }
-
-// a + b for b >= 0, kNever where that would pass it.
-static int64_t add_capped(int64_t a, int64_t b) { return a > kNever - b ? kNever : a + b; }
 
 // Latest arrival a row may have to join a batch whose anchor arrived at
 // anchor_ns (the fairness knob, see the header).
@@ -77,20 +79,20 @@ BatchPlan BatchQueue::plan(int64_t now_ns, const BatchKnobs& knobs, uint32_t par
   BatchPlan plan;
   if (by_age_.empty()) return plan;
   // The anchor: the oldest request once it has aged (the aged count as the
-  // most urgent class, and it is the oldest of them), else the oldest request
-  // of the most urgent class waiting (nothing has aged: every row is of its
-  // own class).
+  // most urgent class, and it is the oldest of them), else the request due
+  // first in the most urgent class waiting (nothing has aged: every row is of
+  // its own class).
   const AnchorKey& oldest = *by_request_.begin();
   const Info& oldest_info = by_age_.at({oldest.order, oldest.index});
   const int64_t oldest_ages_at = ages_at(oldest_info.arrival_ns, knobs);
   const bool aged = now_ns >= oldest_ages_at;
-  const AnchorKey& first = aged ? oldest : by_class_.begin()->second;
+  const AnchorKey& first = aged ? oldest : by_class_.begin()->anchor;
   const SeqKey anchor{first.order, first.index};
   const Info& info = by_age_.at(anchor);  // a request's rows share one arrival
   const int32_t priority = aged ? kMostUrgentPriority : info.priority;
   // One class queued: ageing only orders classes against each other, so every
   // row may join (an aged row and a younger one of its class stay batchable).
-  const bool one_class = by_class_.begin()->first == by_class_.rbegin()->first;
+  const bool one_class = by_class_.begin()->priority == by_class_.rbegin()->priority;
   const Filter same{now_ns, latest_arrival(info.arrival_ns, now_ns, knobs), priority, true,
                     one_class};
   Filter others = same;

@@ -16,10 +16,15 @@
 //   less urgent rows no wider than its width (where a batch's time barely
 //   grows with its rows: a GPU). With one class queued, classes and ageing
 //   change nothing;
-// - the batch is anchored on the oldest waiting request of that class (no
-//   starvation within a class: every batch takes a row of the class's oldest
-//   request, so a sequence waits for at most the sequences of its class that
-//   arrived before it); within that request, on its longest waiting row. A
+// - the batch is anchored on the waiting request of that class that is due
+//   first: due at its arrival plus its overtaking allowance (push(): the
+//   scheduler gives a request an allowance in proportion to its own estimated
+//   compute, BatchKnobs::short_first), so a short request that arrives behind
+//   long ones goes ahead of them, and a long one is passed over only by
+//   requests due before it (shortest-job-first with a bound: with no
+//   allowances this is arrival order, and a request that has aged, below,
+//   is served before any other, so none waits for ever); within that
+//   request, on its longest waiting row. A
 //   request is answered when its last row is, so the order of its own rows
 //   costs it nothing, and longest first (LPT) leaves
 //   the short batches for the end, where they even out the workers: a large
@@ -51,6 +56,7 @@
 #include <limits>
 #include <map>
 #include <set>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -91,6 +97,9 @@ struct BatchKnobs {
   // every sequence does at once (arrival order only, priorities ignored).
   int64_t max_priority_wait_ns = 1'000'000'000;
   bool priority_fill = false;  // less urgent rows may fill a batch's free rows
+  // Not used here: the scheduler gives each request an overtaking allowance of
+  // short_first x its estimated compute time (0: arrival order).
+  double short_first = 0.0;
 };
 
 struct BatchPlan {
@@ -107,9 +116,11 @@ struct BatchPlan {
 class BatchQueue {
  public:
   // Adds a sequence; false (and no change) if the key is already queued.
-  // Rows of one request share its arrival and priority.
+  // Rows of one request share its arrival and priority. overtake_ns: how much
+  // later than it arrived it is due, i.e. how long requests due earlier may be
+  // served before it (0: due at its arrival).
   bool push(SeqKey key, uint32_t length, int64_t arrival_ns,
-            int32_t priority = kDefaultPriority);
+            int32_t priority = kDefaultPriority, int64_t overtake_ns = 0);
   // Removes a sequence; its length, or -1 if it was not queued.
   int64_t erase(SeqKey key);
   // The next batch under knobs at time now, its share when it is split over
@@ -122,7 +133,7 @@ class BatchQueue {
   // The most urgent priority queued (ageing aside); past kLeastUrgentPriority
   // when empty.
   int32_t most_urgent_priority() const {
-    return by_class_.empty() ? kLeastUrgentPriority + 1 : by_class_.begin()->first;
+    return by_class_.empty() ? kLeastUrgentPriority + 1 : by_class_.begin()->priority;
   }
   size_t size() const { return by_age_.size(); }
   uint64_t tokens() const { return tokens_; }
@@ -134,6 +145,7 @@ class BatchQueue {
     uint32_t length;
     int64_t arrival_ns;
     int32_t priority;
+    int64_t due_ns;  // arrival + overtaking allowance
   };
   using LengthKey = std::pair<uint32_t, SeqKey>;
 
@@ -147,6 +159,16 @@ class BatchQueue {
       if (a.order != b.order) return a.order < b.order;
       if (a.length != b.length) return a.length > b.length;
       return a.index < b.index;
+    }
+  };
+
+  // Where a batch of a class starts: the row due first (ties: as AnchorKey).
+  struct ClassKey {
+    int32_t priority;
+    int64_t due_ns;
+    AnchorKey anchor;
+    friend bool operator<(const ClassKey& a, const ClassKey& b) {
+      return std::tie(a.priority, a.due_ns, a.anchor) < std::tie(b.priority, b.due_ns, b.anchor);
     }
   };
 
@@ -173,8 +195,8 @@ class BatchQueue {
   std::map<SeqKey, Info> by_age_;
   std::set<LengthKey> by_length_;  // (length, key): equal lengths oldest first
   std::set<AnchorKey> by_request_;
-  // (priority, anchor key): begin() is the anchor of the most urgent class.
-  std::set<std::pair<int32_t, AnchorKey>> by_class_;
+  // begin() is the anchor of the most urgent class.
+  std::set<ClassKey> by_class_;
   uint64_t tokens_ = 0;
 };
 

@@ -20,7 +20,7 @@ int64_t seconds_to_ns(double s) { return static_cast<int64_t>(std::llround(s * 1
 
 BatchKnobs make_knobs(uint32_t max_batch_size, uint64_t max_batch_tokens, double max_wait_ms,
                       uint32_t max_row_padding, double fairness, double max_priority_wait_ms,
-                      bool priority_fill) {
+                      bool priority_fill, double short_first) {
   if (max_batch_size < 1) throw py::value_error("max_batch_size must be >= 1");
   if (max_batch_tokens < 1) throw py::value_error("max_batch_tokens must be >= 1");
   if (!(max_wait_ms >= 0)) throw py::value_error("max_wait_ms must be >= 0");
@@ -28,13 +28,17 @@ BatchKnobs make_knobs(uint32_t max_batch_size, uint64_t max_batch_tokens, double
   if (!(max_priority_wait_ms >= 0 && max_priority_wait_ms <= 1e12)) {
     throw py::value_error("max_priority_wait_ms must be in [0, 1e12]");
   }
+  if (!(short_first >= 0 && short_first <= 1000)) {
+    throw py::value_error("short_first must be in [0, 1000]");
+  }
   return BatchKnobs{max_batch_size,
                     max_batch_tokens,
                     seconds_to_ns(max_wait_ms * 1e-3),
                     max_row_padding,
                     fairness,
                     seconds_to_ns(max_priority_wait_ms * 1e-3),
-                    priority_fill};
+                    priority_fill,
+                    short_first};
 }
 
 // One int64 [rows, width] plane of a batch; the array keeps the batch alive.
@@ -113,7 +117,8 @@ void bind_former(py::module_& m) {
       .def(py::init(&make_knobs), py::arg("max_batch_size") = 32,
            py::arg("max_batch_tokens") = 8192, py::arg("max_wait_ms") = 0.0,
            py::arg("max_row_padding") = 16, py::arg("fairness") = 0.7,
-           py::arg("max_priority_wait_ms") = 1000.0, py::arg("priority_fill") = false)
+           py::arg("max_priority_wait_ms") = 1000.0, py::arg("priority_fill") = false,
+           py::arg("short_first") = 0.0)
       .def_readonly("max_batch_size", &BatchKnobs::max_batch_size)
       .def_readonly("max_batch_tokens", &BatchKnobs::max_batch_tokens)
       .def_property_readonly("max_wait_ms",
@@ -122,7 +127,8 @@ void bind_former(py::module_& m) {
       .def_readonly("fairness", &BatchKnobs::fairness)
       .def_property_readonly("max_priority_wait_ms",
                              [](const BatchKnobs& k) { return k.max_priority_wait_ns * 1e-6; })
-      .def_readonly("priority_fill", &BatchKnobs::priority_fill);
+      .def_readonly("priority_fill", &BatchKnobs::priority_fill)
+      .def_readonly("short_first", &BatchKnobs::short_first);
 
   py::class_<BatchPlan>(m, "BatchPlan", "The batch plan() would form now.")
       .def_property_readonly("rows",
@@ -151,13 +157,15 @@ void bind_former(py::module_& m) {
       .def(
           "push",
           [](BatchQueue& q, uint64_t order, uint32_t index, uint32_t length, double arrival,
-             int32_t priority) {
-            return q.push({order, index}, length, seconds_to_ns(arrival), priority);
+             int32_t priority, double overtake) {
+            return q.push({order, index}, length, seconds_to_ns(arrival), priority,
+                          seconds_to_ns(overtake));
           },
           py::arg("order"), py::arg("index"), py::arg("length"), py::arg("arrival"),
-          py::arg("priority") = kDefaultPriority,
-          "Queue a sequence (arrival in seconds, priority: its class, lower is more urgent); "
-          "False if (order, index) is already queued.")
+          py::arg("priority") = kDefaultPriority, py::arg("overtake") = 0.0,
+          "Queue a sequence (arrival in seconds, priority: its class, lower is more urgent, "
+          "overtake: seconds after its arrival that it is due); False if (order, index) is "
+          "already queued.")
       .def(
           "erase",
           [](BatchQueue& q, uint64_t order, uint32_t index) { return q.erase({order, index}); },
@@ -257,7 +265,8 @@ void bind_scheduler(py::module_& m) {
       .def("shutdown", &Scheduler::shutdown, py::arg("drain") = false,
            py::call_guard<py::gil_scoped_release>(),
            "Refuse new requests; next_batch() returns None (after the queue, if drain).")
-      .def("record_compute", &Scheduler::record_compute, py::arg("seconds"), py::arg("failed"))
+      .def("record_compute", &Scheduler::record_compute, py::arg("seconds"), py::arg("failed"),
+           py::arg("padded_tokens") = 0)
       .def("record_outcomes", &Scheduler::record_outcomes, py::arg("ok") = 0,
            py::arg("failed") = 0, py::arg("timeouts") = 0, py::arg("cancellations") = 0)
       .def("stats", &Scheduler::stats, "A copy of the counters (a SchedulerStats).")

@@ -217,17 +217,33 @@ void Scheduler::submit_tokens(uint64_t id, std::vector<TokenSeq> seqs, double ti
 // collate the next batch if that one is already full.
 void Scheduler::enqueue_locked(uint64_t id, uint32_t first, std::vector<TokenSeq>& seqs) {
   Request& r = requests_.at(id);
+  uint64_t tokens = 0;
+  for (const TokenSeq& s : seqs) tokens += s.ids.size();
+  // The rows queued together share one allowance: that of all their work.
+  const int64_t overtake_ns = overtake_ns_locked(tokens);
   for (size_t i = 0; i < seqs.size(); ++i) {
     const uint32_t index = first + static_cast<uint32_t>(i);
     const uint32_t length = static_cast<uint32_t>(seqs[i].ids.size());
     r.seqs[index] = std::move(seqs[i]);
-    queue_.push({r.order, index}, length, r.arrival_ns, r.priority);
+    queue_.push({r.order, index}, length, r.arrival_ns, r.priority, overtake_ns);
   }
   if (executors_waiting_ > 0) {
     exec_cv_.notify_one();
   } else {
     post_prefetch_locked(steady_now_ns());
   }
+}
+
+// How long requests due earlier may be served before `tokens` of work that
+// arrives now: short_first x its estimated compute, counting one batch's
+// overhead (about max_row_padding tokens, batch_former.h). Shortest first, so
+// a short request does not wait for the long ones queued before it; bounded,
+// so a long one is passed over by little more than its own compute time, and
+// by nothing once it has aged (BatchKnobs::max_priority_wait_ns).
+int64_t Scheduler::overtake_ns_locked(uint64_t tokens) const {
+  const double ns = opt_.knobs.short_first * ns_per_token_ *
+                    static_cast<double>(tokens + opt_.knobs.max_row_padding);
+  return ns > 0 ? static_cast<int64_t>(std::min(ns, 1e15)) : 0;
 }
 
 // ---- workers -----------------------------------------------------------------
@@ -441,7 +457,8 @@ void Scheduler::requeue_overtaken_prefetch_locked() {
     Request& r = requests_.at(rows.ids[i]);
     const uint32_t length = static_cast<uint32_t>(rows.seqs[i].ids.size());
     r.seqs[rows.indices[i]] = std::move(rows.seqs[i]);
-    queue_.push({r.order, rows.indices[i]}, length, rows.arrival_ns[i], r.priority);
+    queue_.push({r.order, rows.indices[i]}, length, rows.arrival_ns[i], r.priority,
+                overtake_ns_locked(length));
   }
   prefetched_.reset();
   prefetched_batch_.reset();
@@ -543,10 +560,16 @@ std::unique_ptr<ReadyBatch> Scheduler::collate(const Taken& rows) const {
 
 // ---- stats ---------------------------------------------------------------------
 
-void Scheduler::record_compute(double seconds, bool failed) {
+void Scheduler::record_compute(double seconds, bool failed, uint64_t padded_tokens) {
   std::lock_guard<std::mutex> lock(mu_);
   stats_.compute_s.observe(seconds);
   if (failed) ++stats_.failed_batches;
+  if (failed || padded_tokens == 0 || !(seconds > 0)) return;
+  const double sample =
+      seconds * 1e9 / static_cast<double>(padded_tokens + opt_.knobs.max_row_padding);
+  // A moving average over about the last ten batches: follows a change of
+  // load or clock speed without jumping at one slow batch.
+  ns_per_token_ = ns_per_token_ > 0 ? 0.9 * ns_per_token_ + 0.1 * sample : sample;
 }
 
 void Scheduler::record_outcomes(uint64_t ok, uint64_t failed, uint64_t timeouts,

@@ -108,8 +108,9 @@ class Scheduler {
   // Stops accepting requests and wakes every waiter.
   void shutdown(bool drain);
 
-  // Executor reports: one batch computed (or failed), and caller outcomes.
-  void record_compute(double seconds, bool failed);
+  // Executor reports: one batch of padded_tokens (rows x width) computed (or
+  // failed), and caller outcomes.
+  void record_compute(double seconds, bool failed, uint64_t padded_tokens = 0);
   void record_outcomes(uint64_t ok, uint64_t failed, uint64_t timeouts, uint64_t cancellations);
   SchedulerStats stats() const;
   const BatchKnobs& knobs() const { return opt_.knobs; }
@@ -160,6 +161,7 @@ class Scheduler {
                     int32_t priority, int64_t now);
   uint64_t queue_limit(int32_t priority) const;
   void enqueue_locked(uint64_t id, uint32_t first, std::vector<TokenSeq>& seqs);
+  int64_t overtake_ns_locked(uint64_t tokens) const;
   void worker_loop();
   void tokenize_task(const Task& task);
   void prefetch();
@@ -202,6 +204,9 @@ class Scheduler {
   bool stopping_ = false;
   bool draining_ = false;
   SchedulerStats stats_;
+  // Measured compute per padded token (a moving average over the batches
+  // computed; 0 until the first): sizes the overtaking allowances.
+  double ns_per_token_ = 0;
   std::vector<std::thread> workers_;
 };
 

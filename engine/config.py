@@ -54,6 +54,16 @@ class BatchingConfig(BaseModel):
     awkward length under load; this bounds the overtaking, keeping p99 latency near a
     FIFO's. 0: rows by length only; 1: no overtaking across requests."""
 
+    short_first: float = Field(1.0, ge=0.0, le=1000.0)
+    """Shorter requests first, within a bound. Each request is due at its arrival plus
+    ``short_first`` x its estimated compute time (its tokens at the rate measured on
+    the batches computed so far), and batches start from the request due first. So a
+    one-sentence request that arrives behind a few long documents is served before
+    them instead of waiting for all of them, while a long request is passed over only
+    by requests due before it, those that arrive within about ``short_first`` x its
+    own compute time after it, and by none once it has waited ``max_priority_wait_ms``.
+    0: arrival order."""
+
     max_wait_ms: float = Field(0.0, ge=0.0, le=10_000.0)
     """Opt-in hold for fuller batches. 0 (the CPU default): an idle executor takes
     whatever is queued at once; batches grow only while it is busy."""

@@ -133,6 +133,7 @@ class Engine(TaskMethods):
             fairness=cfg.fairness,
             max_priority_wait_ms=cfg.max_priority_wait_ms,
             priority_fill=cfg.priority_fill,
+            short_first=cfg.short_first,
         )
         encoder, pretokenize = self.tokenizer.native, None
         if encoder is None:  # Hugging Face fallback: tokenize in Python, queue the ids

@@ -363,7 +363,7 @@ class Scheduler:
             with self._lock:
                 self._computing -= 1
         seconds = time.perf_counter() - start
-        self._native.record_compute(seconds, error is not None)
+        self._native.record_compute(seconds, error is not None, nb.rows * nb.width)
         if error is None:
             with self._lock:
                 self._computed_tokens += nb.real_tokens

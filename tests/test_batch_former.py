@@ -17,11 +17,13 @@ Knobs = _native.BatchKnobs
 
 
 def queue_of(lengths, arrivals=None, request=None):
-    """One sequence per length, in arrival order; each its own request unless given."""
+    """One sequence per length, in arrival order; each its own request unless given
+    (then all arrive together, as a request's texts do)."""
     q = _native.BatchQueue()
     for i, length in enumerate(lengths):
         order, index = (i, 0) if request is None else (request, i)
-        assert q.push(order, index, length, 0.001 * i if arrivals is None else arrivals[i])
+        arrival = (0.001 * i if request is None else 0.0) if arrivals is None else arrivals[i]
+        assert q.push(order, index, length, arrival)
     return q
 
 
@@ -236,6 +238,48 @@ def test_within_a_class_the_oldest_request_anchors_and_its_longest_row_first():
     assert [p.rows for p in plans] == [[(0, 0)], [(1, 0)], [(1, 1)], [(2, 0)]]
 
 
+def test_a_request_due_first_anchors_before_older_ones():
+    # Ten long requests, each due 90 ms after it arrived; a short one arriving 20 ms
+    # later is due 7 ms after it: it goes first, then the long ones in order.
+    q = _native.BatchQueue()
+    for o in range(10):
+        q.push(o, 0, 256, 0.0, overtake=0.090)
+    q.push(10, 0, 5, 0.020, overtake=0.007)
+    knobs = Knobs(max_batch_size=1)
+    plans = drain(q, knobs, now=0.030)
+    assert [p.rows[0][0] for p in plans] == [10, *range(10)]
+
+
+def test_a_request_is_passed_over_only_by_those_due_before_it():
+    q = _native.BatchQueue()
+    q.push(0, 0, 256, 0.0, overtake=0.050)  # due at 50 ms
+    q.push(1, 0, 5, 0.040, overtake=0.005)  # due at 45 ms: before it
+    q.push(2, 0, 5, 0.060, overtake=0.005)  # due at 65 ms: after it
+    plans = drain(q, Knobs(max_batch_size=1), now=0.070)
+    assert [p.rows for p in plans] == [[(1, 0)], [(0, 0)], [(2, 0)]]
+
+
+def test_an_aged_request_goes_first_whatever_is_due_before_it():
+    q = _native.BatchQueue()
+    q.push(0, 0, 256, 0.0, overtake=10.0)
+    q.push(1, 0, 5, 0.5, overtake=0.0)
+    knobs = Knobs(max_batch_size=1, max_priority_wait_ms=1000)
+    assert q.plan(0.9, knobs).rows == [(1, 0)]
+    assert q.plan(1.0, knobs).rows == [(0, 0)]  # it has waited max_priority_wait_ms
+    # Priorities ignored (0): arrival order, allowances too.
+    assert q.plan(0.6, Knobs(max_batch_size=1, max_priority_wait_ms=0)).rows == [(0, 0)]
+
+
+def test_a_due_first_anchor_keeps_its_class_and_batches_by_length():
+    q = _native.BatchQueue()
+    q.push(0, 0, 10, 0.0, priority=5, overtake=0.5)
+    q.push(1, 0, 300, 0.01, priority=5, overtake=0.05)  # due first in class 5
+    q.push(2, 0, 298, 0.0, priority=5, overtake=0.2)  # joins it by length
+    q.push(3, 0, 300, 0.02, priority=7, overtake=0.0)  # less urgent: not even due first
+    plan = q.plan(0.03, Knobs(max_row_padding=4, fairness=0.0))
+    assert plan.rows == [(1, 0), (2, 0)]
+
+
 def test_no_class_starves_an_aged_request_goes_first():
     # One urgent request arrives every 10 ms and one batch of one row runs every
     # 10 ms: the urgent class is never empty, yet the old low-priority request is
@@ -329,11 +373,13 @@ def test_priorities_outside_the_range_are_refused(priority):
     max_batch_tokens=st.integers(1, 6000),
     max_row_padding=st.integers(0, 300),
     fairness=st.sampled_from([0.0, 0.5, 0.7, 1.0]),
+    overtakes_ms=st.lists(st.sampled_from([0, 0, 5, 40, 300]), min_size=80, max_size=80),
 )
 def test_plan_invariants(
     lengths,
     gaps_ms,
     priorities,
+    overtakes_ms,
     max_priority_wait_ms,
     priority_fill,
     max_batch_size,
@@ -353,7 +399,11 @@ def test_plan_invariants(
     now_ms = arrivals_ms[-1] + 10
     q = _native.BatchQueue()
     for o, length in enumerate(lengths):
-        assert q.push(o, 0, length, arrivals_ms[o] / 1000, priority=priorities[o])
+        pushed = q.push(
+            o, 0, length, arrivals_ms[o] / 1000, priority=priorities[o],
+            overtake=overtakes_ms[o] / 1000,
+        )  # fmt: skip
+        assert pushed
 
     one_class = len(set(priorities[: len(lengths)])) == 1
 
@@ -363,7 +413,11 @@ def test_plan_invariants(
         return 0 if now_ms - arrivals_ms[o] >= max_priority_wait_ms else priorities[o]
 
     best = min(class_of(o) for o in range(len(lengths)))
-    anchor = min(o for o in range(len(lengths)) if class_of(o) == best)
+    if now_ms - arrivals_ms[0] >= max_priority_wait_ms:  # the oldest has aged: it anchors
+        anchor = 0
+    else:  # the request due first in the most urgent class (ties: the older)
+        due = {o: arrivals_ms[o] + overtakes_ms[o] for o in range(len(lengths))}
+        anchor = min((due[o], o) for o in range(len(lengths)) if class_of(o) == best)[1]
     latest = (now_ms - fairness * (now_ms - arrivals_ms[anchor])) / 1000  # max_wait is 0
     arrivals = [a / 1000 for a in arrivals_ms]
     plan = q.plan(now_ms / 1000, knobs)

@@ -177,6 +177,52 @@ def test_idle_executor_takes_a_lone_request_at_once():
     assert got and got[0].request_ids == [1]
 
 
+def dispatch_order(nat, rows: int) -> list[int]:
+    """The request ids of the rows handed out, in order, until ``rows`` have been."""
+    out: list[int] = []
+    while len(out) < rows:
+        out.extend(nat.next_batch().request_ids)
+    return out
+
+
+def long_then_short(nat) -> list[int]:
+    """Three long requests, then a one-word one just after; the order of their rows.
+    No padding allowed, so the short row is never batched with long ones; and no
+    batch is full, so none is collated ahead of the short one's arrival."""
+    for i in range(3):
+        nat.submit(i, ["x" * 200])
+    nat.submit(9, ["a"])
+    return dispatch_order(nat, 4)
+
+
+def test_a_short_request_goes_before_long_ones_queued_just_before_it():
+    nat = native(max_row_padding=0, short_first=1.0)
+    # The measured rate: 1 ms per token, so a 200-token text has an allowance of
+    # about 0.2 s and a one-word one of 20 ms.
+    nat.record_compute(1.0, False, padded_tokens=1000)
+    assert long_then_short(nat) == [9, 0, 1, 2]
+
+
+def test_arrival_order_until_a_rate_is_measured_or_when_turned_off():
+    assert long_then_short(native(max_row_padding=0, short_first=1.0)) == [0, 1, 2, 9]
+    nat = native(max_row_padding=0, short_first=0.0)
+    nat.record_compute(0.1, False, padded_tokens=1000)
+    assert long_then_short(nat) == [0, 1, 2, 9]
+    # A failed batch teaches no rate.
+    nat = native(max_row_padding=0, short_first=1.0)
+    nat.record_compute(0.1, True, padded_tokens=1000)
+    assert long_then_short(nat) == [0, 1, 2, 9]
+
+
+def test_a_long_request_is_passed_over_only_within_its_allowance():
+    nat = native(max_row_padding=0, short_first=1.0)
+    nat.record_compute(0.001, False, padded_tokens=1000)  # 1 us per token: ~0.2 ms allowance
+    nat.submit(0, ["x" * 200])
+    time.sleep(0.01)  # past the long one's allowance
+    nat.submit(9, ["a"])
+    assert dispatch_order(nat, 2) == [0, 9]
+
+
 # ---- the Python executor --------------------------------------------------------
 
 
