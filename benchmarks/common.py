@@ -132,6 +132,14 @@ def machine_info() -> dict:
     }
 
 
+def run_line(command: str, machine: dict) -> str:
+    """How a result was made, for its Markdown: the command, the CPU and the load."""
+    return (
+        f"`{command}`, {machine['cpu']}, {machine['logical_cores']} logical cores, "
+        f"load average {machine['loadavg_1m']:.1f} at the end."
+    )
+
+
 def write_results(name: str, payload: dict) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"

@@ -34,6 +34,7 @@ from benchmarks.common import (
     ensure_model_dir,
     load_texts,
     machine_info,
+    run_line,
     table,
     write_results,
 )
@@ -109,10 +110,14 @@ def write_markdown(name: str, args: dict, machine: dict, runs: list[dict]) -> st
     text = table([[r.get(k, "") for k in keys] for r in runs], headers)
     (RESULTS / f"{name}.md").write_text(
         "# Request priority under load, in one process\n\n"
-        f"`python -m benchmarks.priority --background {args['background']} "
-        f"--requests {args['requests']}`, {machine['cpu']}, {machine['logical_cores']} "
-        f"logical cores, load average {machine['loadavg_1m']:.1f} at the end.\n\n"
-        "```\n" + text + "\n```\n"
+        + run_line(
+            f"python -m benchmarks.priority --background {args['background']} "
+            f"--requests {args['requests']}",
+            machine,
+        )
+        + "\n\n```\n"
+        + text
+        + "\n```\n"
     )
     return text
 
