@@ -24,9 +24,10 @@ policy into the process that builds the front door:
   replica died before answering is replayed once on another replica
   (``retry-on empty-response``): inference is idempotent. Not one that a
   connection kept open to a replica killed a moment ago gets reset: HAProxy
-  2.6 replays no read error, and on a keep-alive client connection closes it
-  without an answer. ``option http-server-close`` (a new connection to the
-  replica per request, refused at once by a dead one, and replayed) would
+  (2.8, Ray's build) replays no read error, and on a keep-alive connection
+  closes the client's without an answer. ``option http-server-close`` (a new
+  connection to the replica per request, refused at once by a dead one, and
+  replayed) would
   avoid that but cost every request: +0.3-0.7 ms p50 on a route that does no
   work and +0.7-1.7 ms on a one-text classification at one client, measured
   on 2 cores in two alternating rounds.
@@ -139,7 +140,7 @@ def haproxy_errors() -> str:
 
 # http-error keeps the status. A replica that died under a request is no bad
 # gateway to the client but a model restarting: 503. Our replicas never send 502.
-# HAProxy (2.6) keeps the client's connection open after such a reply and then
+# HAProxy keeps the client's connection open after such a reply and then
 # drops the next request sent on it without an answer: the reply says
 # "Connection: close" so the client opens a new one. (http-after-response is
 # not allowed in an anonymous defaults section.)

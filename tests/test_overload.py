@@ -220,7 +220,7 @@ def test_a_killed_replica_costs_503s_not_resets_or_500s(served):
         # HAProxy replays a request whose replica closed the connection (retry-on
         # empty-response), but not one whose replica's kernel reset it (the request
         # was still unread in the dead process's socket): on a keep-alive client
-        # connection HAProxy 2.6 then closes the client's connection without an
+        # connection HAProxy then closes the client's connection without an
         # answer, unlogged. Seen in about one run in four, one request.
         pytest.xfail(f"requests in flight on the killed replica were reset: {resets}")
 
