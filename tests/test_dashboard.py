@@ -250,6 +250,11 @@ def send_traffic(url: str) -> None:
             for model in (PLAIN, VERSIONED):
                 reply = http.post(f"/v2/models/{model}/infer", content=v2_body(TEXTS))
                 assert reply.status_code == 200, reply.text
+        # The split is random: each version once by name, so both have served.
+        for version in ("1", "2"):
+            path = f"/v2/models/{VERSIONED}/versions/{version}/infer"
+            reply = http.post(path, content=v2_body(TEXTS))
+            assert reply.status_code == 200, reply.text
         for member in (*POOL_MEMBERS, POOL_MEMBERS[0]):
             reply = http.post(f"/v2/models/{POOL}/{member}/infer", content=v2_body(TEXTS))
             assert reply.status_code == 200, reply.text
@@ -296,8 +301,13 @@ def test_every_metric_the_dashboard_reads_is_exported_by_ray(served):
     requests = pool_series["ray_textfleet_pool_member_requests_total"]
     assert {s["member"] for s in requests if s["model"] == POOL} == set(POOL_MEMBERS)
     # The versioned model's replicas say which version they are.
+    for version in ("1", "2", "s"):
+        labels = {"model": VERSIONED, "version": version}
+        wait_for(served["ray"], {"ray_textfleet_requests_total"}, labels)
     versions = {
-        s["version"] for s in series["ray_textfleet_requests_total"] if s["model"] == VERSIONED
+        s["version"]
+        for s in exported(served["ray"])["ray_textfleet_requests_total"]
+        if s["model"] == VERSIONED
     }
     assert versions == {"1", "2", "s"}
     agreement = [
