@@ -68,9 +68,9 @@ def small_latencies(url: str, stop: threading.Event) -> list[float]:
     strict=False,
     reason="known gap: each 4 MB text costs what a 256-token text does, and on 2 cores a "
     "small request waits for the long batches computing when it arrives (it passes those "
-    "still queued: batching.short_first): p99 124-164 ms in three runs on a quiet machine "
-    "(161-192 ms in arrival order), 460-580 ms measured before with other processes "
-    "competing (target 200)",
+    "still queued: batching.short_first): p99 99-191 ms in 26 runs of this load on a quiet "
+    "machine (161-192 ms in arrival order), 460-580 ms measured before with other "
+    "processes competing (target 200)",
 )
 def test_huge_texts_are_refused_or_bounded_and_leave_no_growth(served):
     url = f"{served['url']}/v2/models/{MODEL}/infer"
