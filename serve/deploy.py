@@ -131,6 +131,7 @@ def start_ray(
     env: dict[str, str] | None = None,
     ingress: str = "auto",
     host: str = LOOPBACK,
+    replica_connections: str = "keep_alive",
     **init_kwargs: Any,
 ) -> str:
     """A local Ray with the dashboard off, every port of it on loopback; no-op when
@@ -138,7 +139,9 @@ def start_ray(
 
     ``host`` is where the HTTP port will listen (``server.host``); under HAProxy it
     is HAProxy's frontend, and ``apply`` keeps Serve's own host on loopback (see
-    serve/network.py). Returns the HTTP ingress in use ("haproxy" or "ray-proxy"):
+    serve/network.py). ``replica_connections`` is ``server.replica_connections``
+    (HAProxy's connections to the replicas, serve/ingress_policy.py). Returns the
+    HTTP ingress in use ("haproxy" or "ray-proxy"):
     Ray reads it from the environment when it starts, so a running Ray keeps its own.
     """
     if ray.is_initialized():
@@ -156,7 +159,9 @@ def start_ray(
     policy_env = ingress_policy.HAPROXY_ENV
     for k, v in {**LEAN_ENV, **local_env, **policy_env, **ingress_env, **(env or {})}.items():
         os.environ.setdefault(k, v)
-    os.environ[network.HTTP_HOST_ENV] = host  # this server's, never an inherited one
+    # This server's own, never inherited ones.
+    os.environ[network.HTTP_HOST_ENV] = host
+    os.environ[ingress_policy.REPLICA_CONNECTIONS_ENV] = replica_connections
     if ingress == "ray-proxy":  # an inherited HAProxy setting must not win here
         os.environ.pop("RAY_SERVE_ENABLE_HA_PROXY", None)
     _apply_single_machine_switch()

@@ -22,18 +22,20 @@ policy into the process that builds the front door:
   504; and a path no route serves yet (the gateway at ``/`` is not up: the
   server is starting) 503 with Retry-After instead of 404. A request whose
   replica died before answering is replayed once on another replica
-  (``retry-on empty-response``): inference is idempotent. Not one that a
-  connection kept open to a replica killed a moment ago gets reset: HAProxy
-  (2.8, Ray's build) replays no read error, and on a keep-alive connection
-  closes the client's without an answer. ``option http-server-close`` (a new
+  (``retry-on empty-response``): inference is idempotent. One sent on a
+  connection kept open to a replica killed a moment ago can still be reset:
+  the dead process's kernel resets the connection, HAProxy (2.8, Ray's build)
+  did not replay that in our runs, and on a keep-alive connection it closes
+  the client's without an answer. ``option http-server-close`` (a new
   connection to the replica per request, refused at once by a dead one, and
-  replayed) would avoid that but cost every request: +0.3-0.7 ms p50 on a
-  route that does no work, +0.7-1.7 ms on a one-text classification at one
-  client and 8-17% of a classifier's throughput at 64 clients, measured on 2
-  cores in alternating rounds. The reset is rare: one in 67 kills of a replica
-  serving 8 clients with connections kept open, none in 40 kills with a
-  connection per request (which also saw no 503: a dead replica refuses the
-  connection and the request goes to the live one).
+  replayed; ``server.replica_connections: per_request``) avoids that but costs
+  every request: +0.3-0.7 ms p50 on a route that does no work, +0.7-1.7 ms on
+  a one-text classification at one client and 8-17% of a classifier's
+  throughput at 64 clients, measured on 2 cores in alternating rounds. The
+  reset is rare: one in 67 kills of a replica serving 8 clients with
+  connections kept open, none in 40 kills with a connection per request
+  (which also saw no 503: a dead replica refuses the connection and the
+  request goes to the live one).
 - Ray's proxy (``patch_ray_proxy``): the same 503 for a path no route serves
   yet and for a replica that died or cannot be reached.
 
@@ -45,6 +47,7 @@ the policy.
 from __future__ import annotations
 
 import json
+import os
 
 from textfleet.serve.config import MAX_REQUEST_TIMEOUT_S
 
@@ -80,6 +83,11 @@ HAPROXY_ENV: dict[str, str] = {
     # proxy (the backup server), which answers 503 while none is up.
     "RAY_SERVE_HAPROXY_RETRIES": "6",
 }
+
+REPLICA_CONNECTIONS_ENV = "TEXTFLEET_REPLICA_CONNECTIONS"
+"""``server.replica_connections`` of the server that starts Ray (serve/deploy.py),
+read where HAProxy's config is written; ``per_request`` closes each connection to a
+replica after its response."""
 
 CLUSTER_SETUP_HOOK = "textfleet.serve.ingress_policy.setup_worker"
 """The hook for a cluster's workers: this policy only. serve/network.py's loopback
@@ -168,6 +176,15 @@ _FRONTEND_RULES = (
 )
 
 
+def _replica_connections() -> str:
+    """The defaults section's line for ``server.replica_connections``: per request,
+    HAProxy closes its connection to a replica after each response (the client's
+    stays open), so no request is ever sent on a connection a dead replica left."""
+    if os.environ.get(REPLICA_CONNECTIONS_ENV) != "per_request":
+        return ""
+    return "    option http-server-close\n"
+
+
 def haproxy_template(template: str) -> str:
     """Ray's HAProxy config template with textfleet's timeouts and error replies."""
     lines = (
@@ -189,8 +206,9 @@ def haproxy_template(template: str) -> str:
         f"    http-request return status 503 content-type application/json "
         f"string {_json_string(STARTING_MESSAGE)} hdr Retry-After {RETRY_AFTER_S}\n"
     )
+    defaults = haproxy_errors() + _replica_connections()
     return (
-        template.replace(_ERRORFILES, haproxy_errors())
+        template.replace(_ERRORFILES, defaults)
         .replace(_HTTP_REQUEST_TIMEOUT, f"timeout http-request {HEADER_TIMEOUT_S}s")
         .replace(_KEEP_ALIVE_TIMEOUT, f"timeout http-keep-alive {KEEP_ALIVE_TIMEOUT_S}s")
         .replace(_NOT_FOUND, not_found)

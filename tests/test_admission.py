@@ -190,6 +190,23 @@ def test_haproxy_template_gets_timeouts_and_json_errors():
         ingress_policy.haproxy_template("defaults\n    mode http\n")
 
 
+def test_replica_connections_per_request_closes_each_replica_connection(monkeypatch):
+    from ray.serve._private import haproxy_templates
+
+    from textfleet.serve.config import ServerConfig
+
+    template = haproxy_templates.HAPROXY_CONFIG_TEMPLATE
+    monkeypatch.setenv(ingress_policy.REPLICA_CONNECTIONS_ENV, "keep_alive")
+    assert "http-server-close" not in ingress_policy.haproxy_template(template)
+    monkeypatch.setenv(ingress_policy.REPLICA_CONNECTIONS_ENV, "per_request")
+    out = ingress_policy.haproxy_template(template)
+    defaults = out.split("\ndefaults\n", 1)[1].split("\nfrontend ", 1)[0]
+    assert "\n    option http-server-close\n" in defaults
+    assert ServerConfig().replica_connections == "keep_alive"
+    with pytest.raises(ValueError, match="replica_connections"):
+        ServerConfig(replica_connections="sometimes")
+
+
 @pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy not installed")
 def test_haproxy_accepts_the_lines_we_add(tmp_path):
     cfg = tmp_path / "h.cfg"

@@ -164,11 +164,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
             num_cpus=args.num_cpus,
             ingress=server.ingress,
             host=server.host,
+            replica_connections=server.replica_connections,
         )
     except (RuntimeError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"ingress: {ingress}", file=sys.stderr)
+    per_request = ingress == "haproxy" and server.replica_connections == "per_request"
+    connections = ", a connection per request to the replicas" if per_request else ""
+    print(f"ingress: {ingress}{connections}", file=sys.stderr)
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         deploy.apply(serve_config(models))

@@ -1,0 +1,91 @@
+"""``server.replica_connections: per_request``: a replica killed under load resets no
+client's connection (real ``textfleet serve`` with HAProxy, real HTTP, kill -9).
+
+With a connection per request HAProxy never sends a request on a connection a
+dead replica left behind: a new connection to it is refused and the request goes
+to a live replica, or is answered 503 while none is up. The server runs in a
+subprocess with its own Ray (test_listeners.py), as a user starts it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+import yaml
+from conftest import free_port
+from replica_kill import check_answers, kill_under_load, resets
+from test_listeners import kill_tree, server_env, wait_until_serving
+
+from textfleet.serve.deploy import resolve_ingress
+
+pytestmark = pytest.mark.slow
+
+MODEL = "steady"
+
+
+def replica_of(root: int, model: str) -> int:
+    """The process id of the model's one replica in the server's process tree."""
+    for _ in range(60):
+        for p in psutil.Process(root).children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                if f"ServeReplica:{model}:" in " ".join(p.cmdline()):
+                    return p.pid
+        time.sleep(0.5)
+    raise LookupError(f"no replica of {model!r} under process {root}")
+
+
+@pytest.fixture
+def server(model_dir, tmp_path):
+    try:
+        resolve_ingress("haproxy")
+    except RuntimeError as e:
+        pytest.fail(f"HAProxy is part of the install: {e}")
+    port = free_port()
+    models = {
+        "server": {
+            "port": port,
+            "grpc_port": free_port(),
+            "metrics_export_port": free_port(),
+            "replica_connections": "per_request",
+        },
+        "models": [
+            {"name": MODEL, "model_dir": str(model_dir.path), "threads": 1}
+            | {"ray_actor_options": {"num_cpus": 0}}
+        ],
+    }
+    (tmp_path / "models.yaml").write_text(yaml.safe_dump(models, sort_keys=False))
+    stdout, stderr = tmp_path / "stdout", tmp_path / "stderr"
+    with stdout.open("wb") as out, stderr.open("wb") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-P", "-m", "textfleet.cli", "serve", "models.yaml"],
+            cwd=tmp_path,
+            env=server_env("haproxy"),
+            stdout=out,
+            stderr=err,
+        )
+    tree = [proc.pid]
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_until_serving(proc, f"{url}/v2/models/{MODEL}/infer", stdout, stderr)
+        tree += [p.pid for p in psutil.Process(proc.pid).children(recursive=True)]
+        yield {"url": url, "proc": proc, "stderr": stderr}
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=30)
+        kill_tree(tree)
+
+
+def test_a_killed_replica_resets_no_connection(server):
+    assert "a connection per request" in server["stderr"].read_text()
+    pid = replica_of(server["proc"].pid, MODEL)
+    counts, recovery = kill_under_load(server["url"], MODEL, pid)
+    print(f"\nkill -9 under load, a connection per request: {dict(counts)}; back in {recovery} s")
+    assert resets(counts) == {}, counts
+    check_answers(counts, recovery)
