@@ -12,63 +12,19 @@ Run with ``-s`` to see the table of (process, address) of each case.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-import httpx
 import pytest
-import yaml
 from conftest import free_port
+from server_process import running_server
 
 from textfleet.serve.deploy import resolve_ingress
 from textfleet.serve.network import Listener, haproxy_template, listeners
 
-START_TIMEOUT_S = 300
 STOP_TIMEOUT_S = 10
-INFER = {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["hello"]}]}
-
-
-def server_env(ingress: str) -> dict[str, str]:
-    """This process's environment without the settings of the session's own Ray
-    (its ingress, its address), and ports of HAProxy's pages and Serve's fallback
-    proxy of its own: two Rays run on this machine during a test session."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "TEXTFLEET_", "__RAY"))}
-    env.update(
-        TEXTFLEET_INGRESS=ingress,
-        RAY_SERVE_HAPROXY_STATS_PORT=str(free_port()),
-        RAY_SERVE_HAPROXY_METRICS_PORT=str(free_port()),
-        RAY_SERVE_FALLBACK_PROXY_HTTP_PORT=str(free_port()),
-        RAY_SERVE_FALLBACK_PROXY_GRPC_PORT=str(free_port()),
-    )
-    return env
-
-
-def wait_until_serving(proc: subprocess.Popen, url: str, stdout: Path, stderr: Path) -> None:
-    """Until a V2 infer answers and the server has printed its addresses."""
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"server exited with {proc.returncode}:\n{stderr.read_text()}")
-        with contextlib.suppress(httpx.HTTPError):
-            answered = httpx.post(url, json=INFER, timeout=5).status_code == 200
-            if answered and "Ctrl-C to stop" in stdout.read_text():
-                return
-        time.sleep(1)
-    pytest.fail(f"no V2 infer answer within {START_TIMEOUT_S}s:\n{stderr.read_text()}")
-
-
-def kill_tree(pids: list[int]) -> None:
-    """SIGKILL what is left of the server's processes (a failed test's cleanup)."""
-    import psutil
-
-    for pid in pids:
-        with contextlib.suppress(psutil.Error):
-            psutil.Process(pid).kill()
 
 
 @pytest.fixture
@@ -88,40 +44,14 @@ def server(request, model_dir, tmp_path):
             | {"ray_actor_options": {"num_cpus": 0}}
         ],
     }
-    (tmp_path / "models.yaml").write_text(yaml.safe_dump(models, sort_keys=False))
-    stdout, stderr = tmp_path / "stdout", tmp_path / "stderr"
-    with stdout.open("wb") as out, stderr.open("wb") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-P", "-m", "textfleet.cli", "serve", "models.yaml"],
-            cwd=tmp_path,
-            env=server_env(ingress),
-            stdout=out,
-            stderr=err,
-        )
-    tree = [proc.pid]
-    try:
-        url = f"http://127.0.0.1:{port}/v2/models/minilm/infer"
-        wait_until_serving(proc, url, stdout, stderr)
-        import psutil
-
-        tree += [p.pid for p in psutil.Process(proc.pid).children(recursive=True)]
-        yield {
-            "proc": proc,
-            "tree": tree,
+    with running_server(tmp_path, models, ingress, "minilm") as running:
+        yield running | {
             "ingress": ingress,
             "host": host,
             "port": port,
             "grpc_port": grpc_port,
             "metrics_port": metrics_port,
-            "stdout": stdout,
-            "stderr": stderr,
         }
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=30)
-        kill_tree(tree)
 
 
 def admin_socket_modes(socks: list[Listener]) -> list[str]:

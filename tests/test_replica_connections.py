@@ -10,16 +10,13 @@ subprocess with its own Ray (test_listeners.py), as a user starts it.
 from __future__ import annotations
 
 import contextlib
-import subprocess
-import sys
 import time
 
 import psutil
 import pytest
-import yaml
 from conftest import free_port
 from replica_kill import check_answers, kill_under_load, resets
-from test_listeners import kill_tree, server_env, wait_until_serving
+from server_process import running_server
 
 from textfleet.serve.deploy import resolve_ingress
 
@@ -58,28 +55,8 @@ def server(model_dir, tmp_path):
             | {"ray_actor_options": {"num_cpus": 0}}
         ],
     }
-    (tmp_path / "models.yaml").write_text(yaml.safe_dump(models, sort_keys=False))
-    stdout, stderr = tmp_path / "stdout", tmp_path / "stderr"
-    with stdout.open("wb") as out, stderr.open("wb") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-P", "-m", "textfleet.cli", "serve", "models.yaml"],
-            cwd=tmp_path,
-            env=server_env("haproxy"),
-            stdout=out,
-            stderr=err,
-        )
-    tree = [proc.pid]
-    try:
-        url = f"http://127.0.0.1:{port}"
-        wait_until_serving(proc, f"{url}/v2/models/{MODEL}/infer", stdout, stderr)
-        tree += [p.pid for p in psutil.Process(proc.pid).children(recursive=True)]
-        yield {"url": url, "proc": proc, "stderr": stderr}
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=30)
-        kill_tree(tree)
+    with running_server(tmp_path, models, "haproxy", MODEL) as running:
+        yield running | {"url": f"http://127.0.0.1:{port}"}
 
 
 def test_a_killed_replica_resets_no_connection(server):
