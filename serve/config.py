@@ -762,7 +762,8 @@ class ServerConfig(_Strict):
     serve/ingress_policy.py). ``per_request``: a connection per request, which a dead
     replica refuses, so the request goes to a live one (no reset seen on a quiet
     machine), at a cost on every request: 8-17% of a small model's throughput at 64
-    clients on 2 cores. Ray's proxy ignores this."""
+    clients on 2 cores. A server ``textfleet serve`` starts on this machine only: Ray's
+    proxy and a cluster (``--address``) keep their own."""
 
     gateway: GatewayConfig = GatewayConfig()
 
