@@ -18,14 +18,9 @@ from collections import Counter
 
 import httpx
 import orjson
+from serving import v2_body
 
 TEXT = ["a steady stream of requests"]
-
-
-def v2_body(texts: list[str]) -> bytes:
-    return orjson.dumps(
-        {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [len(texts)], "data": texts}]}
-    )
 
 
 def kill_under_load(url: str, model: str, pid: int) -> tuple[Counter, float | None]:

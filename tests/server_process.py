@@ -52,8 +52,6 @@ def wait_until_serving(proc: subprocess.Popen, url: str, stdout: Path, stderr: P
 
 def kill_tree(pids: list[int]) -> None:
     """SIGKILL what is left of the server's processes (a failed test's cleanup)."""
-    import psutil
-
     for pid in pids:
         with contextlib.suppress(psutil.Error):
             psutil.Process(pid).kill()

@@ -1,4 +1,5 @@
-"""Helpers of the serving tests that reach below HTTP: replica processes, raw sockets."""
+"""Helpers of the serving tests: V2 bodies, and what reaches below HTTP (replica
+processes, raw sockets)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,14 @@ import sys
 import time
 from pathlib import Path
 
+import orjson
 import yaml
+
+
+def v2_body(texts: list[str]) -> bytes:
+    """A V2 infer request of ``texts`` as its one BYTES input ``text``."""
+    inp = {"name": "text", "datatype": "BYTES", "shape": [len(texts)], "data": texts}
+    return orjson.dumps({"inputs": [inp]})
 
 
 def replica_processes(app: str) -> dict[str, int]:

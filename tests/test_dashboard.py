@@ -26,6 +26,7 @@ from pathlib import Path
 import httpx
 import orjson
 import pytest
+from serving import v2_body
 
 REPO = Path(__file__).resolve().parents[1]
 DASHBOARD = REPO / "serve" / "dashboards" / "textfleet.json"
@@ -163,12 +164,6 @@ TEXTS = ["The quick brown fox.", "Zürich café ☕ naïve", "日本語のテキ
 LONG_TEXT = "the committee reviewed the quarterly figures in detail " * 8  # > the queue bound
 PLAIN, VERSIONED, POOL = "dash", "dashv", "dashp"
 POOL_MEMBERS = ("a", "b")
-
-
-def v2_body(texts) -> bytes:
-    return orjson.dumps(
-        {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [len(texts)], "data": texts}]}
-    )
 
 
 @pytest.fixture(scope="module")

@@ -20,10 +20,9 @@ import time
 from collections import Counter
 
 import httpx
-import orjson
 import pytest
 from replica_kill import check_answers, kill_under_load, resets
-from serving import apply_one_model, replica_pid
+from serving import apply_one_model, replica_pid, v2_body
 
 from textfleet.serve.config import GATEWAY_APP
 
@@ -86,11 +85,6 @@ def _statuses_until_ready(url: str, deadline_s: float) -> Counter:
                 return seen
             time.sleep(0.1)
     raise TimeoutError(f"{MODEL} not ready after {deadline_s} s: {dict(seen)}")
-
-
-def v2_body(texts: list[str]) -> bytes:
-    inp = {"name": "text", "datatype": "BYTES", "shape": [len(texts)], "data": texts}
-    return orjson.dumps({"inputs": [inp]})
 
 
 async def _burst(url: str, bodies: list[bytes], headers: dict[str, str]) -> tuple[Counter, float]:

@@ -3,8 +3,8 @@ client's connection (real ``textfleet serve`` with HAProxy, real HTTP, kill -9).
 
 With a connection per request HAProxy never sends a request on a connection a
 dead replica left behind: a new connection to it is refused and the request goes
-to a live replica, or is answered 503 while none is up. The server runs in a
-subprocess with its own Ray (test_listeners.py), as a user starts it.
+to a live replica, or waits for one behind Ray's fallback proxy. The server
+runs in a subprocess with its own Ray (tests/server_process.py), as a user starts it.
 """
 
 from __future__ import annotations
