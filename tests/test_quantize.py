@@ -35,6 +35,17 @@ TEXTS = REPO / "tests" / "quantize_texts.txt"
 CHECK = {"check": True, "check_threshold": 0.0, "check_texts": [str(TEXTS)]}
 
 
+def has_vnni() -> bool:
+    """Whether this x86 CPU multiplies int8 with VNNI. Without it onnxruntime's
+    uint8 x int8 kernels sum pairs of products in 16 bits, which saturate, so an
+    int8 model answers further from fp32 on such a CPU than on one with VNNI."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return True
+    return "avx512_vnni" in flags or "avx_vnni" in flags
+
+
 def node_ops(md) -> list[str]:
     return [n.op_type for n in onnx.load(str(md.path / ONNX_FILE)).graph.node]
 
@@ -216,7 +227,10 @@ def test_smoothed_int8_answers_closer_to_fp32(source_dir, int8_dir):
     plain = int8_dir.info.quality
     assert report.alone.cosine_min > plain.alone.cosine_min
     assert report.alone.cosine_mean > plain.alone.cosine_mean
-    assert min(report.alone.cosine_min, report.batched.cosine_min) > 0.985  # 0.9894 measured
+    # Measured: 0.9894 on an AMD EPYC; 0.9577 (batched) on a Xeon with AVX-512 but
+    # no VNNI, where the saturating kernels cost the most.
+    floor = 0.985 if has_vnni() else 0.95
+    assert min(report.alone.cosine_min, report.batched.cosine_min) > floor
 
 
 # ---------------------------------------------------------------- the other tasks
