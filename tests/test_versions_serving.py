@@ -476,16 +476,21 @@ def test_an_int8_shadow_reports_the_cosine_measured_offline(
     while router_status()["shadow"]["version"] != shadow and time.monotonic() < deadline:
         time.sleep(0.2)
     http = served["http"]
-    for i in range(0, len(texts), 8):
+    # One request at a time, each after the last one's mirror is settled: the shadow
+    # computes only while the primary leaves the cores idle (it runs at the lowest
+    # CPU priority), and on a slow machine back-to-back requests starve it until
+    # its mirrors are dropped, which is the shadow's design, not what this measures.
+    for n, i in enumerate(range(0, len(texts), 8), start=1):
         r = infer(http, texts=texts[i : i + 8])
         assert r.status_code == 200 and r.headers[HEADER] == "1", r.text
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        figures = router_status()["shadow"]["versions"].get(shadow, {})
-        if figures.get("ok", 0) + figures.get("errors", 0) + figures.get("dropped", 0) >= 20:
-            break
-        time.sleep(0.2)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            figures = router_status()["shadow"]["versions"].get(shadow, {})
+            if figures.get("ok", 0) + figures.get("errors", 0) + figures.get("dropped", 0) >= n:
+                break
+            time.sleep(0.05)
     assert figures["errors"] == 0 and figures["dropped"] == 0, figures
+    assert figures["ok"] == 20, figures
     want = _mean_cosine(served["dir"], real[shadow], texts)
     got = figures["mean"]["cosine"]
     assert got == pytest.approx(want, abs=2e-3)  # the same texts, other batch shapes
