@@ -324,6 +324,12 @@ class ModelConfig(EngineConfig):
     (Ray Serve's option, in Ray's router and in the replica); past it Ray answers
     503 at once. -1: unbounded."""
 
+    health_check_period_s: float = Field(2.0, ge=0.5, le=600.0)
+    """Seconds between Ray's health checks of each replica (Ray's default is 10). A
+    replica killed outright is noticed at its next check, and only then replaced:
+    until the new one is up its model answers 503 or holds requests, so this bounds
+    the outage. A check is one cheap call that asks the engine whether it runs."""
+
     ray_actor_options: RayActorOptions = RayActorOptions()
     """Resources of each replica (``resources`` pins replicas to nodes offering them)."""
 
@@ -451,6 +457,7 @@ class ModelConfig(EngineConfig):
             "max_queued_requests": self.max_queued_requests,
             # Ray's 503 past max_queued_requests, with a Retry-After (none by default).
             "backpressure_config": {"status_code": 503, "retry_after_s": 1.0},
+            "health_check_period_s": self.health_check_period_s,
         }
         if self.autoscaling is not None:
             opts["autoscaling_config"] = dict(self.autoscaling)
@@ -471,6 +478,7 @@ class ModelConfig(EngineConfig):
             "autoscaling",
             "max_ongoing_requests",
             "max_queued_requests",
+            "health_check_period_s",
             "ray_actor_options",
             "max_replicas_per_node",
             *_VERSIONING,

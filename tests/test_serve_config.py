@@ -84,6 +84,8 @@ def test_defaults_reach_the_batcher():
         "max_ongoing_requests": 256,
         "max_queued_requests": 2048,
         "backpressure_config": {"status_code": 503, "retry_after_s": 1.0},
+        # Ray's 10 s would leave a killed replica's model down for up to 10 s more.
+        "health_check_period_s": 2.0,
         "num_replicas": 1,
     }
     assert m.request_timeout_s == 30.0
@@ -188,6 +190,7 @@ def test_generated_file_round_trips_and_builder_accepts_its_args(tmp_path):
             "max_ongoing_requests": 128,
             "max_queued_requests": 2048,
             "backpressure_config": {"status_code": 503, "retry_after_s": 1.0},
+            "health_check_period_s": 2.0,
             "num_replicas": 2,
             "ray_actor_options": {
                 "num_cpus": 1.0,
