@@ -23,6 +23,7 @@ from textfleet.engine import _native
 from textfleet.engine.backends.base import Backend, create_backend, physical_cores
 from textfleet.engine.batch import Batch
 from textfleet.engine.config import BatchingConfig, EngineConfig, device_batching
+from textfleet.engine.cpu_int8 import warn_if_drifting
 from textfleet.engine.errors import EngineError
 from textfleet.engine.memory import IdleMemoryRelease
 from textfleet.engine.model_dir import ModelDir, ModelInfo
@@ -204,6 +205,8 @@ class Engine(TaskMethods):
             config.backend, md, device=config.device, threads=threads, solo_threads=solo_threads
         )
         runtime.load()
+        if config.backend == "onnxruntime" and config.device == "cpu":
+            warn_if_drifting(md.info)
         resolved = config.model_copy(update={"batching": batching})
         return cls(md, tokenizer, runtime, batching, resolved)
 

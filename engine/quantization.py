@@ -13,6 +13,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from textfleet.engine.cpu_int8 import Int8Kernels
+
 QuantMethod = Literal["dynamic", "static"]
 
 # The one figure per task the quality check compares with its threshold.
@@ -40,6 +42,9 @@ class Quantization(BaseModel):
     smooth: float | None = None
     """SmoothQuant alpha: the LayerNorm outputs' channels were divided by per-channel
     factors (folded into the weights that read them) before quantizing; None: not smoothed."""
+    reduce_range: bool = False
+    """Weights quantized to 7 bits instead of 8: a little coarser, but their products'
+    pairwise sums cannot saturate on x86 CPUs without VNNI (engine/cpu_int8.py)."""
 
 
 class QualityFigures(BaseModel):
@@ -87,3 +92,6 @@ class QualityReport(BaseModel):
     alone: QualityFigures
     batched: QualityFigures
     drift: QualityFigures
+    cpu_int8: Int8Kernels | None = None
+    """The int8 kernels of the CPU the figures were measured on (engine/cpu_int8.py):
+    without VNNI an 8-bit graph answers further from fp32. None: not recorded."""

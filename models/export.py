@@ -133,6 +133,7 @@ def export(
     fuse: bool = False,
     matryoshka_dims: Sequence[int] | None = None,
     smooth: float | None = None,
+    reduce_range: bool = False,
 ) -> ModelDir:
     """Export SOURCE into the model directory OUT_DIR and return it, opened.
 
@@ -147,7 +148,8 @@ def export(
     ``check``, the quality against the fp32 graph measured on ``check_texts`` (default:
     the committed samples) and recorded; below ``check_threshold`` the export is refused
     (QualityError); ``smooth`` (alpha): SmoothQuant the LayerNorm outputs first
-    (models/smooth.py). See models/int8_export.py. ``fuse``: onnxruntime's transformer
+    (models/smooth.py); ``reduce_range``: 7-bit weights, for CPUs without VNNI
+    (engine/cpu_int8.py). See models/int8_export.py. ``fuse``: onnxruntime's transformer
     fusions (models/fusion.py), checked equal to the unfused graph.
     """
     spec = lookup_task(task, "export")
@@ -155,11 +157,15 @@ def export(
     check_keep_fp32(keep_fp32)
     check_alpha(smooth)
     if quantize is None and (
-        check or keep_fp32 is not None or check_threshold is not None or smooth is not None
+        check
+        or keep_fp32 is not None
+        or check_threshold is not None
+        or smooth is not None
+        or reduce_range
     ):
         raise ExportError(
-            "--check, --check-threshold, --keep-fp32 and --smooth measure or prepare a "
-            "quantized graph: pass --quantize too"
+            "--check, --check-threshold, --keep-fp32, --smooth and --reduce-range measure or "
+            "prepare a quantized graph: pass --quantize too"
         )
     folder, src = resolve_source(source)
     config = check_source(folder)
@@ -198,7 +204,15 @@ def export(
             from textfleet.models.int8_export import quantize_staged
 
             info |= quantize_staged(
-                tmp, info, quantize, keep_fp32, check, check_threshold, check_texts, smooth=smooth
+                tmp,
+                info,
+                quantize,
+                keep_fp32,
+                check,
+                check_threshold,
+                check_texts,
+                smooth=smooth,
+                reduce_range=reduce_range,
             )
         seal_model_dir(tmp, out_dir, info)
     log.info("exported %s (%s) to %s", src.name, task, out_dir)

@@ -101,6 +101,7 @@ def quantize_staged(
     check_texts: list[str | os.PathLike] | None = None,
     threads: int | None = None,
     smooth: float | None = None,
+    reduce_range: bool = False,
 ) -> dict[str, Any]:
     """Quantize ``staged``/model.onnx in place; return the ModelInfo fields to record
     (``quantization``, and ``quality`` when checked). Raises QualityError when the check
@@ -131,7 +132,7 @@ def quantize_staged(
         if smooth is not None:
             smoothed = smooth_onnx(prepared, calib.feeds, smooth, threads)
             log.info("smoothed %d matmul inputs (alpha %s)", smoothed, smooth)
-        quantizer = Quantizer(prepared, method, work, calib)
+        quantizer = Quantizer(prepared, method, work, calib, reduce_range)
         nodes = matmul_nodes(prepared)
         ranking = []
         if keep_fp32 not in (None, 0):
@@ -158,5 +159,6 @@ def quantize_staged(
         keep_fp32=tuple(excluded),
         calibration_texts=len(calibration_items) if needs_calibration else 0,
         smooth=smooth,
+        reduce_range=reduce_range,
     )
     return {"quantization": quantization, "quality": report}

@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from textfleet.engine.cpu_int8 import int8_kernels
 from textfleet.engine.model_dir import ModelDir
 from textfleet.engine.quantization import HEADLINE_METRIC, QualityFigures, QualityReport
 from textfleet.engine.tasks.registry import get_task
@@ -183,5 +184,6 @@ def measure(
         alone=figures(task, ref, alone),
         batched=figures(task, ref, batched),
         drift=figures(task, alone, batched),
+        cpu_int8=int8_kernels(),
     )
     return report.model_copy(update={"passed": report_headline(report, task) >= threshold})

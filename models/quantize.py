@@ -118,13 +118,21 @@ class Quantizer:
     Static calibration runs once; its ranges are cached in ``work`` and reused.
     """
 
-    def __init__(self, prepared: Path, method: str, work: Path, calibration: Feeds | None):
+    def __init__(
+        self,
+        prepared: Path,
+        method: str,
+        work: Path,
+        calibration: Feeds | None,
+        reduce_range: bool = False,
+    ):
         if method == "static" and calibration is None:
             raise ValueError("static quantization needs calibration texts")
         self.prepared = prepared
         self.method = method
         self.work = work
         self.calibration = calibration
+        self.reduce_range = reduce_range
         self._cache = work / "calibration.json"
 
     def quantize(
@@ -143,6 +151,9 @@ class Quantizer:
         common = {
             "op_types_to_quantize": QUANTIZED_OPS,
             "per_channel": True,
+            # 7-bit weights: no saturation in the 16-bit pair sums of x86 CPUs without
+            # VNNI (engine/cpu_int8.py), at a little precision.
+            "reduce_range": self.reduce_range,
             "weight_type": QuantType.QInt8,
             "nodes_to_exclude": list(exclude),
             "nodes_to_quantize": list(only),
