@@ -24,7 +24,7 @@ import pytest
 from replica_kill import check_answers, kill_under_load, resets
 from serving import apply_one_model, replica_pid, v2_body
 
-from textfleet.serve.config import GATEWAY_APP
+from textfleet.serve.config import GATEWAY_APP, MAX_REQUEST_TIMEOUT_S
 
 pytestmark = pytest.mark.slow
 
@@ -103,6 +103,9 @@ async def _burst(url: str, bodies: list[bytes], headers: dict[str, str]) -> tupl
             counts[r.status_code] += 1
             if r.status_code == 503:
                 counts["503 with Retry-After"] += bool(r.headers.get("retry-after"))
+            said = f"said {r.status_code}"  # the first message of each status, for the record
+            if r.status_code != 200 and not any(str(k).startswith(said) for k in counts):
+                counts[f"{said}: {r.text[:300]}"] = 0
 
         start = time.perf_counter()
         await asyncio.gather(*(one(b) for b in bodies))
@@ -110,7 +113,9 @@ async def _burst(url: str, bodies: list[bytes], headers: dict[str, str]) -> tupl
 
 
 def _only_answers(counts: Counter) -> None:
-    errors = {k: v for k, v in counts.items() if isinstance(k, str) and not k.startswith("503")}
+    errors = {
+        k: v for k, v in counts.items() if isinstance(k, str) and not k.startswith(("503", "said "))
+    }
     assert not errors, f"transport errors: {counts}"
     assert {k for k in counts if isinstance(k, int)} <= {200, 503, 504}, counts
     assert counts["503 with Retry-After"] == counts[503], counts
@@ -133,9 +138,13 @@ def test_burst_of_2000_short_requests(served):
 def test_burst_of_300_heavy_requests_with_a_5s_deadline_completes_work(served):
     url, headers = served["url"], {"x-request-timeout": "5"}
     # The replica measures its pace on overlapping requests (serve/admission.py).
+    # They ask for the longest deadline: on one slow core, admission's estimate for
+    # the last of them (the queue ahead plus a full batch of later arrivals) can
+    # pass the share of the default 30 s it admits, and this is not that test.
     warm = [v2_body([HEAVY_TEXT] * 4) for _ in range(8)]
+    longest = {"x-request-timeout": f"{MAX_REQUEST_TIMEOUT_S:g}"}
     for _ in range(3):
-        counts, _ = asyncio.run(_burst(url, warm, {}))
+        counts, _ = asyncio.run(_burst(url, warm, longest))
         assert counts[200] == len(warm), counts
     bodies = [v2_body([HEAVY_TEXT]) for _ in range(300)]
     counts, took = asyncio.run(_burst(url, bodies, headers))
