@@ -64,6 +64,11 @@ VERSION_APP_SEPARATOR = "--v"
 MAX_REQUEST_TIMEOUT_S = 300.0
 """Longest deadline a model may set; HAProxy gives up on a replica a little after it."""
 
+HEALTH_CHECK_PERIOD_S = 2.0
+"""Seconds between Ray's health checks of a replica (Ray's default is 10): a replica
+killed outright is noticed only at its next check and only then replaced. Models set
+theirs per entry; routers, graph ingresses and the gateway use this."""
+
 # URL-safe and unambiguous in every route: no "/" (path segments) and no ":"
 # (KServe V1 puts ":predict" right after the name). HAProxy checks a name taken
 # from a request against the same pattern (serve/haproxy_routes.py).
@@ -324,7 +329,7 @@ class ModelConfig(EngineConfig):
     (Ray Serve's option, in Ray's router and in the replica); past it Ray answers
     503 at once. -1: unbounded."""
 
-    health_check_period_s: float = Field(2.0, ge=0.5, le=600.0)
+    health_check_period_s: float = Field(HEALTH_CHECK_PERIOD_S, ge=0.5, le=600.0)
     """Seconds between Ray's health checks of each replica (Ray's default is 10). A
     replica killed outright is noticed at its next check, and only then replaced:
     until the new one is up its model answers 503 or holds requests, so this bounds

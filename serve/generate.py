@@ -21,6 +21,7 @@ from textfleet.serve.config import (
     DEPLOYMENT_NAME,
     GATEWAY_APP,
     GATEWAY_DEPLOYMENT,
+    HEALTH_CHECK_PERIOD_S,
     POOL_DEPLOYMENT,
     VERSION_DEPLOYMENT,
     ModelConfig,
@@ -40,10 +41,6 @@ GRAPH_BUILDER = "textfleet.serve.app:build_graph_app"
 POOL_BUILDER = "textfleet.serve.app:build_pool_app"
 # The V2 gRPC service (inference.GRPCInferenceService), as tritonclient ships it generated.
 GRPC_SERVICER = "textfleet.serve.protocols.v2_grpc:add_servicer_to_server"
-# Routers and graph ingresses hold no model; a killed one is noticed at Ray's next
-# health check (every 10 s by default) and only then replaced. Models set theirs
-# per entry (ModelConfig.health_check_period_s).
-FRONT_HEALTH_CHECK_PERIOD_S = 2.0
 
 
 # The API key digests and the gateway's body cap travel as each deployment's
@@ -140,7 +137,7 @@ def router_application(m: ModelConfig, digests: list[str] | None = None) -> dict
             {
                 "name": DEPLOYMENT_NAME,
                 "num_replicas": m.traffic.router_replicas,
-                "health_check_period_s": FRONT_HEALTH_CHECK_PERIOD_S,
+                "health_check_period_s": HEALTH_CHECK_PERIOD_S,
                 "user_config": router_user_config(m, digests),
             }
         ],
@@ -184,7 +181,7 @@ def graph_application(
                 "name": DEPLOYMENT_NAME,
                 "num_replicas": g.num_replicas,
                 "max_ongoing_requests": g.max_ongoing_requests,
-                "health_check_period_s": FRONT_HEALTH_CHECK_PERIOD_S,
+                "health_check_period_s": HEALTH_CHECK_PERIOD_S,
                 "user_config": {KEYS_ARG: list(digests or [])},
             }
         ],
@@ -204,7 +201,13 @@ def gateway_application(models: ModelsFile, digests: list[str] | None = None) ->
         "route_prefix": "/",
         "import_path": GATEWAY_BUILDER,
         "args": models.server.gateway.model_dump(mode="json"),
-        "deployments": [{"name": GATEWAY_DEPLOYMENT, "user_config": user_config}],
+        "deployments": [
+            {
+                "name": GATEWAY_DEPLOYMENT,
+                "health_check_period_s": HEALTH_CHECK_PERIOD_S,
+                "user_config": user_config,
+            }
+        ],
     }
 
 
