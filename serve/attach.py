@@ -4,8 +4,9 @@ Nothing is started here: the driver joins the cluster, reads how its nodes
 and its Serve instance were set up, says where they differ from models.yaml
 (``ingress_differences``), and applies the cluster config (serve/cluster.py).
 The ingress settings are fixed when Ray's processes start (``ray start``'s
-environment) and Serve's HTTP host and port when Serve first starts; a driver
-cannot change them, so a difference is reported, not patched.
+environment) and Serve's HTTP host, port and proxy deadline when Serve first
+starts (Ray keeps the first ``http_options``); a driver cannot change them, so
+a difference is reported, not patched.
 """
 
 from __future__ import annotations
@@ -50,7 +51,8 @@ def node_settings() -> list[dict[str, Any]]:
 
 
 def serve_http_options() -> dict[str, Any] | None:
-    """Host and port of the Serve instance already on the cluster, or None."""
+    """Host, port and proxy deadline (``request_timeout_s``) of the Serve instance
+    already on the cluster, or None."""
     from ray.serve.context import _get_global_client
     from ray.serve.exceptions import RayServeException
 
@@ -58,13 +60,17 @@ def serve_http_options() -> dict[str, Any] | None:
         http = _get_global_client().http_config
     except RayServeException:
         return None
-    return {"host": http.host, "port": http.port}
+    return {"host": http.host, "port": http.port, "request_timeout_s": http.request_timeout_s}
 
 
 def ingress_differences(
-    server: ServerConfig, nodes: list[dict[str, Any]], serve_http: dict[str, Any] | None
+    server: ServerConfig,
+    nodes: list[dict[str, Any]],
+    serve_http: dict[str, Any] | None,
+    proxy_timeout_s: float | None = None,
 ) -> list[str]:
-    """Where the cluster's ingress differs from what models.yaml asks for."""
+    """Where the cluster's ingress differs from what models.yaml asks for;
+    ``proxy_timeout_s``: the proxy deadline its longest model deadline needs."""
     found = []
     want = node_env(server)
     wanted_ingress = cluster_ingress(server)
@@ -94,4 +100,13 @@ def ingress_differences(
                     f"says {wanted!r}; it stays {serve_http[key]!r} until Serve is shut down "
                     "(`serve shutdown`)"
                 )
+        running = serve_http.get("request_timeout_s")
+        if proxy_timeout_s is not None and running != proxy_timeout_s:
+            # A request still waiting for a replica when the proxy's deadline passes
+            # gets 504, whatever deadline its model gives it.
+            found.append(
+                f"Serve's proxy is already running with request_timeout_s {running}, "
+                f"models.yaml's longest deadline needs {proxy_timeout_s:g}; it stays "
+                f"{running} until Serve is shut down (`serve shutdown`)"
+            )
     return found

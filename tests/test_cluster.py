@@ -279,7 +279,10 @@ def test_autoscaling_adds_replicas_under_load_and_removes_them_after(two_nodes):
     # The longest deadline: this test is about scaling, not admission. On two
     # shared cores a replica that just started measures its throughput on its
     # first (cold) batches, and the admission gate (serve/admission.py) then
-    # refuses some of 64 clients' requests with 503 under a 30 s deadline.
+    # refuses some of many clients' requests with 503 under a 30 s deadline.
+    # Ray's proxy keeps the deadline of the first deploy on this cluster
+    # (DEADLINE_S, `serve --address` warns), so the load stays light enough
+    # for every request to be answered well within it while replicas start.
     entry["request_timeout_s"] = MAX_REQUEST_TIMEOUT_S
     entry.update(
         ray_actor_options={"num_cpus": 0.25},
@@ -296,6 +299,7 @@ def test_autoscaling_adds_replicas_under_load_and_removes_them_after(two_nodes):
     out = serve_address(info, scaled)
     assert out.returncode == 0, out.stdout + out.stderr
     load_s, after_s = 40, 60
+    clients = 16  # 8 times target_ongoing_requests: the policy asks for max_replicas
     watcher = subprocess.Popen(
         [sys.executable, "-P", "-c", WATCH_REPLICAS, info["address"], str(load_s + after_s)],
         env=info["env"],
@@ -317,7 +321,7 @@ def test_autoscaling_adds_replicas_under_load_and_removes_them_after(two_nodes):
             if status != 200:
                 failures.append(body.get("reply", status))
 
-    threads = [threading.Thread(target=client) for _ in range(64)]
+    threads = [threading.Thread(target=client) for _ in range(clients)]
     for t in threads:
         t.start()
     time.sleep(load_s)
@@ -337,5 +341,5 @@ def test_autoscaling_adds_replicas_under_load_and_removes_them_after(two_nodes):
     print(f"{len(statuses)} requests, {len(failures)} failed")
     assert statuses and not failures, failures[:3]
     peak = max(n for _, n in counts)
-    assert peak > 1, counts  # scaled up under 64 clients
+    assert peak > 1, counts  # scaled up under the load
     assert counts[-1][1] == 1, counts  # and back down to min_replicas after

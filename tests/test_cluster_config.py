@@ -273,20 +273,21 @@ def node(env: dict[str, str], metrics: int = 8080) -> dict:
 def test_matching_cluster_reports_no_difference():
     server = ServerConfig(host="0.0.0.0", port=8000)
     nodes = [node(cluster.node_env(server))]
-    assert attach.ingress_differences(server, nodes, {"host": "0.0.0.0", "port": 8000}) == []
+    running = {"host": "0.0.0.0", "port": 8000, "request_timeout_s": 31.0}
+    assert attach.ingress_differences(server, nodes, running, 31.0) == []
 
 
 def test_ingress_differences_name_the_node_and_the_setting():
     server = ServerConfig(ingress="haproxy", host="0.0.0.0", port=8000)
-    found = attach.ingress_differences(
-        server, [node({}, metrics=9999)], {"host": "127.0.0.1", "port": 8000}
-    )
+    running = {"host": "127.0.0.1", "port": 8000, "request_timeout_s": 6.0}
+    found = attach.ingress_differences(server, [node({}, metrics=9999)], running, 301.0)
     text = "\n".join(found)
     assert "node 10.0.0.2 (abcd1234): ingress ray-proxy, models.yaml asks for haproxy" in text
     assert "RAY_SERVE_ENABLE_HA_PROXY=1" in text
     assert "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD=0" in text
     assert "metrics on port 9999, models.yaml says 8080" in text
     assert "HTTP host '127.0.0.1', models.yaml says '0.0.0.0'" in text
+    assert "request_timeout_s 6.0, models.yaml's longest deadline needs 301" in text
 
 
 def test_textfleet_is_imported_from_the_installed_package_not_a_path():

@@ -208,14 +208,17 @@ def serve_on_cluster(args: argparse.Namespace) -> int:
     )
     server = models.server
     differences = attach.ingress_differences(
-        server, attach.node_settings(), attach.serve_http_options()
+        server,
+        attach.node_settings(),
+        attach.serve_http_options(),
+        config["http_options"]["request_timeout_s"],
     )
     for line in differences:
         print(f"warning: the cluster differs from models.yaml: {line}", file=sys.stderr)
     deploy.apply(config)
     states = deploy.wait([*models.app_names(), GATEWAY_APP], timeout_s=600)
-    served = attach.serve_http_options() or {"host": server.host, "port": server.port}
-    shown = server.model_copy(update=served)
+    running = attach.serve_http_options() or {"host": server.host, "port": server.port}
+    shown = server.model_copy(update={"host": running["host"], "port": running["port"]})
     print(
         f"deployed onto {args.address} (ingress: {cluster.cluster_ingress(server)}; "
         f"a proxy on every node at port {shown.port})",
