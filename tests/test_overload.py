@@ -143,15 +143,23 @@ def test_burst_of_300_heavy_requests_with_a_5s_deadline_completes_work(served):
     # pass the share of the default 30 s it admits, and this is not that test.
     warm = [v2_body([HEAVY_TEXT] * 4) for _ in range(8)]
     longest = {"x-request-timeout": f"{MAX_REQUEST_TIMEOUT_S:g}"}
+    warm_s = []
     for _ in range(3):
-        counts, _ = asyncio.run(_burst(url, warm, longest))
+        counts, took = asyncio.run(_burst(url, warm, longest))
         assert counts[200] == len(warm), counts
+        warm_s.append(took)
+    # What this replica computes of these texts in the deadline, at its best pace.
+    capacity = 4 * len(warm) / min(warm_s) * 5
     bodies = [v2_body([HEAVY_TEXT]) for _ in range(300)]
     counts, took = asyncio.run(_burst(url, bodies, headers))
-    print(f"\n300 heavy, 5 s deadline ({served['ingress']}): {dict(counts)} in {took:.1f} s")
+    print(
+        f"\n300 heavy, 5 s deadline ({served['ingress']}): {dict(counts)} in {took:.1f} s; "
+        f"the replica computes about {capacity:.0f} such texts in 5 s"
+    )
     _only_answers(counts)
-    # Goodput: the admitted requests finish (few 504s), and they are a real share.
-    assert counts[200] >= 15, counts
+    # Goodput: the admitted requests finish (few 504s), and they are a real share
+    # of what the replica can compute in the deadline (admission keeps headroom).
+    assert counts[200] >= max(5, capacity / 3), counts
     assert counts[504] <= counts[200], counts
     assert took < 30, took
 
