@@ -17,6 +17,7 @@ import ray
 
 from textfleet.serve.cluster import HAPROXY_SWITCH, cluster_ingress, node_env
 from textfleet.serve.config import ServerConfig
+from textfleet.serve.ingress_policy import REPLICA_CONNECTIONS_ENV
 
 
 @ray.remote(num_cpus=0)
@@ -31,7 +32,8 @@ def node_settings() -> list[dict[str, Any]]:
     workers run with (what ``ray start`` was given)."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    names = sorted({*node_env(ServerConfig(ingress="haproxy")), HAPROXY_SWITCH})
+    every = ServerConfig(ingress="haproxy", replica_connections="per_request")
+    names = sorted({*node_env(every), HAPROXY_SWITCH})
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     refs = [
         _read_env.options(
@@ -86,6 +88,13 @@ def ingress_differences(
         unset = [f"{k}={v}" for k, v in want.items() if k != HAPROXY_SWITCH and env.get(k) != v]
         if unset:
             found.append(f"node {node['node']}: `ray start` ran without {' '.join(unset)}")
+        connections = env.get(REPLICA_CONNECTIONS_ENV)
+        if connections and REPLICA_CONNECTIONS_ENV not in want:
+            found.append(
+                f"node {node['node']}: `ray start` ran with {REPLICA_CONNECTIONS_ENV}="
+                f"{connections}, models.yaml asks for replica_connections "
+                f"{server.replica_connections} under ingress {wanted_ingress}"
+            )
         port = node["metrics_export_port"]
         if port is not None and port != server.metrics_export_port:
             found.append(

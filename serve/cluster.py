@@ -49,12 +49,16 @@ def node_env(server: ServerConfig) -> dict[str, str]:
 
     HAProxy mode is Ray Serve's (``ray[serve]`` bundles the binary on Linux);
     Ray then binds each replica's direct-ingress port on every interface, as
-    HAProxy on another node must reach it.
+    HAProxy on another node must reach it. ``server.replica_connections:
+    per_request`` is read by each node's HAProxy manager (serve/ingress_policy.py)
+    from the environment it inherits from ``ray start``.
     """
     env = dict(LEAN_ENV)
     if cluster_ingress(server) == "haproxy":
         env[HAPROXY_SWITCH] = "1"
         env.update(ingress_policy.HAPROXY_ENV)
+        if server.replica_connections == "per_request":
+            env[ingress_policy.REPLICA_CONNECTIONS_ENV] = "per_request"
     return env
 
 

@@ -775,8 +775,10 @@ class ServerConfig(_Strict):
     serve/ingress_policy.py). ``per_request``: a connection per request, which a dead
     replica refuses, so the request goes to a live one (no reset seen on a quiet
     machine), at a cost on every request: 8-17% of a small model's throughput at 64
-    clients on 2 cores. A server ``textfleet serve`` starts on this machine only: Ray's
-    proxy and a cluster (``--address``) keep their own."""
+    clients on 2 cores. Ray's proxy has no such setting. On a cluster it is part of
+    ``ray start``'s environment on every node (serve/cluster.py: the commands
+    ``textfleet config --target cluster`` prints, KubeRay's pods); ``textfleet serve
+    --address`` names a node started otherwise."""
 
     gateway: GatewayConfig = GatewayConfig()
 

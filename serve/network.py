@@ -46,6 +46,7 @@ import shutil
 import socket
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 LOOPBACK = "127.0.0.1"
@@ -132,10 +133,12 @@ HAPROXY_PORT_ENV = (
 )
 
 
-def haproxy_env() -> dict[str, str]:
+def haproxy_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     """Environment for Ray's HAProxy manager: its files in a new directory only this
     user can enter (removed by ``remove_haproxy_dirs``), and free loopback ports for
-    HAProxy's pages and Serve's fallback proxy unless the environment names them."""
+    HAProxy's pages and Serve's fallback proxy unless ``environ`` (this process's
+    environment by default) names them."""
+    environ = os.environ if environ is None else environ
     # Ray puts each node's files in <dir>/<56-character node id>/<file>, and HAProxy
     # takes socket paths of at most 97 characters: the directory's name is short.
     home = tempfile.mkdtemp(prefix="textfleet-", dir="/tmp")  # mode 0700
@@ -148,7 +151,7 @@ def haproxy_env() -> dict[str, str]:
         "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": os.path.join(home, "metrics.sock"),
     }
     for key in HAPROXY_PORT_ENV:
-        env[key] = os.environ.get(key) or str(free_loopback_port())
+        env[key] = environ.get(key) or str(free_loopback_port())
     return env
 
 

@@ -146,6 +146,16 @@ def test_node_env_is_what_the_ingress_needs():
     assert haproxy["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
     assert haproxy["RAY_SERVE_HAPROXY_TIMEOUT_SERVER_S"]  # our front-door timeouts
     assert "TEXTFLEET_HTTP_HOST" not in haproxy  # a local server's setting only
+    assert "TEXTFLEET_REPLICA_CONNECTIONS" not in haproxy  # keep_alive: HAProxy's default
+    per_request = ServerConfig(ingress="haproxy", replica_connections="per_request")
+    assert cluster.node_env(per_request)["TEXTFLEET_REPLICA_CONNECTIONS"] == "per_request"
+    assert "TEXTFLEET_REPLICA_CONNECTIONS=per_request ray start" in "\n".join(
+        cluster.ray_start_commands(per_request)
+    )
+    # Ray's proxy has no such setting.
+    assert "TEXTFLEET_REPLICA_CONNECTIONS" not in cluster.node_env(
+        ServerConfig(replica_connections="per_request")
+    )
 
 
 # ---------------------------------------------------------------- KubeRay
@@ -288,6 +298,18 @@ def test_ingress_differences_name_the_node_and_the_setting():
     assert "metrics on port 9999, models.yaml says 8080" in text
     assert "HTTP host '127.0.0.1', models.yaml says '0.0.0.0'" in text
     assert "request_timeout_s 6.0, models.yaml's longest deadline needs 301" in text
+
+
+def test_replica_connections_differences_name_the_node():
+    keep_alive = ServerConfig(ingress="haproxy")
+    per_request = ServerConfig(ingress="haproxy", replica_connections="per_request")
+    started = node(cluster.node_env(per_request))
+    assert attach.ingress_differences(per_request, [started], None) == []
+    (found,) = attach.ingress_differences(per_request, [node(cluster.node_env(keep_alive))], None)
+    assert "ran without TEXTFLEET_REPLICA_CONNECTIONS=per_request" in found
+    (found,) = attach.ingress_differences(keep_alive, [started], None)
+    assert "ran with TEXTFLEET_REPLICA_CONNECTIONS=per_request" in found
+    assert "asks for replica_connections keep_alive" in found
 
 
 def test_textfleet_is_imported_from_the_installed_package_not_a_path():
