@@ -11,7 +11,12 @@ REPO=$(pwd)
 work=$(mktemp -d)
 server=
 cleanup() {
+  status=$?
   [ -n "$server" ] && kill -TERM "$server" 2>/dev/null && wait "$server" 2>/dev/null
+  if [ "$status" -ne 0 ] && [ -f "$work/serve.log" ]; then
+    echo "wheel_check: failed; the server's log:" >&2
+    tail -n 80 "$work/serve.log" >&2
+  fi
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -78,7 +83,10 @@ url = f"http://127.0.0.1:{port}/v2/models/minilm/infer"
 body = {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [2], "data": ["a cat", "a dog"]}]}
 deadline = time.monotonic() + 300
 while True:
-    os.kill(pid, 0)  # the server must still be running
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        sys.exit("wheel_check: the installed server exited before it answered")
     try:
         r = httpx.post(url, json=body, timeout=30)
         if r.status_code == 200:
