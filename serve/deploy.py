@@ -52,6 +52,12 @@ handle call is one of our deployments, so this cap protects nothing."""
 # way; gRPC there gave nothing more and Ray marks it experimental).
 #
 # The driver (`textfleet serve`, the tests) has imported Ray Serve before
+PROXY_READY_TIMEOUT_S = 60
+"""Seconds a starting proxy has to report ready (Ray: 5)."""
+PROXY_HEALTH_TIMEOUT_S = 30
+"""Seconds a running proxy has to answer a health check (Ray: 10); three misses in a
+row restart it."""
+
 # `start_ray` sets these (this module imports it): its own handles keep Ray's
 # defaults (router on a separate loop, by reference), which its blocking
 # ``.result()`` calls need. For a cluster started without
@@ -63,6 +69,14 @@ LEAN_ENV: dict[str, str] = {
     "RAY_SERVE_USE_GRPC_BY_DEFAULT": "1",
     "RAY_SERVE_PROXY_USE_GRPC": "0",
     "RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH": str(HANDLE_GRPC_MAX_MESSAGE_BYTES),
+    # Ray gives a starting proxy (HAProxy's manager, the Python proxy) 5 s to
+    # report ready and a running one 10 s per health check, then kills it: on a
+    # busy 2-core machine a worker process takes longer than that to start, the
+    # proxy is killed before it serves, and `textfleet serve` exits with
+    # ActorDiedError. A killed proxy takes HAProxy and every open connection with
+    # it, so a slow answer is far better than a restart.
+    "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": str(PROXY_READY_TIMEOUT_S),
+    "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S": str(PROXY_HEALTH_TIMEOUT_S),
 }
 
 # Environment of a local Ray only (`start_ray`). A replica under HAProxy keeps

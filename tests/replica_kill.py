@@ -22,10 +22,20 @@ from serving import v2_body
 
 TEXT = ["a steady stream of requests"]
 
+BACK_WITHIN_S = 30
+"""The model must answer again within the default request deadline (serve/config.py):
+a request that arrived as its replica died is then answered before its deadline.
+A restart is a new worker process importing the engine and loading the model: 7 s
+on a quiet 2-core machine, 12 s with one core taken by another process."""
+
+WAIT_S = 60
+"""How long the load waits for the model to answer again: longer than the bound,
+so a failure says how long the restart took."""
+
 
 def kill_under_load(url: str, model: str, pid: int) -> tuple[Counter, float | None]:
     """The counts, and the seconds from the kill until a V2 request sent after it
-    was answered 200 (None: none within 30 s)."""
+    was answered 200 (None: none within ``WAIT_S``)."""
     v2, v1 = f"/v2/models/{model}/infer", f"/v1/models/{model}:predict"
     v1_body = orjson.dumps({"instances": TEXT})
     counts: Counter = Counter()
@@ -51,15 +61,15 @@ def kill_under_load(url: str, model: str, pid: int) -> tuple[Counter, float | No
                 back_at.append(time.monotonic())  # answering again after the kill
 
     async def run():
-        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
-            stop = time.monotonic() + 40
+        async with httpx.AsyncClient(base_url=url, timeout=WAIT_S) as client:
+            stop = time.monotonic() + WAIT_S + 10
             loops = [client_loop(client, v2, v2_body(TEXT), stop) for _ in range(6)]
             loops += [client_loop(client, v1, v1_body, stop) for _ in range(2)]
             tasks = [asyncio.ensure_future(c) for c in loops]
             await asyncio.sleep(2)
             os.kill(pid, signal.SIGKILL)
             killed_at.append(time.monotonic())
-            while not back_at and time.monotonic() < killed_at[0] + 30:
+            while not back_at and time.monotonic() < killed_at[0] + WAIT_S:
                 await asyncio.sleep(0.2)
             await asyncio.sleep(2)  # keep the load on a little after recovery
             for t in tasks:
@@ -77,9 +87,9 @@ def resets(counts: Counter) -> dict:
 
 def check_answers(counts: Counter, recovery: float | None) -> None:
     """No 500, only 200, 503 (each with a Retry-After) or 504, and the model back
-    within 15 s."""
+    within ``BACK_WITHIN_S``."""
     assert not [k for k in counts if k[1] == 500], counts
     assert {k[1] for k in counts if isinstance(k[1], int)} <= {200, 503, 504}, counts
     for proto in ("/v2", "/v1"):
         assert counts[(proto, "503 with Retry-After")] == counts[(proto, 503)], counts
-    assert recovery is not None and recovery < 15, counts
+    assert recovery is not None and recovery < BACK_WITHIN_S, (recovery, counts)

@@ -50,6 +50,20 @@ def wait_until_serving(proc: subprocess.Popen, url: str, stdout: Path, stderr: P
     pytest.fail(f"no V2 infer answer within {START_TIMEOUT_S}s:\n{stderr.read_text()}")
 
 
+def serve_log_tail(tree: list[int], lines: int = 40) -> str:
+    """The last lines of the Serve controller's log of the server's own Ray (found
+    through its GCS's ``--log_dir``): what a failed test about replicas or proxies
+    needs to say why."""
+    for pid in tree:
+        with contextlib.suppress(psutil.Error):
+            for arg in psutil.Process(pid).cmdline():
+                if arg.startswith("--log_dir="):
+                    logs = sorted(Path(arg.split("=", 1)[1], "serve").glob("controller_*.log"))
+                    if logs:
+                        return "\n".join(logs[-1].read_text().splitlines()[-lines:])
+    return "(no Serve controller log found)"
+
+
 def kill_tree(pids: list[int]) -> None:
     """SIGKILL what is left of the server's processes (a failed test's cleanup)."""
     for pid in pids:

@@ -16,7 +16,7 @@ import psutil
 import pytest
 from conftest import free_port
 from replica_kill import check_answers, kill_under_load, resets
-from server_process import running_server
+from server_process import running_server, serve_log_tail
 
 from textfleet.serve.deploy import resolve_ingress
 
@@ -64,5 +64,8 @@ def test_a_killed_replica_resets_no_connection(server):
     pid = replica_of(server["proc"].pid, MODEL)
     counts, recovery = kill_under_load(server["url"], MODEL, pid)
     print(f"\nkill -9 under load, a connection per request: {dict(counts)}; back in {recovery} s")
-    assert resets(counts) == {}, counts
-    check_answers(counts, recovery)
+    try:
+        assert resets(counts) == {}, counts
+        check_answers(counts, recovery)
+    except AssertionError as e:
+        raise AssertionError(f"{e}\nServe controller:\n{serve_log_tail(server['tree'])}") from None
