@@ -1,6 +1,8 @@
 """Ray nodes on this machine for the multi-node tests: ``ray start --block``
 processes (``Node``), the environment they and the drivers that join them run
-with (``cluster_env``), and the address Ray gives them (``node_ip``).
+with (``cluster_env``), the address Ray gives them (``node_ip``), and the two
+things every cluster test does: ``textfleet serve --address`` (``serve_address``)
+and a V2 infer through the HTTP port (``infer``).
 
 Used by tests/test_cluster.py (Ray Serve) and tests/test_batch_cluster.py (Ray
 Data). Everything that talks to such a cluster runs in a subprocess with
@@ -11,11 +13,14 @@ Data). Everything that talks to such a cluster runs in a subprocess with
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
 import sys
 import threading
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 RAY = str(Path(sys.executable).with_name("ray"))
@@ -79,3 +84,35 @@ def node_ip() -> str:
     from ray._private.services import node_ip_address_from_perspective
 
     return node_ip_address_from_perspective()
+
+
+def run(args: list[str], env: dict[str, str], cwd: Path | None = None, timeout: float = 600):
+    return subprocess.run(args, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+def serve_address(
+    models_yaml: Path, address: str, env: dict[str, str]
+) -> subprocess.CompletedProcess:
+    """``textfleet serve models_yaml --address address``, as a user runs it."""
+    cmd = [sys.executable, "-P", "-m", "textfleet.cli", "serve", str(models_yaml)]
+    return run([*cmd, "--address", address], env)
+
+
+def infer(
+    port: int, texts: list[str], timeout: float = 30.0, model: str = "minilm"
+) -> tuple[int, dict]:
+    """A V2 infer of ``texts`` on 127.0.0.1:port: the status and the JSON answer (or
+    the reply's text and headers for an error status)."""
+    body = json.dumps(
+        {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [len(texts)], "data": texts}]}
+    ).encode()
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/v2/models/{model}/infer",
+        body,
+        {"content-type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, {"reply": e.read().decode(errors="replace"), "headers": dict(e.headers)}

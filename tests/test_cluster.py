@@ -23,14 +23,12 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import free_port
-from ray_nodes import Node, cluster_env, node_ip
+from ray_nodes import Node, cluster_env, infer, node_ip, run, serve_address
 
 from textfleet.serve import cluster, model_source
 from textfleet.serve.config import MAX_REQUEST_TIMEOUT_S, ServerConfig
@@ -113,26 +111,6 @@ def two_nodes(model_dir):
     shutil.rmtree(here, ignore_errors=True)
 
 
-def run(args: list[str], env: dict[str, str], cwd: Path | None = None, timeout: float = 600):
-    return subprocess.run(args, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
-
-
-def infer(port: int, texts: list[str], timeout: float = 30.0) -> tuple[int, dict]:
-    body = json.dumps(
-        {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [len(texts)], "data": texts}]}
-    ).encode()
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{port}/v2/models/minilm/infer",
-        body,
-        {"content-type": "application/json"},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, {"reply": e.read().decode(errors="replace"), "headers": dict(e.headers)}
-
-
 def replica_nodes(info) -> list[str]:
     """The node ("head" or "node2") of every live replica of minilm."""
     script = (
@@ -164,14 +142,9 @@ def wait_for_200(port: int, timeout_s: float) -> dict:
         time.sleep(1)
 
 
-def serve_address(info, models_yaml: Path) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-P", "-m", "textfleet.cli", "serve", str(models_yaml)]
-    return run([*cmd, "--address", info["address"]], info["env"])
-
-
 def test_serve_address_deploys_a_zip_model_onto_the_node_with_its_resource(two_nodes, engine):
     info = two_nodes
-    out = serve_address(info, info["models_yaml"])
+    out = serve_address(info["models_yaml"], info["address"], info["env"])
     assert out.returncode == 0, out.stdout + out.stderr
     assert "minilm: RUNNING" in out.stdout
     assert f"deployed onto {info['address']}" in out.stderr
@@ -210,7 +183,8 @@ def test_generated_cluster_config_deploys_with_serve_deploy(two_nodes):
 
 def test_losing_the_node_fails_requests_within_the_deadline_and_the_model_returns(two_nodes):
     info = two_nodes
-    out = serve_address(info, info["models_yaml"])  # back to one replica, on node2
+    # Back to one replica, on node2.
+    out = serve_address(info["models_yaml"], info["address"], info["env"])
     assert out.returncode == 0, out.stdout + out.stderr
     deadline = time.monotonic() + 120
     while replica_nodes(info) != ["node2"]:
@@ -296,7 +270,7 @@ def test_autoscaling_adds_replicas_under_load_and_removes_them_after(two_nodes):
     )
     scaled = info["here"] / "autoscaling.yaml"
     scaled.write_text(json.dumps(data))
-    out = serve_address(info, scaled)
+    out = serve_address(scaled, info["address"], info["env"])
     assert out.returncode == 0, out.stdout + out.stderr
     load_s, after_s = 40, 60
     clients = 16  # 8 times target_ongoing_requests: the policy asks for max_replicas

@@ -12,15 +12,12 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
-import httpx
 import pytest
 from conftest import free_port
-from ray_nodes import Node, cluster_env, node_ip
+from ray_nodes import Node, cluster_env, infer, node_ip, serve_address
 
 from textfleet.serve import cluster, network
 from textfleet.serve.config import ServerConfig
@@ -73,24 +70,14 @@ def test_per_request_connections_reach_a_clusters_haproxy(model_dir, tmp_path):
                 }
             )
         )
-        cmd = [sys.executable, "-P", "-m", "textfleet.cli", "serve", str(models_yaml)]
-        out = subprocess.run(
-            [*cmd, "--address", f"{node_ip()}:{gcs}"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
+        out = serve_address(models_yaml, f"{node_ip()}:{gcs}", env)
         assert out.returncode == 0, out.stdout + out.stderr
         assert "(ingress: haproxy;" in out.stderr, out.stderr
         assert "differs" not in out.stderr, out.stderr
 
-        body = {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["hi"]}]}
-        r = httpx.post(
-            f"http://127.0.0.1:{server.port}/v2/models/minilm/infer", json=body, timeout=60
-        )
-        assert r.status_code == 200, r.text
-        assert r.json()["outputs"][0]["shape"] == [1, 384]
+        status, answer = infer(server.port, ["hi"], timeout=60)
+        assert status == 200, answer
+        assert answer["outputs"][0]["shape"] == [1, 384]
 
         home = Path(files["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"]).parent
         configs = [p.read_text() for p in home.rglob("haproxy.cfg")]

@@ -128,6 +128,28 @@ def router_status() -> dict:
     return serve.get_app_handle("mv").versions_status.remote().result(timeout_s=30)
 
 
+def router_until(done, timeout_s: float = 90.0, every_s: float = 0.2) -> dict:
+    """The router's status, polled until ``done(status)`` holds (a config change
+    reaches the router by Ray's light update, a mirror is compared after the
+    primary's reply) or ``timeout_s`` passed: the last status seen."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status = router_status()
+        if done(status) or time.monotonic() > deadline:
+            return status
+        time.sleep(every_s)
+
+
+def shadow_figures(status: dict, version: str) -> dict:
+    """What the router has counted for the shadow ``version`` so far."""
+    return status["shadow"]["versions"].get(version, {})
+
+
+def settled(figures: dict) -> int:
+    """Mirrors of a shadow that have an outcome: compared, failed or dropped."""
+    return figures.get("ok", 0) + figures.get("errors", 0) + figures.get("dropped", 0)
+
+
 # ---------------------------------------------------------------- routes and headers
 
 
@@ -287,9 +309,7 @@ def test_shadow_of_the_same_model_agrees_fully_and_leaves_the_primary_unchanged(
     after = replica_ids("mv")
     assert {k: after[k] for k in before} == before
     assert {k.split("#")[0] for k in set(after) - set(before)} == {"SERVE_REPLICA::mv--vs"}
-    deadline = time.monotonic() + 90
-    while router_status()["shadow"]["version"] != "s" and time.monotonic() < deadline:
-        time.sleep(0.2)
+    router_until(lambda status: status["shadow"]["version"] == "s")
     mirrored = infer(http, "/v2/models/mv/infer", texts=["one text alone"])
     assert mirrored.content == plain.content  # byte for byte
     # The shadow computes in the background of the cores, the primary does not.
@@ -304,12 +324,8 @@ def test_shadow_of_the_same_model_agrees_fully_and_leaves_the_primary_unchanged(
         body = {"model": "mv", "input": TEXTS, "encoding_format": fmt}
         assert http.post("/v1/embeddings", json=body).status_code == 200
     assert http.post("/v1/models/mv:predict", json={"instances": TEXTS}).status_code == 200
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        figures = router_status()["shadow"]["versions"].get("s", {})
-        if figures.get("ok", 0) >= 24:
-            break
-        time.sleep(0.2)
+    status = router_until(lambda status: shadow_figures(status, "s").get("ok", 0) >= 24)
+    figures = shadow_figures(status, "s")
     assert figures["ok"] >= 24 and figures["errors"] == 0, figures
     assert figures["mean"]["cosine"] == pytest.approx(1.0, abs=1e-5)
 
@@ -348,18 +364,13 @@ def test_a_failing_shadow_never_fails_the_primary_and_is_counted(served):
     write_yaml(served["yaml"], served["dir"], served["port"], {"1": 0, "2": 100}, broken)
     states = apply(served["yaml"])
     assert str(states["mv--vx"].status.value) == "DEPLOY_FAILED"
-    deadline = time.monotonic() + 90  # the router's light update
-    while router_status()["shadow"]["version"] != "x" and time.monotonic() < deadline:
-        time.sleep(0.2)
+    router_until(lambda status: status["shadow"]["version"] == "x")
     for _ in range(20):
         r = infer(served["http"])
         assert r.status_code == 200 and r.headers[HEADER] == "2"
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        figures = router_status()["shadow"]["versions"].get("x", {})
-        if figures.get("errors", 0) + figures.get("dropped", 0) >= 20:
-            break
-        time.sleep(0.2)
+    figures = shadow_figures(
+        router_until(lambda status: settled(shadow_figures(status, "x")) >= 20), "x"
+    )
     assert figures["errors"] + figures["dropped"] >= 20 and figures["ok"] == 0, figures
 
 
@@ -377,9 +388,7 @@ def test_a_slow_shadow_leaves_the_primary_p50_and_drops_past_its_bound(served):
     http = served["http"]
     write_yaml(served["yaml"], served["dir"], served["port"], {"1": 0, "2": 100})
     apply(served["yaml"])
-    deadline = time.monotonic() + 90  # the router's light update
-    while router_status()["shadow"]["version"] is not None and time.monotonic() < deadline:
-        time.sleep(0.2)
+    router_until(lambda status: status["shadow"]["version"] is None)
     without = _p50_ms(http)
     # A real slow shadow: its batcher holds every batch 5 s for more rows.
     slow = {
@@ -391,9 +400,7 @@ def test_a_slow_shadow_leaves_the_primary_p50_and_drops_past_its_bound(served):
     }
     write_yaml(served["yaml"], served["dir"], served["port"], {"1": 0, "2": 100}, slow)
     apply(served["yaml"])
-    deadline = time.monotonic() + 90
-    while router_status()["shadow"]["version"] != "slow" and time.monotonic() < deadline:
-        time.sleep(0.2)
+    router_until(lambda status: status["shadow"]["version"] == "slow")
     with_slow = _p50_ms(http)
     figures = router_status()["shadow"]["versions"]["slow"]
     assert figures["dropped"] >= 20 and figures["errors"] == 0, figures
@@ -417,9 +424,7 @@ def test_removing_the_canary_under_load_fails_no_request(served):
     assert "mv--v2" not in serve.status().applications
     assert set(states) == {"mv--v1", "mv", GATEWAY_APP}
     assert not load.failures(), load.failures()[:3]
-    deadline = time.monotonic() + 90  # the router's light update, then only version 1
-    while router_status()["weights"] != {"1": 100} and time.monotonic() < deadline:
-        time.sleep(0.2)
+    router_until(lambda status: status["weights"] == {"1": 100})  # then only version 1
     assert {infer(served["http"]).headers[HEADER] for _ in range(20)} == {"1"}
 
 
@@ -472,9 +477,7 @@ def test_an_int8_shadow_reports_the_cosine_measured_offline(
     entry["models"][0]["shadow"] = plan
     path.write_text(yaml.safe_dump(entry, sort_keys=False))
     apply(path)
-    deadline = time.monotonic() + 90
-    while router_status()["shadow"]["version"] != shadow and time.monotonic() < deadline:
-        time.sleep(0.2)
+    router_until(lambda status: status["shadow"]["version"] == shadow)
     http = served["http"]
     # One request at a time, each after the last one's mirror is settled: the shadow
     # computes only while the primary leaves the cores idle (it runs at the lowest
@@ -483,12 +486,10 @@ def test_an_int8_shadow_reports_the_cosine_measured_offline(
     for n, i in enumerate(range(0, len(texts), 8), start=1):
         r = infer(http, texts=texts[i : i + 8])
         assert r.status_code == 200 and r.headers[HEADER] == "1", r.text
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            figures = router_status()["shadow"]["versions"].get(shadow, {})
-            if figures.get("ok", 0) + figures.get("errors", 0) + figures.get("dropped", 0) >= n:
-                break
-            time.sleep(0.05)
+        status = router_until(
+            lambda status, n=n: settled(shadow_figures(status, shadow)) >= n, 60, 0.05
+        )
+        figures = shadow_figures(status, shadow)
     assert figures["errors"] == 0 and figures["dropped"] == 0, figures
     assert figures["ok"] == 20, figures
     want = _mean_cosine(served["dir"], real[shadow], texts)
