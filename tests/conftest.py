@@ -11,7 +11,6 @@ from __future__ import annotations
 import gzip
 import json
 import os
-import socket
 import sys
 from pathlib import Path
 
@@ -214,9 +213,11 @@ def prompted_dir(prompted_source):
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port free now, which no process binding port 0 will take before
+    the test's server binds it (serve/network.py)."""
+    from textfleet.serve.network import free_loopback_port
+
+    return free_loopback_port()
 
 
 @pytest.fixture(scope="session")
