@@ -32,6 +32,12 @@ fails where the same call by reference succeeds. Sizes are checked where a body
 comes in (``limits.max_request_bytes``, the gateway's cap): the sender of every
 handle call is one of our deployments, so this cap protects nothing."""
 
+PROXY_READY_TIMEOUT_S = 60
+"""Seconds a starting proxy has to report ready (Ray: 5)."""
+PROXY_HEALTH_TIMEOUT_S = 30
+"""Seconds a running proxy has to answer a health check (Ray: 10); three misses in a
+row restart it."""
+
 # Environment for Ray's processes (read at import, so set before Ray starts;
 # a value already in the environment wins). User code on the replica's main
 # event loop and the proxy's router on its own loop save two thread hand-offs
@@ -52,12 +58,6 @@ handle call is one of our deployments, so this cap protects nothing."""
 # way; gRPC there gave nothing more and Ray marks it experimental).
 #
 # The driver (`textfleet serve`, the tests) has imported Ray Serve before
-PROXY_READY_TIMEOUT_S = 60
-"""Seconds a starting proxy has to report ready (Ray: 5)."""
-PROXY_HEALTH_TIMEOUT_S = 30
-"""Seconds a running proxy has to answer a health check (Ray: 10); three misses in a
-row restart it."""
-
 # `start_ray` sets these (this module imports it): its own handles keep Ray's
 # defaults (router on a separate loop, by reference), which its blocking
 # ``.result()`` calls need. For a cluster started without
