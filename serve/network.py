@@ -118,6 +118,9 @@ def check_haproxy_template() -> None:
 _LOWEST_PORT = 20000
 """The lowest port ``free_loopback_port`` hands out: above the well-known services
 and the range a ``ray start`` node gives its workers by default (10002-19999)."""
+_REPLICA_PORTS_ENV = "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"
+"""Where Ray Serve starts the replicas' own HTTP ports under HAProxy (30000 to 31000;
+their gRPC ports, from 40000, are above the ephemeral range's start anyway)."""
 _EPHEMERAL_PORTS = Path("/proc/sys/net/ipv4/ip_local_port_range")
 _HANDED_OUT: set[int] = set()
 
@@ -139,12 +142,13 @@ def free_loopback_port() -> int:
     for port 0) can be taken in between by any process that binds port 0 or
     connects out, and Ray's workers, starting meanwhile, do both: HAProxy then
     failed to start ("Address already in use") and the server with it. Below that
-    range only a process that asks for the very number takes it. Each port is
-    handed out once per process."""
-    low = _ephemeral_low()
-    if low - _LOWEST_PORT >= 1000:
+    range only a process that asks for the very number takes it; and below the
+    replicas' own ports, which Ray hands out in order from 30000 as replicas start.
+    Each port is handed out once per process."""
+    high = min(_ephemeral_low(), int(os.environ.get(_REPLICA_PORTS_ENV, "30000")))
+    if high - _LOWEST_PORT >= 1000:
         for _ in range(200):
-            port = random.randrange(_LOWEST_PORT, low)
+            port = random.randrange(_LOWEST_PORT, high)
             if port in _HANDED_OUT:
                 continue
             with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:

@@ -14,7 +14,7 @@ def test_ports_are_free_distinct_and_below_the_ephemeral_range():
     low = network._ephemeral_low()
     ports = [network.free_loopback_port() for _ in range(50)]
     assert len(set(ports)) == len(ports)
-    assert all(20000 <= p < low for p in ports), ports
+    assert all(20000 <= p < min(low, 30000) for p in ports), ports  # not a replica's
     for port in ports[:5]:
         with socket.socket() as s:
             s.bind(("127.0.0.1", port))
