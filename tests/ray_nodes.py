@@ -23,6 +23,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from serving import v2_body
+
 RAY = str(Path(sys.executable).with_name("ray"))
 
 
@@ -103,12 +105,9 @@ def infer(
 ) -> tuple[int, dict]:
     """A V2 infer of ``texts`` on 127.0.0.1:port: the status and the JSON answer (or
     the reply's text and headers for an error status)."""
-    body = json.dumps(
-        {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [len(texts)], "data": texts}]}
-    ).encode()
     request = urllib.request.Request(
         f"http://127.0.0.1:{port}/v2/models/{model}/infer",
-        body,
+        v2_body(texts),
         {"content-type": "application/json"},
     )
     try:
