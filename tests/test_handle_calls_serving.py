@@ -66,6 +66,21 @@ def wait_for_callee_replicas(n: int = 2, timeout_s: float = 120) -> None:
     raise TimeoutError(f"the callee has not {n} running replicas after {timeout_s} s")
 
 
+def wait_until_routed_to_both(caller, by_ref: bool, timeout_s: float = 60) -> None:
+    """Until the caller's router sends calls to both callee replicas. Serve's status
+    says a restarted replica is RUNNING before the caller's router has heard of it;
+    a kill while the router knows one replica leaves the retry nothing to go to but
+    a replica that is still starting."""
+    pids: set[int] = set()
+    end = time.monotonic() + timeout_s
+    while len(pids) < 2:
+        if time.monotonic() > end:
+            raise TimeoutError(f"the caller reached only replicas {pids} in {timeout_s} s")
+        # ``die`` with times=0 kills nothing: it answers its process id.
+        got = caller.outcome.remote(by_ref, "die", "/nonexistent", 0).result(timeout_s=60)
+        pids.add(got["result"])
+
+
 def test_replicas_call_by_grpc_and_the_driver_by_reference(caller):
     from ray.serve._private import constants
 
@@ -117,11 +132,13 @@ def test_the_multiplexed_member_reaches_the_callee(caller):
 def test_a_replica_killed_mid_call_is_retried_once_then_503(caller, tmp_path):
     for name, by_ref in TRANSPORTS.items():
         wait_for_callee_replicas()
+        wait_until_routed_to_both(caller, by_ref)
         counter = tmp_path / f"once-{by_ref}"
         got = caller.outcome.remote(by_ref, "die", str(counter), 1).result(timeout_s=120)
         assert counter.read_text() == "1" and isinstance(got.get("result"), int), (name, got)
 
         wait_for_callee_replicas()
+        wait_until_routed_to_both(caller, by_ref)
         counter = tmp_path / f"twice-{by_ref}"
         got = caller.outcome.remote(by_ref, "die", str(counter), 2).result(timeout_s=120)
         assert counter.read_text() == "2", (name, got)
@@ -139,7 +156,8 @@ def test_a_replica_killed_mid_call_is_retried_once_then_503(caller, tmp_path):
 
 def test_our_deadline_is_a_504_and_cancels_the_callees_work(caller, tmp_path):
     wait_for_callee_replicas()
-    outcomes(caller, "member", member="warm")  # both transports' routers know the replicas
+    for by_ref in TRANSPORTS.values():
+        wait_until_routed_to_both(caller, by_ref)
     for name, by_ref in TRANSPORTS.items():
         marker = tmp_path / f"cancelled-{by_ref}"
         start = time.monotonic()
