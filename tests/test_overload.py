@@ -24,7 +24,7 @@ import pytest
 from replica_kill import check_answers, kill_under_load, resets
 from serving import apply_one_model, replica_pid, v2_body
 
-from textfleet.serve.config import GATEWAY_APP, MAX_REQUEST_TIMEOUT_S
+from textfleet.serve.config import GATEWAY_APP
 
 pytestmark = pytest.mark.slow
 
@@ -138,18 +138,19 @@ def test_burst_of_2000_short_requests(served):
 def test_burst_of_300_heavy_requests_with_a_5s_deadline_completes_work(served):
     url, headers = served["url"], {"x-request-timeout": "5"}
     # The replica measures its pace on overlapping requests (serve/admission.py).
-    # They ask for the longest deadline: on one slow core, admission's estimate for
-    # the last of them (the queue ahead plus a full batch of later arrivals) can
-    # pass the share of the default 30 s it admits, and this is not that test.
+    # Admission may refuse the last of them: on one slow core its estimate (the
+    # queue ahead plus a full batch of later arrivals) can pass the share of the
+    # default 30 s it admits, and a client cannot ask for longer. That is not this
+    # test: the pace is taken from what was answered.
     warm = [v2_body([HEAVY_TEXT] * 4) for _ in range(8)]
-    longest = {"x-request-timeout": f"{MAX_REQUEST_TIMEOUT_S:g}"}
-    warm_s = []
+    paces = []
     for _ in range(3):
-        counts, took = asyncio.run(_burst(url, warm, longest))
-        assert counts[200] == len(warm), counts
-        warm_s.append(took)
+        counts, took = asyncio.run(_burst(url, warm, {}))
+        _only_answers(counts)
+        assert counts[200] >= len(warm) // 2, counts
+        paces.append(4 * counts[200] / took)
     # What this replica computes of these texts in the deadline, at its best pace.
-    capacity = 4 * len(warm) / min(warm_s) * 5
+    capacity = max(paces) * 5
     bodies = [v2_body([HEAVY_TEXT]) for _ in range(300)]
     counts, took = asyncio.run(_burst(url, bodies, headers))
     print(
